@@ -1,0 +1,3 @@
+"""geodns: a global DNS load balancer (GeoDNS / GSLB)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from geodns.cli import main
+
+raise SystemExit(main())
