@@ -1,0 +1,86 @@
+"""Shared helpers for the health tests: real servers on 127.0.0.x."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from aiohttp import web
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Backend:
+    """A real aiohttp server whose health answer a test can change."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.port = 0
+        self.status = 200
+        self.body = "ok"
+        self.hang = False
+        self.deny_from: set[str] = set()
+        self.hits = 0
+        self.seen: list[tuple[str, str, str | None]] = []
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        self.seen.append((request.method, request.path, request.headers.get("Host")))
+        if self.hang:
+            await asyncio.sleep(3600)
+        if request.remote in self.deny_from:
+            return web.Response(status=503, text="not for you")
+        return web.Response(status=self.status, text=self.body)
+
+    async def start(self, port: int = 0) -> Backend:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, port or free_port(self.host))
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+@pytest.fixture
+async def backend_factory() -> AsyncIterator[Callable[..., object]]:
+    started: list[Backend] = []
+
+    async def make(host: str = "127.0.0.1", port: int = 0) -> Backend:
+        b = await Backend(host).start(port)
+        started.append(b)
+        return b
+
+    yield make
+    for b in started:
+        await b.stop()
+
+
+@pytest.fixture(autouse=True)
+def time_bound(request):
+    """Bound every test in time (no pytest-timeout here): SIGALRM fails it."""
+    import signal
+
+    limit = 60 if request.node.get_closest_marker("slow") else 20
+
+    def expired(signum, frame):
+        raise TimeoutError(f"test exceeded {limit}s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(limit)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
