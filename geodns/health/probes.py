@@ -19,7 +19,7 @@ import aiohttp
 
 from geodns.config.model import Check
 
-__all__ = ["ProbeResult", "probe", "probe_target", "DEFAULT_PORTS"]
+__all__ = ["ProbeResult", "probe", "probe_session", "probe_target", "DEFAULT_PORTS"]
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "dns": 53}
 
@@ -50,12 +50,18 @@ def probe_target(check: Check, address: str) -> tuple[str, int | None]:
 
 
 async def probe(
-    check: Check, address: str, session: aiohttp.ClientSession | None = None
+    check: Check,
+    address: str,
+    session: aiohttp.ClientSession | None = None,
+    *,
+    source: str | None = None,
 ) -> ProbeResult:
     """Run `check` once against `address` (an IP address or host name).
 
     `session` lets a scheduler reuse one connection pool for many probes; when
-    None, an http(s) probe opens and closes its own.
+    None, an http(s) probe opens and closes its own. `source` binds tcp, dns
+    and self-opened http(s) probes to a local address (a shared session
+    carries its own, see `probe_session`).
     """
     start = time.monotonic()
     runner = _RUNNERS.get(check.kind)
@@ -63,12 +69,21 @@ async def probe(
         return ProbeResult(False, f"unknown check kind {check.kind!r}", 0.0)
     try:
         async with asyncio.timeout(check.timeout):
-            ok, detail = await runner(check, address, session)
+            ok, detail = await runner(check, address, session, source)
     except TimeoutError:
         ok, detail = False, f"timeout after {check.timeout:g}s"
     except Exception as e:  # noqa: BLE001 - any failure of the target is a failed probe
         ok, detail = False, _describe(e)
     return ProbeResult(ok=ok, detail=detail, rtt=time.monotonic() - start)
+
+
+def probe_session(limit: int = 100, source: str | None = None) -> aiohttp.ClientSession:
+    """A client session fit for probes: no keep-alive (a pooled connection would
+    hide a backend that stopped accepting), no proxy from the environment."""
+    connector = aiohttp.TCPConnector(
+        force_close=True, limit=limit, local_addr=(source, 0) if source else None
+    )
+    return aiohttp.ClientSession(connector=connector, trust_env=False)
 
 
 def _describe(e: BaseException) -> str:
@@ -86,7 +101,7 @@ def _hostport(host: str, port: int | None) -> str:
 
 
 async def _http(
-    check: Check, address: str, session: aiohttp.ClientSession | None
+    check: Check, address: str, session: aiohttp.ClientSession | None, source: str | None
 ) -> tuple[bool, str]:
     host, port = probe_target(check, address)
     url = f"{check.kind}://{_hostport(host, port)}{check.path if check.path.startswith('/') else '/' + check.path}"
@@ -102,9 +117,7 @@ async def _http(
         kwargs["ssl"] = False
     own = session is None
     if own:
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(force_close=True), trust_env=False
-        )
+        session = probe_session(source=source)
     assert session is not None
     try:
         async with session.request(check.method, url, **kwargs) as resp:
@@ -124,12 +137,13 @@ async def _http(
 
 
 async def _tcp(
-    check: Check, address: str, session: aiohttp.ClientSession | None
+    check: Check, address: str, session: aiohttp.ClientSession | None, source: str | None
 ) -> tuple[bool, str]:
     host, port = probe_target(check, address)
     if port is None:
         return False, "tcp check without a port"
-    _, writer = await asyncio.open_connection(host, port)
+    local = (source, 0) if source else None
+    _, writer = await asyncio.open_connection(host, port, local_addr=local)
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
@@ -137,7 +151,7 @@ async def _tcp(
 
 
 async def _dns(
-    check: Check, address: str, session: aiohttp.ClientSession | None
+    check: Check, address: str, session: aiohttp.ClientSession | None, source: str | None
 ) -> tuple[bool, str]:
     import dns.asyncquery
     import dns.exception
@@ -150,7 +164,9 @@ async def _dns(
     try:
         # dnspython wants an IP address; the timeout here is a backstop, the
         # asyncio.timeout around the probe is the one that counts.
-        response = await dns.asyncquery.udp(query, host, port=port or 53, timeout=check.timeout)
+        response = await dns.asyncquery.udp(
+            query, host, port=port or 53, timeout=check.timeout, source=source
+        )
     except dns.exception.DNSException as e:
         return False, _describe(e)
     rcode = response.rcode()
@@ -160,7 +176,7 @@ async def _dns(
 
 
 async def _exec(
-    check: Check, address: str, session: aiohttp.ClientSession | None
+    check: Check, address: str, session: aiohttp.ClientSession | None, source: str | None
 ) -> tuple[bool, str]:
     if not check.command:
         return False, "exec check without a command"

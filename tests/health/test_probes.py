@@ -191,3 +191,22 @@ async def test_shared_session_is_reused(backend_factory):
         for _ in range(3):
             assert (await probe(Check(kind="http", port=b.port), "127.0.0.2", s)).ok
     assert b.hits == 3
+
+
+async def test_source_address_is_what_the_backend_sees(backend_factory):
+    from geodns.health.probes import probe_session
+
+    b = await backend_factory("127.0.0.2")
+    b.deny_from = {"127.0.0.12"}
+    check = Check(kind="http", port=b.port)
+    assert (await probe(check, "127.0.0.2", source="127.0.0.11")).ok
+    assert not (await probe(check, "127.0.0.2", source="127.0.0.12")).ok
+    async with probe_session(source="127.0.0.12") as s:
+        r = await probe(check, "127.0.0.2", s)
+    assert not r.ok and "503" in r.detail
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.7", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert (await probe(Check(kind="tcp", port=port), "127.0.0.7", source="127.0.0.13")).ok
+    finally:
+        server.close()
