@@ -1,0 +1,600 @@
+"""The balancer: proxy listeners, admin API, health checkers, reload and drain.
+
+One `Balancer` per process. Its proxy handler reads the current `Routes`
+(swapped whole on reload), picks a backend with the route's chooser, and
+streams the request and response through one shared keep-alive client
+session. Everything slow (probes, reloads, drains) runs beside it as tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from geodns.balance import config as config_mod
+from geodns.balance import sticky
+from geodns.balance.active import Check, probe
+from geodns.balance.config import Address, BalancerConfig
+from geodns.balance.metrics import Metrics
+from geodns.balance.pool import Backend, LoadReport, Pool, Route, build, load_report
+from geodns.balance.rate import RateWindow
+
+log = logging.getLogger("geodns.balance")
+
+# RFC 9110 section 7.6.1: connection-specific fields never cross a proxy.
+HOP_BY_HOP = frozenset(
+    (
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+        "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+    )
+)
+# RFC 9110 section 9.2.2; safe to send again when they carry no body.
+IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+# Small bodies of known length are read whole and written with the headers in
+# one send; larger or unknown-length bodies are streamed chunk by chunk.
+SMALL_BODY = 64 * 1024
+
+
+class _Body:
+    """The client's request body as an async iterator that remembers being started."""
+
+    __slots__ = ("content", "started")
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self.content = content
+        self.started = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.started = True
+        async for chunk in self.content.iter_chunked(SMALL_BODY):
+            yield chunk
+
+
+class _ConnectFailed(Exception):
+    """The request never reached the backend: safe to send elsewhere."""
+
+
+def _log(event: str, **fields: object) -> None:
+    log.info(" ".join([f"event={event}", *(f"{k}={v}" for k, v in fields.items())]))
+
+
+class Balancer:
+    def __init__(self, config: BalancerConfig, config_path: str | Path | None = None) -> None:
+        self.config = config
+        self.config_path = str(config_path) if config_path else None
+        self.metrics = Metrics()
+        self.generation = 1
+        self.pools, self.routes, self.backends = build(config)
+        # Without a configured secret, cookies last as long as this process.
+        self.secret = (config.sticky_secret or secrets.token_hex(32)).encode()
+        self.rate = RateWindow(10)
+        self.active_requests = 0
+        self.closing = False
+        self.addresses: list[Address] = []
+        self.admin_address: Address | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._check_session: aiohttp.ClientSession | None = None
+        self._runners: list[web.BaseRunner] = []
+        self._checkers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._timeout = self._client_timeout(config)
+
+    # ------------------------------------------------------------ lifecycle
+
+    @staticmethod
+    def _client_timeout(config: BalancerConfig) -> aiohttp.ClientTimeout:
+        t = config.timeouts
+        return aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read)
+
+    async def start(self) -> None:
+        cfg = self.config
+        connector = aiohttp.TCPConnector(
+            limit=0, keepalive_timeout=cfg.timeouts.idle, ttl_dns_cache=300, force_close=False
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+        )
+        self._check_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        server = web.Server(
+            self.handle,
+            keepalive_timeout=cfg.timeouts.idle,
+            auto_decompress=False,
+            access_log=None,
+            handler_cancellation=True,
+        )
+        runner = web.ServerRunner(server, shutdown_timeout=cfg.drain_timeout)
+        await runner.setup()
+        self._runners.append(runner)
+        for address in cfg.listen:
+            site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
+            await site.start()
+            self.addresses.append(address)
+        if cfg.admin.listen is not None:
+            admin_runner = web.AppRunner(self.admin_app(), access_log=None)
+            await admin_runner.setup()
+            site = web.TCPSite(admin_runner, cfg.admin.listen.host, cfg.admin.listen.port)
+            await site.start()
+            self._runners.append(admin_runner)
+            self.admin_address = cfg.admin.listen
+        self._start_checkers()
+        _log(
+            "started",
+            listen=",".join(map(str, self.addresses)),
+            admin=self.admin_address,
+            pools=len(self.pools),
+            backends=len(self.backends),
+        )
+
+    async def stop(self) -> None:
+        """Graceful shutdown: stop accepting, let in-flight requests finish within drain_timeout."""
+        self.closing = True
+        _log("stopping", in_flight=self.active_requests, drain_timeout=self.config.drain_timeout)
+        proxy_runner, *others = self._runners
+        # The proxy runner's cleanup closes listeners, closes idle keep-alive
+        # connections and waits up to shutdown_timeout for running handlers.
+        await proxy_runner.cleanup()
+        for task in self._checkers.values():
+            task.cancel()
+        for task in self._retiring:
+            task.cancel()
+        await asyncio.gather(*self._checkers.values(), *self._retiring, return_exceptions=True)
+        for runner in others:
+            await runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        if self._check_session is not None:
+            await self._check_session.close()
+        self._runners.clear()
+        _log("stopped")
+
+    # ------------------------------------------------------------ health checks
+
+    def _start_checkers(self) -> None:
+        wanted: dict[tuple[str, str], Check] = {}
+        for pool in self.pools.values():
+            if pool.config.check is None:
+                for b in pool.backends:
+                    b.active = replace(b.active, up=True, streak=0)
+                continue
+            for b in pool.backends:
+                wanted[(pool.name, b.key)] = replace(
+                    pool.config.check,
+                    host=pool.config.check.host or b.host,
+                    port=pool.config.check.port or b.port,
+                )
+        for key, task in list(self._checkers.items()):
+            task.cancel()
+            del self._checkers[key]
+        for key, check in wanted.items():
+            backend = self.backends[key]
+            self._checkers[key] = asyncio.create_task(self._check_loop(backend, check))
+
+    async def _check_loop(self, backend: Backend, check: Check) -> None:
+        while True:
+            result = await probe(check, self._check_session)
+            before = backend.active
+            backend.active = before.observe(result.ok, check.rise, check.fall)
+            if backend.active.up != before.up:
+                _log(
+                    "backend_up" if backend.active.up else "backend_down",
+                    pool=backend.pool, backend=backend.key, cause="active", detail=repr(result.detail),
+                )
+            spread = 1.0 + random.uniform(-check.jitter, check.jitter)
+            await asyncio.sleep(check.interval * spread)
+
+    # ------------------------------------------------------------ operations
+
+    def drain(self, pool: str, key: str, on: bool = True) -> Backend:
+        backend = self.backends.get((pool, key))
+        if backend is None:
+            raise KeyError(f"no backend {key} in pool {pool}")
+        backend.drain_admin = on
+        _log("drain" if on else "undrain", pool=pool, backend=key, in_flight=backend.in_flight, cause="admin")
+        return backend
+
+    async def reload(self) -> bool:
+        """Re-read the config file; keep running on the old one if it is invalid."""
+        if self.config_path is None:
+            return False
+        try:
+            new = config_mod.load(self.config_path)
+        except config_mod.ConfigError as exc:
+            self.metrics.reloads.labels("error").inc()
+            log.error("event=reload_failed error=%r", str(exc))
+            return False
+        self.apply(new)
+        self.metrics.reloads.labels("ok").inc()
+        return True
+
+    def apply(self, new: BalancerConfig) -> None:
+        """Switch to a new configuration; backends that left it are drained, then dropped."""
+        if new.listen != self.config.listen or new.admin.listen != self.config.admin.listen:
+            log.warning("event=reload_listen_unchanged detail='listen addresses change only on restart'")
+        pools, routes, live = build(new, self.backends)
+        gone = [b for k, b in self.backends.items() if k not in live]
+        self.config = replace(new, listen=self.config.listen, admin=replace(new.admin, listen=self.config.admin.listen))
+        if new.sticky_secret:
+            self.secret = new.sticky_secret.encode()
+        self._timeout = self._client_timeout(new)
+        self.pools, self.routes, self.backends = pools, routes, live
+        self.generation += 1
+        for backend in gone:
+            backend.removed = True
+            backend.drain_config = True
+            task = asyncio.create_task(self._retire(backend))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        self._start_checkers()
+        _log("reloaded", generation=self.generation, backends=len(live), removed=len(gone))
+
+    async def _retire(self, backend: Backend) -> None:
+        deadline = time.monotonic() + self.config.drain_timeout
+        while backend.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = backend.in_flight
+        for task in list(backend.tasks):
+            task.cancel()
+        _log("retired", pool=backend.pool, backend=backend.key, cut=left)
+
+    def load(self) -> LoadReport:
+        backends = list(self.backends.values())
+        now = time.monotonic()
+        return load_report(
+            backends,
+            now,
+            self.rate.rate(now),
+            sum(b.in_flight for b in backends),
+            self.config.saturation,
+            self.config.capacity,
+            self.config.region,
+            self.generation,
+        )
+
+    # ------------------------------------------------------------ proxy
+
+    def _hash_key(self, request: web.BaseRequest, route: Route) -> str | None:
+        if route.algorithm == "ip_hash":
+            return request.remote
+        if route.algorithm != "consistent_hash":
+            return None
+        hk = route.pool.config.hash_key
+        if hk.source == "header" and hk.name:
+            return request.headers.get(hk.name) or request.remote
+        if hk.source == "cookie" and hk.name:
+            return request.cookies.get(hk.name) or request.remote
+        return request.remote
+
+    def _pinned(self, request: web.BaseRequest, pool: Pool, now: float) -> tuple[Backend | None, str | None]:
+        cfg = pool.config.sticky
+        if cfg is None:
+            return None, None
+        key = sticky.verify(self.secret, pool.name, request.cookies.get(cfg.cookie))
+        if key is None:
+            return None, None
+        backend = pool.by_key.get(key)
+        if backend is not None and backend.available(now):
+            return backend, key
+        return None, key
+
+    def _upstream_headers(self, request: web.BaseRequest) -> list[tuple[str, str]]:
+        headers = request.headers
+        drop = HOP_BY_HOP
+        conn = headers.get("Connection")
+        if conn:
+            drop = drop | {t.strip().lower() for t in conn.split(",")}
+        out = [(k, v) for k, v in headers.items() if k.lower() not in drop and k.lower() not in ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "via")]
+        remote = request.remote or ""
+        prior = headers.getall("X-Forwarded-For", ())
+        out.append(("X-Forwarded-For", ", ".join([*prior, remote]) if prior else remote))
+        out.append(("X-Forwarded-Proto", headers.get("X-Forwarded-Proto") or request.scheme))
+        if "Host" in headers:
+            out.append(("X-Forwarded-Host", headers.get("X-Forwarded-Host") or headers["Host"]))
+        via = f"{request.version.major}.{request.version.minor} {self.config.via}"
+        prior_via = headers.get("Via")
+        out.append(("Via", f"{prior_via}, {via}" if prior_via else via))
+        return out
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.monotonic()
+        self.rate.add(started)
+        route = self.routes.match(request.host, request.path)
+        if route is None:
+            return web.Response(status=404, text="no route\n")
+        self.active_requests += 1
+        try:
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                return await self._websocket(request, route, started)
+            return await self._forward(request, route, started)
+        finally:
+            self.active_requests -= 1
+
+    async def _forward(self, request: web.BaseRequest, route: Route, started: float) -> web.StreamResponse:
+        assert self._session is not None
+        pool = route.pool
+        method = request.method
+        has_body = request.body_exists
+        body = _Body(request.content) if has_body else None
+        repeatable = method in IDEMPOTENT and not has_body
+        headers = self._upstream_headers(request)
+        hash_key = self._hash_key(request, route)
+        pinned, cookie_key = self._pinned(request, pool, started)
+        tried: list[str] = []
+        status = 502
+        last = "no backend"
+        attempts = 1 + self.config.retries
+        for attempt in range(attempts):
+            now = time.monotonic()
+            if attempt == 0 and pinned is not None:
+                backend: Backend | None = pinned
+            else:
+                backend = route.chooser.choose(pool.available(now, tried), hash_key)
+            if backend is None:
+                if not tried:
+                    status, last = 503, "no backend available"
+                break
+            if attempt:
+                self.metrics.retries.labels(route.label).inc()
+            tried.append(backend.key)
+            backend.in_flight += 1
+            task = asyncio.current_task()
+            if task is not None:
+                backend.tasks.add(task)
+            try:
+                try:
+                    resp = await self._session.request(
+                        method,
+                        backend.base_url + request.raw_path,
+                        headers=headers,
+                        data=body,
+                        allow_redirects=False,
+                        timeout=self._timeout,
+                    )
+                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                    # Never reached the backend: safe to send elsewhere, even a POST,
+                    # as long as no byte of its body was consumed.
+                    self._failed(backend)
+                    status, last = 502, f"connect: {exc}"
+                    if body is not None and body.started:
+                        break
+                    continue
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    # May have reached the backend: only idempotent, bodiless requests go again.
+                    self._failed(backend)
+                    timed_out = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
+                    status, last = (504 if timed_out else 502), f"{type(exc).__name__}: {exc}"
+                    if repeatable:
+                        continue
+                    break
+                return await self._respond(request, route, backend, resp, cookie_key, started)
+            finally:
+                backend.in_flight -= 1
+                if task is not None:
+                    backend.tasks.discard(task)
+        self.metrics.observe(route.label, "-", status, time.monotonic() - started)
+        _log("proxy_failed", route=route.label, method=method, tried=",".join(tried) or "-", status=status, error=repr(last))
+        return web.Response(status=status, text=f"{status} {last}\n")
+
+    def _failed(self, backend: Backend) -> None:
+        if backend.breaker.record(False, time.monotonic()):
+            self.metrics.trips.labels(backend.pool, backend.key).inc()
+            _log("circuit_open", pool=backend.pool, backend=backend.key, cool_off=backend.breaker.cool_off)
+
+    async def _respond(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        backend: Backend,
+        resp: aiohttp.ClientResponse,
+        cookie_key: str | None,
+        started: float,
+    ) -> web.StreamResponse:
+        status = resp.status
+        if backend.breaker.record(status < 500, time.monotonic()):
+            self.metrics.trips.labels(backend.pool, backend.key).inc()
+            _log("circuit_open", pool=backend.pool, backend=backend.key, cause=f"status_{status}")
+        drop = HOP_BY_HOP
+        conn = resp.headers.get("Connection")
+        if conn:
+            drop = drop | {t.strip().lower() for t in conn.split(",")}
+        sticky_cfg = route.pool.config.sticky
+        try:
+            length = resp.content_length
+            small = length is not None and length <= SMALL_BODY
+            out: web.StreamResponse
+            if small:
+                data = await resp.read() if length else b""
+                out = web.Response(status=status, reason=resp.reason, body=data)
+                for k, v in resp.headers.items():
+                    if k.lower() not in drop and k.lower() != "content-length":
+                        out.headers.add(k, v)
+            else:
+                out = web.StreamResponse(status=status, reason=resp.reason)
+                for k, v in resp.headers.items():
+                    if k.lower() not in drop:
+                        out.headers.add(k, v)
+            via = f"{resp.version.major}.{resp.version.minor} {self.config.via}" if resp.version else f"1.1 {self.config.via}"
+            prior_via = out.headers.get("Via")
+            out.headers["Via"] = f"{prior_via}, {via}" if prior_via else via
+            if sticky_cfg is not None and cookie_key != backend.key:
+                out.set_cookie(
+                    sticky_cfg.cookie,
+                    sticky.sign(self.secret, route.pool.name, backend.key),
+                    max_age=sticky_cfg.max_age,
+                    httponly=True,
+                    path="/",
+                    samesite="Lax",
+                )
+            if small:
+                resp.release()
+                self.metrics.observe(route.label, backend.key, status, time.monotonic() - started)
+                return out
+            await out.prepare(request)
+            async for chunk in resp.content.iter_any():
+                await out.write(chunk)
+            await out.write_eof()
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TimeoutError) as exc:
+            # The backend failed after the status line went out: all we can do
+            # is cut the client's connection so it sees a truncated response.
+            resp.close()
+            backend.breaker.record(False, time.monotonic())
+            _log("response_cut", route=route.label, backend=backend.key, error=repr(str(exc) or type(exc).__name__))
+            if request.transport is not None:
+                request.transport.close()
+            raise
+        except ConnectionError:
+            resp.close()  # the client went away; do not reuse a half-read connection
+            raise
+        finally:
+            resp.release()
+        self.metrics.observe(route.label, backend.key, status, time.monotonic() - started)
+        return out
+
+    async def _websocket(self, request: web.BaseRequest, route: Route, started: float) -> web.StreamResponse:
+        assert self._session is not None
+        now = time.monotonic()
+        pool = route.pool
+        pinned, _ = self._pinned(request, pool, now)
+        backend = pinned or route.chooser.choose(pool.available(now), self._hash_key(request, route))
+        if backend is None:
+            return web.Response(status=503, text="503 no backend available\n")
+        skip = HOP_BY_HOP | {
+            "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+            "sec-websocket-protocol", "host",
+        }
+        headers = [(k, v) for k, v in self._upstream_headers(request) if k.lower() not in skip]
+        if "Host" in request.headers:
+            headers.append(("Host", request.headers["Host"]))
+        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        backend.in_flight += 1
+        task = asyncio.current_task()
+        if task is not None:
+            backend.tasks.add(task)
+        try:
+            try:
+                upstream = await self._session.ws_connect(
+                    backend.base_url + request.raw_path,
+                    headers=headers,
+                    protocols=protocols,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.config.timeouts.connect),
+                    autoping=True,
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                backend.breaker.record(False, time.monotonic())
+                return web.Response(status=502, text=f"502 websocket upstream: {exc}\n")
+            downstream = web.WebSocketResponse(
+                protocols=[upstream.protocol] if upstream.protocol else (), autoping=True
+            )
+            await downstream.prepare(request)
+            self.metrics.observe(route.label, backend.key, 101, time.monotonic() - started)
+
+            async def pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+                           dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+                async for msg in src:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        await dst.send_str(msg.data)
+                    elif msg.type == aiohttp.WSMsgType.BINARY:
+                        await dst.send_bytes(msg.data)
+                    else:
+                        break
+                await dst.close(code=src.close_code or aiohttp.WSCloseCode.OK)
+
+            tasks = [
+                asyncio.create_task(pump(downstream, upstream)),
+                asyncio.create_task(pump(upstream, downstream)),
+            ]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await upstream.close()
+                await downstream.close()
+            return downstream
+        finally:
+            backend.in_flight -= 1
+            if task is not None:
+                backend.tasks.discard(task)
+
+    # ------------------------------------------------------------ admin API
+
+    def admin_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/load", self._admin_load)
+        app.router.add_get("/v1/backends", self._admin_backends)
+        app.router.add_get("/metrics", self._admin_metrics)
+        app.router.add_post("/v1/backends/{pool}/{backend}/drain", self._admin_drain)
+        app.router.add_post("/v1/backends/{pool}/{backend}/undrain", self._admin_drain)
+        app.router.add_post("/v1/reload", self._admin_reload)
+        return app
+
+    def _authorised(self, request: web.Request) -> web.Response | None:
+        token = self.config.admin.token
+        if token is None:
+            return web.json_response({"error": "write endpoints disabled: no admin.token"}, status=403)
+        given = request.headers.get("Authorization", "")
+        if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), token.encode()):
+            return web.json_response(
+                {"error": "bearer token required"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        return None
+
+    async def _admin_load(self, request: web.Request) -> web.Response:
+        report = self.load()
+        return web.json_response(report.as_json(), status=200 if report.healthy_backends else 503)
+
+    async def _admin_backends(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        rows = [
+            {
+                "pool": b.pool, "backend": b.key, "state": b.state(now), "weight": b.weight,
+                "in_flight": b.in_flight, "max_conns": b.max_conns, "trips": b.breaker.trips,
+            }
+            for b in self.backends.values()
+        ]
+        return web.json_response({"generation": self.generation, "backends": rows})
+
+    async def _admin_metrics(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        total = 0
+        for b in self.backends.values():
+            self.metrics.backend_up.labels(b.pool, b.key).set(1 if b.available(now) else 0)
+            total += b.in_flight
+        self.metrics.in_flight.set(total)
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _admin_drain(self, request: web.Request) -> web.Response:
+        denied = self._authorised(request)
+        if denied is not None:
+            return denied
+        on = request.path.endswith("/drain")
+        try:
+            backend = self.drain(request.match_info["pool"], request.match_info["backend"], on)
+        except KeyError as exc:
+            return web.json_response({"error": exc.args[0]}, status=404)
+        return web.json_response(
+            {"pool": backend.pool, "backend": backend.key, "state": backend.state(time.monotonic()),
+             "in_flight": backend.in_flight}
+        )
+
+    async def _admin_reload(self, request: web.Request) -> web.Response:
+        denied = self._authorised(request)
+        if denied is not None:
+            return denied
+        ok = await self.reload()
+        return web.json_response({"reloaded": ok, "generation": self.generation}, status=200 if ok else 422)

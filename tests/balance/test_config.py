@@ -1,0 +1,67 @@
+"""Config errors name the file and the field; the shipped examples validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from geodns.balance import ConfigError, load, parse
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def base() -> dict:
+    return {"listen": "127.0.4.2:8080", "pools": {"web": {"backends": ["127.0.4.10:80"]}}}
+
+
+def test_minimal_defaults() -> None:
+    c = parse(base(), "x.yaml")
+    assert c.routes[0].pool == "web" and c.retries == 2 and c.timeouts.connect == 3.0
+    assert c.pools["web"].backends[0].key == "127.0.4.10:80"
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        (lambda d: d.update(listne="x"), "x.yaml: listne: unknown key"),
+        (lambda d: d["pools"]["web"].update(algoritm="ip_hash"), "x.yaml: pools.web.algoritm: unknown key"),
+        (lambda d: d["pools"]["web"].update(algorithm="random"), "x.yaml: pools.web.algorithm: must be one of"),
+        (lambda d: d["pools"]["web"].update(backends=[{"address": "127.0.4.10:80", "weight": -1}]),
+         "x.yaml: pools.web.backends[0].weight: must be an integer >= 0"),
+        (lambda d: d["pools"]["web"].update(backends=["127.0.4.10"]), "pools.web.backends[0].address: must be 'host:port'"),
+        (lambda d: d["pools"]["web"].update(backends=["127.0.4.10:80", "127.0.4.10:80"]), "duplicate backend"),
+        (lambda d: d.update(routes=[{"path": "/", "pool": "nope"}]), "x.yaml: routes[0].pool: no pool named 'nope'"),
+        (lambda d: d.update(routes=[{"path": "api", "pool": "web"}]), "routes[0].path: must start with '/'"),
+        (lambda d: d["pools"]["web"].update(hash_key={"source": "header"}), "pools.web.hash_key.name: is required"),
+        (lambda d: d["pools"]["web"].update(check={"kind": "http", "intervl": 1}), "pools.web.check.intervl: unknown key"),
+        (lambda d: d.update(timeouts={"connect": 0}), "x.yaml: timeouts.connect: must be > 0"),
+        (lambda d: d.update(saturation=1.5), "saturation: is a utilisation"),
+        (lambda d: d.pop("listen"), "x.yaml: listen: is required"),
+        (lambda d: d.update(admin={"listen": "127.0.4.2:9", "token_env": "GEODNS_NO_SUCH_VAR"}), "admin.token_env"),
+    ],
+)
+def test_errors_name_file_and_field(patch, message: str) -> None:
+    data = base()
+    patch(data)
+    with pytest.raises(ConfigError) as info:
+        parse(data, "x.yaml")
+    assert message in str(info.value)
+
+
+def test_load_reports_yaml_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen: [\n")
+    with pytest.raises(ConfigError, match="bad.yaml: line"):
+        load(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", ["us-east.yaml", "eu-west.yaml"])
+def test_deploy_examples_validate(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEODNS_BALANCE_TOKEN", "example")
+    config = load(ROOT / "deploy" / "balance" / name)
+    assert config.region and config.admin.listen is not None
+    for a in (*config.listen, config.admin.listen, *(b.address for p in config.pools.values() for b in p.backends)):
+        assert a.host.startswith("127.")
