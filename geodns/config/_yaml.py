@@ -1,0 +1,72 @@
+"""YAML loading that remembers where every value came from.
+
+Mappings come back as `LineMap` (a dict that knows the line of each key) and
+sequences as `LineList` (a list that knows the line of each item), so that
+validation errors can say `zones/example.yaml:14: regions.eu-west...`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+class LineMap(dict):
+    """A dict with `line` (of the mapping) and `key_lines` (line of each key)."""
+
+    line: int = 0
+    key_lines: dict[Any, int]
+
+    def line_of(self, key: Any) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class LineList(list):
+    """A list with `line` (of the sequence) and `item_lines`."""
+
+    line: int = 0
+    item_lines: list[int]
+
+    def line_of(self, index: int) -> int:
+        return self.item_lines[index] if index < len(self.item_lines) else self.line
+
+
+class DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineMap:
+    result = LineMap()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    loader.flatten_mapping(node)
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in result:
+            raise DuplicateKey(
+                f"line {key_node.start_mark.line + 1}: duplicate key {key!r}"
+            )
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse one YAML document into LineMap/LineList/scalars. Raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass

@@ -1,0 +1,169 @@
+"""The sans-I/O core: `answer(snapshot, query bytes, client address) -> bytes | None`.
+
+Knows nothing of sockets or event loops. The hot path is a parse, one or two
+dict lookups and a patch; everything else runs on a cache miss:
+
+1. (qname, qtype) -> a prepared answer, or a marker saying the answer
+   depends on the client (a steered name, or a CNAME to one);
+2. for those, (qname, qtype, client network) -> prepared answer and scope,
+   where the network is the GeoIP network the client fell into;
+3. on a miss there, the decision is shared by every network with the same
+   location (a miss storm of new networks costs one GeoIP lookup each, not a
+   steering run), unless a CIDR rule makes the address itself matter.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+
+from geodns.config.model import IPAddress
+from geodns.dns.cache import Prepared
+from geodns.dns.resolve import name_of, prepare, resolve
+from geodns.dns.snapshot import CompiledZone, Snapshot, narrow
+from geodns.dns.wire import (
+    CLASS_IN,
+    Ignore,
+    Query,
+    Rcode,
+    WireError,
+    error_response,
+    parse_query,
+    patch,
+    rcode_response,
+)
+from geodns.steer import Client
+
+_monotonic = time.monotonic
+
+
+class _Dependent:
+    """Level-1 cache marker: the answer for this name depends on the client."""
+
+    __slots__ = ("czone", "client_dependent", "deadline")
+
+    def __init__(self, czone: CompiledZone):
+        self.czone = czone
+        self.client_dependent = True
+        self.deadline = None
+
+
+def answer(snap: Snapshot, data: bytes, client: str, udp: bool = True) -> bytes | None:
+    """The response to one DNS message from `client` (its IP address), or None to send nothing."""
+    try:
+        query = parse_query(data)
+    except Ignore:
+        return None
+    except WireError as exc:
+        return error_response(exc)
+    try:
+        return _answer(snap, query, client, udp)
+    except Exception:  # noqa: BLE001 - no input may stop the server; SERVFAIL is the honest answer
+        return rcode_response(query, Rcode.SERVFAIL)
+
+
+def _answer(snap: Snapshot, query: Query, client: str, udp: bool) -> bytes:
+    cache = snap.cache
+    key = (query.qname.lower(), query.qtype)
+    entry = cache.get(key)
+    if entry is None or (entry.deadline is not None and entry.deadline < _monotonic()):
+        if query.qclass != CLASS_IN:
+            return rcode_response(query, Rcode.REFUSED)
+        entry = _first_level(snap, query, key, client)
+        if entry is None:
+            return rcode_response(query, Rcode.REFUSED)
+    if entry.client_dependent:
+        prepared, scope = _client_level(snap, query, key, entry.czone, client)
+    else:
+        cache.hits += 1
+        prepared, scope = entry, None
+    body = prepared.body
+    if body is None:
+        body = prepared.bodies[prepared.pick()]
+    edns = query.edns
+    if edns is not None and edns.ecs is not None:
+        # Echo the scope for answers that depend on the client; 0 for those that do not
+        # (RFC 7871 7.2.1); a source prefix of 0 asks us not to use it at all.
+        scope = scope if edns.ecs.source else 0
+    return patch(body, query, scope, udp)
+
+
+def _first_level(snap: Snapshot, query: Query, key: tuple, client: str):
+    name = name_of(query.qname)
+    czone = snap.find_zone(name)
+    if czone is None:
+        return None
+    probe_client = _Probe()
+    res = resolve(snap, czone, name, query.qtype, probe_client)
+    if probe_client.used:
+        entry = _Dependent(czone)
+    else:
+        entry = prepare(res, query.qname, query.qtype, query.qclass)
+        snap.cache.misses += 1
+    snap.cache.put(key, entry)
+    return entry
+
+
+class _Probe:
+    """A stand-in locator that records whether resolution needed the client at all."""
+
+    __slots__ = ("used",)
+
+    def __init__(self):
+        self.used = False
+
+    def __call__(self) -> Client:
+        self.used = True
+        return Client(None, None, None)
+
+
+def client_address(query: Query, source: str) -> tuple[IPAddress, str]:
+    """The address steering locates: the ECS subnet when given (source prefix > 0), else the sender."""
+    edns = query.edns
+    if edns is not None and edns.ecs is not None and edns.ecs.source:
+        ecs = edns.ecs
+        family = socket.AF_INET if ecs.family == 1 else socket.AF_INET6
+        return ipaddress.ip_address(socket.inet_ntop(family, ecs.address)), "ECS"
+    address = ipaddress.ip_address(source.split("%", 1)[0])
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address, "source address"
+
+
+def locate(snap: Snapshot, czone: CompiledZone, address: IPAddress, source: str) -> tuple[Client, bool]:
+    """Where the client is, and the network the answer may be shared with (its ECS scope)."""
+    geo = snap.geo
+    location, prefix = geo.lookup(address) if geo is not None else (None, 0)
+    prefix, inside = narrow(address, prefix, czone.narrowing[address.version])
+    network = ipaddress.ip_network((address, prefix), strict=False)
+    return Client(address, location, network, source), inside
+
+
+def _client_level(snap: Snapshot, query: Query, key: tuple, czone: CompiledZone, source: str):
+    cache = snap.cache
+    address, origin = client_address(query, source)
+    geo = snap.geo
+    # The level-2 key: the GeoIP network. Looking it up is the one GeoIP read per query.
+    location, prefix = geo.lookup(address) if geo is not None else (None, 0)
+    prefix, inside = narrow(address, prefix, czone.narrowing[address.version])
+    netkey = (address.version, int(address) >> (address.max_prefixlen - prefix), prefix)
+    key2 = (key[0], key[1], netkey)
+    hit = cache.get(key2)
+    now = _monotonic()
+    if hit is not None and (hit[0].deadline is None or hit[0].deadline >= now):
+        cache.hits += 1
+        return hit
+    cache.misses += 1
+    # Level 3: one decision per location, unless a CIDR rule makes the address matter.
+    key3 = (key[0], key[1], netkey if inside else ("at", location))
+    prepared = cache.get(key3)
+    if prepared is None or (prepared.deadline is not None and prepared.deadline < now):
+        network = ipaddress.ip_network((address, prefix), strict=False)
+        client = Client(address, location, network, origin)
+        res = resolve(snap, czone, name_of(query.qname), query.qtype, lambda: client)
+        prepared = prepare(res, query.qname, query.qtype, query.qclass)
+        cache.put(key3, prepared)
+    value = (prepared, prefix if prepared.client_dependent else None)
+    cache.put(key2, value)
+    return value

@@ -1,0 +1,177 @@
+"""The Snapshot: everything the data plane needs, frozen and numbered.
+
+The control plane builds one whenever zones, the GeoIP file, verdicts or
+drains change, and swaps a single reference; answers in flight finish on the
+old one. Each snapshot has its own answer cache, so a new generation starts
+with an empty cache and no stale answer survives a change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from geodns.config.model import IPNetwork, Zone
+from geodns.dns.cache import AnswerCache
+from geodns.geo import GeoDatabase
+from geodns.steer import LatencyTable, RegionInfo, Verdict, Verdicts
+from geodns.steer.verdict import endpoint_target
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledZone:
+    zone: Zone
+    labels: int
+    """Number of labels in the origin."""
+    existing: frozenset[str]
+    """Every owner name and every empty non-terminal between it and the origin."""
+    cuts: frozenset[str]
+    """Delegation points below the apex."""
+    regions: Mapping[str, RegionInfo]
+    region_up: Mapping[str, bool]
+    latency: LatencyTable | None
+    narrowing: Mapping[int, tuple[IPNetwork, ...]]
+    """CIDRs used by rules and tables, per IP version: an answer's scope never spans their edge."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    generation: int
+    zones: Mapping[str, CompiledZone]
+    geo: GeoDatabase | None
+    verdicts: Verdicts
+    utilisation: Mapping[str, float] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+    cache: AnswerCache = field(default_factory=AnswerCache, compare=False)
+
+    def find_zone(self, name: str) -> CompiledZone | None:
+        """The zone that is authoritative for a name (longest origin match)."""
+        zones = self.zones
+        if name in zones:
+            return zones[name]
+        position = name.find(".")
+        while position >= 0:
+            suffix = name[position + 1 :]
+            if suffix in zones:
+                return zones[suffix]
+            position = name.find(".", position + 1)
+        return zones.get("")
+
+
+def region_is_up(info: RegionInfo, verdicts: Verdicts) -> bool:
+    """A region is down when its own verdict says so, or fewer than min_healthy endpoints are up."""
+    region = info.region
+    own = verdicts.get(region.name)
+    if own is not None and not own.up:
+        return False
+    balancer = verdicts.get(f"{region.name}/balancer")
+    if balancer is not None and not balancer.up:
+        return False
+    up = sum(
+        1
+        for endpoint in region.endpoints
+        if verdicts.get(endpoint_target(region.name, endpoint.address), _UP).up
+    )
+    return up >= region.min_healthy
+
+
+_UP = Verdict(up=True)
+
+
+def compile_zone(zone: Zone, verdicts: Verdicts, latency: LatencyTable | None) -> CompiledZone:
+    origin = zone.origin
+    existing = {origin}
+    for name in zone.nodes:
+        while name != origin and name not in existing:
+            existing.add(name)
+            name = name.split(".", 1)[1] if "." in name else origin
+    for ns in zone.nameservers:
+        if ns.name.endswith("." + origin):
+            existing.add(ns.name)
+    cuts = frozenset(
+        name for name, node in zone.nodes.items() if name != origin and any(r.rtype == "NS" for r in node.rrsets)
+    )
+    regions = {name: RegionInfo.of(region) for name, region in zone.regions.items()}
+    region_up = {name: region_is_up(info, verdicts) for name, info in regions.items()}
+    networks: list[IPNetwork] = []
+    for node in zone.nodes.values():
+        if node.steered is None:
+            continue
+        for step in node.steered.chain:
+            if step.kind == "geolocation":
+                for rule in step.params[0]:
+                    networks.extend(rule.networks)
+            if step.kind == "latency" and latency is not None:
+                networks.extend(latency.cidr_prefixes())
+    narrowing = {
+        4: tuple(sorted({n for n in networks if n.version == 4}, key=lambda n: -n.prefixlen)),
+        6: tuple(sorted({n for n in networks if n.version == 6}, key=lambda n: -n.prefixlen)),
+    }
+    return CompiledZone(
+        zone=zone,
+        labels=origin.count(".") + 1 if origin else 0,
+        existing=frozenset(existing),
+        cuts=cuts,
+        regions=regions,
+        region_up=region_up,
+        latency=latency,
+        narrowing=narrowing,
+    )
+
+
+def build_snapshot(
+    generation: int,
+    zones: list[Zone],
+    geo: GeoDatabase | None,
+    verdicts: Verdicts,
+    latency_tables: Mapping[str, LatencyTable] | None = None,
+    utilisation: Mapping[str, float] | None = None,
+    cache_size: int = 200_000,
+) -> Snapshot:
+    latency_tables = latency_tables or {}
+    compiled = {
+        zone.origin: compile_zone(zone, verdicts, latency_tables.get(zone.origin)) for zone in zones
+    }
+    return Snapshot(
+        generation=generation,
+        zones=compiled,
+        geo=geo,
+        verdicts=dict(verdicts),
+        utilisation=dict(utilisation or {}),
+        cache=AnswerCache(cache_size),
+    )
+
+
+def narrow(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, prefix: int, networks: tuple[IPNetwork, ...]
+) -> tuple[int, bool]:
+    """Lengthen a scope prefix so that its network lies wholly inside or outside each CIDR.
+
+    Returns the prefix and whether the address is inside one of the CIDRs (then
+    the answer may depend on the address itself, not only on its location).
+    """
+    inside = False
+    for net in networks:  # most specific first
+        if address in net:
+            inside = True
+            prefix = max(prefix, net.prefixlen)
+            break
+    for net in networks:
+        if net.prefixlen <= prefix:
+            break
+        if address in net:
+            continue
+        common = _common_prefix(address, net)
+        if common < prefix:
+            continue  # disjoint from the scope network
+        # The scope network holds part of `net`: shrink it to the largest one that does not.
+        prefix = max(prefix, min(common + 1, net.prefixlen))
+    return prefix, inside
+
+
+def _common_prefix(address, net: IPNetwork) -> int:
+    bits = net.max_prefixlen
+    diff = (int(address) ^ int(net.network_address)) >> (bits - net.prefixlen) << (bits - net.prefixlen)
+    return bits - diff.bit_length()

@@ -1,0 +1,211 @@
+"""GeoIP lookups: where a client is, and how far the answer may be shared.
+
+Reads MaxMind GeoIP2/GeoLite2 City and Country databases and DB-IP's flat
+schema (`country_code`, `latitude`, `longitude`, `state1`) with maxminddb in
+mmap mode, so that every worker process shares the file through the page
+cache. A lookup returns the matched network too: its prefix length becomes the
+ECS scope of the answer (RFC 7871 7.2.1) and part of the answer cache key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import maxminddb
+
+from geodns.geo._continents import CONTINENT_OF_COUNTRY
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a client network is, as far as the database knows."""
+
+    latitude: float | None
+    longitude: float | None
+    continent: str | None
+    country: str | None
+    subdivision: str | None
+    """ISO 3166-2 code with its country, e.g. `US-CA`; None when unknown."""
+    city: str | None = None
+    subdivision_name: str | None = None
+
+    @property
+    def has_coordinates(self) -> bool:
+        return self.latitude is not None and self.longitude is not None
+
+    def describe(self) -> str:
+        parts = [p for p in (self.city, self.subdivision or self.subdivision_name, self.country, self.continent) if p]
+        where = ", ".join(parts) or "unknown place"
+        if self.has_coordinates:
+            where += f" ({self.latitude:.4g}, {self.longitude:.4g})"
+        return where
+
+
+class GeoDatabaseError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """What tells us the database file was replaced (operators update it weekly)."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str) -> FileIdentity:
+        st = os.stat(path)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class GeoDatabase:
+    """One opened GeoIP database file. Lookups are thread- and process-safe (read-only mmap)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.identity = FileIdentity.of(path)
+            self._reader = maxminddb.open_database(path, maxminddb.MODE_AUTO)
+        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+            raise GeoDatabaseError(f"{path}: cannot open GeoIP database: {exc}") from None
+        meta = self._reader.metadata()
+        self.database_type: str = meta.database_type
+        self.build_epoch: int = meta.build_epoch
+        self.ip_version: int = meta.ip_version
+        self.description: str = meta.description.get("en", "") if meta.description else ""
+        self._get = self._reader.get_with_prefix_len
+        # Decoding a record is the expensive part of a lookup; networks that
+        # share a record (same place) share one Location object.
+        self._locations: dict[tuple, Location | None] = {}
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def changed(self) -> bool:
+        """Whether the file at our path is no longer the one we opened."""
+        try:
+            return FileIdentity.of(self.path) != self.identity
+        except OSError:
+            return False  # a missing file mid-replace: keep serving the one we have
+
+    def lookup(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[Location | None, int]:
+        """The client's location (None when unknown) and the prefix length of the matched network.
+
+        For an IPv4 address the prefix length counts IPv4 bits (0-32), also in an
+        IPv6 database where maxminddb finds the IPv4 data under ::/96.
+        """
+        try:
+            record, prefix = self._get(address)
+        except ValueError:
+            # An IPv6 address in an IPv4-only database: nothing is known about it.
+            return None, 0
+        return self._location(record), prefix
+
+    def _location(self, record: Any) -> Location | None:
+        if not record or not isinstance(record, dict):
+            return None
+        key = _record_key(record)
+        try:
+            return self._locations[key]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable oddity in a foreign database: decode without memo
+            return location_from_record(record)
+        location = location_from_record(record)
+        if len(self._locations) < 200_000:
+            self._locations[key] = location
+        return location
+
+
+def _record_key(record: dict) -> tuple:
+    loc = record.get("location")
+    if isinstance(loc, dict):
+        country = record.get("country")
+        subs = record.get("subdivisions")
+        city = record.get("city")
+        return (
+            loc.get("latitude"),
+            loc.get("longitude"),
+            country.get("iso_code") if isinstance(country, dict) else None,
+            _first_sub_key(subs),
+            city.get("geoname_id") or str(city.get("names")) if isinstance(city, dict) else None,
+        )
+    if "country_code" in record:
+        return (record.get("latitude"), record.get("longitude"), record.get("country_code"), record.get("state1"), record.get("city"))
+    country = record.get("country") or record.get("registered_country")
+    return ("country", country.get("iso_code") if isinstance(country, dict) else None, _first_sub_key(record.get("subdivisions")))
+
+
+def _first_sub_key(subs: Any) -> Any:
+    if isinstance(subs, list) and subs and isinstance(subs[0], dict):
+        names = subs[0].get("names")
+        return (subs[0].get("iso_code"), names.get("en") if isinstance(names, dict) else None)
+    return None
+
+
+def _coordinate(value: Any, limit: float) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and -limit <= value <= limit:
+        return float(value)
+    return None
+
+
+def _en(mapping: Any) -> str | None:
+    if isinstance(mapping, dict):
+        names = mapping.get("names")
+        if isinstance(names, dict):
+            name = names.get("en")
+            return name if isinstance(name, str) else None
+    return None
+
+
+def location_from_record(record: dict) -> Location | None:
+    """Decode one database record, in the GeoIP2 or the DB-IP flat schema."""
+    if "country_code" in record:  # DB-IP flat schema
+        country = record.get("country_code") or None
+        country = country.upper() if isinstance(country, str) else None
+        return Location(
+            latitude=_coordinate(record.get("latitude"), 90),
+            longitude=_coordinate(record.get("longitude"), 180),
+            continent=CONTINENT_OF_COUNTRY.get(country) if country else None,
+            country=country,
+            subdivision=None,
+            city=record.get("city") or None,
+            subdivision_name=record.get("state1") or None,
+        )
+    country_rec = record.get("country") or record.get("registered_country") or {}
+    country = country_rec.get("iso_code") if isinstance(country_rec, dict) else None
+    continent_rec = record.get("continent")
+    continent = continent_rec.get("code") if isinstance(continent_rec, dict) else None
+    if continent is None and country:
+        continent = CONTINENT_OF_COUNTRY.get(country)
+    subdivision = subdivision_name = None
+    subs = record.get("subdivisions")
+    if isinstance(subs, list) and subs and isinstance(subs[0], dict):
+        code = subs[0].get("iso_code")
+        if code and country:
+            subdivision = f"{country}-{code}".upper()
+        subdivision_name = _en(subs[0])
+    location = record.get("location")
+    lat = lon = None
+    if isinstance(location, dict):
+        lat = _coordinate(location.get("latitude"), 90)
+        lon = _coordinate(location.get("longitude"), 180)
+    if lat is None or lon is None:
+        lat = lon = None
+    if country is None and lat is None:
+        return None
+    return Location(
+        latitude=lat,
+        longitude=lon,
+        continent=continent,
+        country=country,
+        subdivision=subdivision,
+        city=_en(record.get("city")),
+        subdivision_name=subdivision_name,
+    )

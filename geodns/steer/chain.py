@@ -1,0 +1,138 @@
+"""The chain runner: candidates flow through a record's steps, then fail open.
+
+A weighted step splits the flow into branches; later steps run on each
+branch. The result is a `Decision` whose branches the DNS layer turns into
+one prebuilt answer each, picked per query in proportion to the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from geodns.config.model import IPAddress, Steered
+from geodns.steer.capacity import capacity
+from geodns.steer.context import Candidates, Context
+from geodns.steer.failover import failover
+from geodns.steer.geo_proximity import geo_proximity
+from geodns.steer.geolocation import geolocation
+from geodns.steer.healthy import healthy
+from geodns.steer.latency import latency
+from geodns.steer.limit import limit
+from geodns.steer.outcome import Kept, Outcome
+from geodns.steer.verdict import earliest_change, endpoint_target
+from geodns.steer.weighted import weighted
+
+STEPS: dict[str, Callable[[Candidates, Context, Any], Outcome]] = {
+    "healthy": healthy,
+    "geo_proximity": geo_proximity,
+    "geolocation": geolocation,
+    "latency": latency,
+    "weighted": weighted,
+    "failover": failover,
+    "capacity": capacity,
+    "limit": limit,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TraceStep:
+    step: str
+    before: Candidates
+    after: tuple[Candidates, ...]
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    weight: int
+    regions: Candidates
+    addresses: tuple[IPAddress, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    branches: tuple[Branch, ...]
+    """Empty when no candidate has an address of the asked family (NODATA)."""
+    failopen: bool
+    degraded: bool
+    """Some candidate of the name is down: the name is in failover."""
+    until: float | None
+    """Earliest moment one of the verdicts involved could change."""
+    decided_by: str
+    trace: tuple[TraceStep, ...]
+
+    @property
+    def regions(self) -> Candidates:
+        seen: dict[str, None] = {}
+        for branch in self.branches:
+            seen.update(dict.fromkeys(branch.regions))
+        return tuple(seen)
+
+
+def run_chain(steered: Steered, ctx: Context) -> Decision:
+    family = ctx.family
+    start = tuple(c for c in steered.candidates if ctx.regions[c].addresses[family])
+    trace: list[TraceStep] = []
+    if not start:
+        return Decision((), False, False, None, "no address of this family", ())
+    branches: list[tuple[int, Candidates]] = [(1, start)]
+    decided_by = "candidates"
+    for step in steered.chain:
+        run = STEPS[step.kind]
+        before = branches[0][1]
+        new: list[tuple[int, Candidates]] = []
+        notes = []
+        for weight, cands in branches:
+            outcome = run(cands, ctx, step.params)
+            notes.append(outcome.note)
+            if isinstance(outcome, Kept):
+                new.append((weight, outcome.candidates))
+            else:
+                new.extend((weight * w, c) for w, c in outcome.branches)
+        branches = new
+        after = tuple(c for _, c in branches)
+        if after != (before,):
+            decided_by = step.kind
+        trace.append(TraceStep(step.kind, before, after, notes[0] if len(set(notes)) == 1 else " | ".join(notes)))
+    failopen = False
+    final: list[tuple[int, Candidates]] = []
+    for weight, cands in branches:
+        if not cands:
+            failopen = True
+            fallback = tuple(c for c in steered.fallback if ctx.regions[c].addresses[family])
+            cands = fallback or start
+        final.append((weight, cands))
+    if failopen:
+        decided_by = "fail-open"
+        trace.append(TraceStep("fail-open", (), tuple(c for _, c in final), "no candidate left: answering the fallback" if steered.fallback else "no candidate left: answering every candidate"))
+    merged: dict[Candidates, int] = {}
+    for weight, cands in final:
+        merged[cands] = merged.get(cands, 0) + weight
+    result = tuple(Branch(w, cands, _addresses(cands, ctx)) for cands, w in merged.items())
+    involved = [ctx.verdicts[t] for t in _targets(start, ctx) if t in ctx.verdicts]
+    degraded = failopen or any(not ctx.is_up(c) for c in start)
+    return Decision(result, failopen, degraded, earliest_change(involved), decided_by, tuple(trace))
+
+
+def _targets(regions: Candidates, ctx: Context) -> list[str]:
+    targets = list(regions)
+    for name in regions:
+        targets.extend(endpoint_target(name, a) for a in ctx.regions[name].addresses[ctx.family])
+    return targets
+
+
+def _addresses(regions: Candidates, ctx: Context) -> tuple[IPAddress, ...]:
+    """The endpoints of these regions that are up; a region whose endpoints are all down answers all of them."""
+    out: dict[IPAddress, None] = {}
+    for name in regions:
+        addresses = ctx.regions[name].addresses[ctx.family]
+        up = [a for a in addresses if _endpoint_up(ctx, name, a)]
+        out.update(dict.fromkeys(up or addresses))
+    return tuple(out)
+
+
+def _endpoint_up(ctx: Context, region: str, address: IPAddress) -> bool:
+    verdict = ctx.verdicts.get(endpoint_target(region, address))
+    return verdict is None or verdict.up

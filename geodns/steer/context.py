@@ -1,0 +1,72 @@
+"""What a steering step may look at: the client, the regions, verdicts, tables."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from geodns.config.model import IPAddress, IPNetwork, Region
+from geodns.geo import Location, unit_vector
+from geodns.steer.latency_table import LatencyTable
+from geodns.steer.verdict import Verdicts
+
+Candidates = tuple[str, ...]
+"""Region names, in preference order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """The client as steering sees it: the address it was located by, and where that is."""
+
+    address: IPAddress | None
+    location: Location | None
+    network: IPNetwork | None
+    """The GeoIP network the address fell into (narrowed by CIDR rules); the ECS scope."""
+    source: str = "source address"
+    """`ECS` or `source address`: what the address came from."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegionInfo:
+    """A region compiled for the hot path: unit vector, addresses by family."""
+
+    region: Region
+    vector: tuple[float, float, float]
+    addresses: Mapping[int, tuple[IPAddress, ...]]
+    """IP version -> endpoint addresses of that family, in configured order."""
+
+    @classmethod
+    def of(cls, region: Region) -> RegionInfo:
+        by_family: dict[int, list[IPAddress]] = {4: [], 6: []}
+        for endpoint in region.endpoints:
+            by_family[endpoint.address.version].append(endpoint.address)
+        return cls(
+            region=region,
+            vector=unit_vector(region.latitude, region.longitude),
+            addresses={v: tuple(a) for v, a in by_family.items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    client: Client
+    regions: Mapping[str, RegionInfo]
+    region_up: Mapping[str, bool]
+    """Region name -> whether the region is up (its own verdict, drains and min_healthy)."""
+    verdicts: Verdicts
+    family: int
+    """4 for A, 6 for AAAA."""
+    default: Candidates = ()
+    """The record's regions for clients that cannot be located."""
+    latency: LatencyTable | None = None
+    utilisation: Mapping[str, float] = field(default_factory=dict)
+    """Region -> load reported by its regional balancer (0..1)."""
+    now: float = 0.0
+
+    def is_up(self, region: str) -> bool:
+        return self.region_up.get(region, True)
+
+
+def network_of(address: IPAddress, prefix: int) -> IPNetwork:
+    return ipaddress.ip_network((address, prefix), strict=False)

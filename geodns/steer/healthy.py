@@ -1,0 +1,17 @@
+"""`healthy`: drop regions whose verdict is down (probes, drains, min_healthy)."""
+
+from geodns.steer.context import Candidates, Context
+from geodns.steer.outcome import Kept
+
+
+def healthy(candidates: Candidates, ctx: Context, params: None = None) -> Kept:
+    kept = tuple(c for c in candidates if ctx.is_up(c))
+    removed = [c for c in candidates if c not in kept]
+    if not removed:
+        return Kept(kept, "all up")
+    reasons = []
+    for region in removed:
+        verdict = ctx.verdicts.get(region)
+        cause = verdict.cause if verdict and verdict.cause else "too few healthy endpoints"
+        reasons.append(f"{region} ({'drained' if verdict and verdict.forced else 'down'}: {cause})")
+    return Kept(kept, "removed " + "; ".join(reasons))
