@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from geodns.balance.active import Check
 from geodns.balance.choosers import ALGORITHMS
+from geodns.config.model import Check
 
 
 class ConfigError(ValueError):
@@ -243,7 +243,7 @@ def _check(source: str, where: str, data: Any) -> Check:
         verify_tls=f.boolean("verify_tls", True),
         interval=f.number("interval", 5.0, exclusive=True),
         timeout=f.number("timeout", 2.0, exclusive=True),
-        jitter=f.number("jitter", 0.1),
+        jitter=f.number("jitter", 0.2),
         fall=f.integer("fall", 3, minimum=1) or 3,
         rise=f.integer("rise", 2, minimum=1) or 2,
     )

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from geodns.balance.active import RiseFall
+from geodns.balance.active import View, takes_traffic
 from geodns.balance.choosers import Chooser, Member, make_chooser
 from geodns.balance.config import BackendConfig, BalancerConfig, PoolConfig, RouteConfig
 from geodns.balance.passive import CircuitBreaker
@@ -41,8 +41,8 @@ class Backend:
         self.drain_config = config.drain
         """Drained by the config file (`drain: true`) or by leaving it."""
         self.removed = False
-        self.active = RiseFall(up=True)
-        """Active-check view; starts up, as HAProxy servers do without `init-state`."""
+        self.active = View()
+        """Active-check view (rise/fall of the health package); unknown takes traffic."""
         self.breaker = breaker
         self.tasks: set[asyncio.Task[object]] = set()
         """Requests in flight to this backend, cancelled if a drain times out."""
@@ -58,7 +58,7 @@ class Backend:
 
     def healthy(self, now: float) -> bool:
         """Up by active checks and not tripped by passive ones (drain aside)."""
-        return self.active.up and not self.breaker.is_open(now)
+        return takes_traffic(self.active) and not self.breaker.is_open(now)
 
     def available(self, now: float) -> bool:
         """May take a new request now."""
@@ -66,7 +66,7 @@ class Backend:
             not self.draining
             and self.weight > 0
             and self.in_flight < self.max_conns
-            and self.active.up
+            and takes_traffic(self.active)
             and not self.breaker.is_open(now)
         )
 
@@ -75,7 +75,7 @@ class Backend:
             return "removed"
         if self.draining:
             return "draining" if self.in_flight else "drained"
-        if not self.active.up:
+        if not takes_traffic(self.active):
             return "down"
         if self.breaker.is_open(now):
             return "tripped"

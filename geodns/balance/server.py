@@ -24,7 +24,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from geodns.balance import config as config_mod
 from geodns.balance import sticky
-from geodns.balance.active import Check, probe
+from geodns.balance.active import (
+    Check,
+    Rules,
+    View,
+    backend_check,
+    next_delay,
+    observe,
+    probe,
+    probe_session,
+    takes_traffic,
+)
 from geodns.balance.config import Address, BalancerConfig
 from geodns.balance.metrics import Metrics
 from geodns.balance.pool import Backend, LoadReport, Pool, Route, build, load_report
@@ -108,7 +118,7 @@ class Balancer:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
         )
-        self._check_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        self._check_session = probe_session()
         server = web.Server(
             self.handle,
             keepalive_timeout=cfg.timeouts.idle,
@@ -164,37 +174,34 @@ class Balancer:
     # ------------------------------------------------------------ health checks
 
     def _start_checkers(self) -> None:
-        wanted: dict[tuple[str, str], Check] = {}
-        for pool in self.pools.values():
-            if pool.config.check is None:
-                for b in pool.backends:
-                    b.active = replace(b.active, up=True, streak=0)
-                continue
-            for b in pool.backends:
-                wanted[(pool.name, b.key)] = replace(
-                    pool.config.check,
-                    host=pool.config.check.host or b.host,
-                    port=pool.config.check.port or b.port,
-                )
-        for key, task in list(self._checkers.items()):
+        """(Re)start one probe loop per checked backend; views survive a reload."""
+        for task in self._checkers.values():
             task.cancel()
-            del self._checkers[key]
-        for key, check in wanted.items():
-            backend = self.backends[key]
-            self._checkers[key] = asyncio.create_task(self._check_loop(backend, check))
+        self._checkers.clear()
+        for pool in self.pools.values():
+            check = pool.config.check
+            for b in pool.backends:
+                if check is None:
+                    b.active = View()  # unchecked: only passive checks apply
+                    continue
+                task = asyncio.create_task(self._check_loop(b, backend_check(check, b.port)))
+                self._checkers[(pool.name, b.key)] = task
 
     async def _check_loop(self, backend: Backend, check: Check) -> None:
+        rules = Rules.from_check(check)
+        rng = random.Random()
         while True:
-            result = await probe(check, self._check_session)
-            before = backend.active
-            backend.active = before.observe(result.ok, check.rise, check.fall)
-            if backend.active.up != before.up:
+            at = time.monotonic()
+            result = await probe(check, backend.host, self._check_session)
+            before = takes_traffic(backend.active)
+            backend.active = observe(backend.active, result.ok, at, result.detail, rules)
+            after = takes_traffic(backend.active)
+            if after != before:
                 _log(
-                    "backend_up" if backend.active.up else "backend_down",
+                    "backend_up" if after else "backend_down",
                     pool=backend.pool, backend=backend.key, cause="active", detail=repr(result.detail),
                 )
-            spread = 1.0 + random.uniform(-check.jitter, check.jitter)
-            await asyncio.sleep(check.interval * spread)
+            await asyncio.sleep(next_delay(check, rng))
 
     # ------------------------------------------------------------ operations
 

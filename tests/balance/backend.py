@@ -11,7 +11,7 @@ import sys
 
 from aiohttp import web
 
-state = {"healthy": True, "posts": 0, "requests": 0}
+state = {"healthy": True, "failing": False, "posts": 0, "requests": 0}
 
 
 def app(name: str) -> web.Application:
@@ -27,6 +27,11 @@ def app(name: str) -> web.Application:
     @routes.post("/control/health/{value}")
     async def set_health(request: web.Request) -> web.Response:
         state["healthy"] = request.match_info["value"] == "up"
+        return reply("set")
+
+    @routes.post("/control/fail/{value}")
+    async def set_fail(request: web.Request) -> web.Response:
+        state["failing"] = request.match_info["value"] == "on"
         return reply("set")
 
     @routes.get("/control/stats")
@@ -89,6 +94,8 @@ def app(name: str) -> web.Application:
     @web.middleware
     async def count(request: web.Request, handler):  # type: ignore[no-untyped-def]
         state["requests"] += 1
+        if state["failing"] and not request.path.startswith("/control/"):
+            return reply("failing", 500)
         return await handler(request)
 
     application.middlewares.append(count)
