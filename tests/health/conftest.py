@@ -84,3 +84,32 @@ def time_bound(request):
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
+
+
+def make_zone(regions, origin: str = "gslb.example.com"):
+    """A Zone holding only what health needs: its regions."""
+    from geodns.config.model import SOA, Zone
+
+    soa = SOA(f"ns1.{origin}", f"hostmaster.{origin}", 1, 3600, 600, 86400, 30, 3600)
+    return Zone(origin=origin, source="test", soa=soa, nameservers=(), ns_ttl=3600, ttl=30,
+                regions={r.name: r for r in regions}, nodes={})
+
+
+def region(name: str, *addresses: str, check=None, min_healthy: int = 1, balancer=None):
+    import ipaddress
+
+    from geodns.config.model import Endpoint, Region
+
+    eps = tuple(Endpoint(ipaddress.ip_address(a)) for a in addresses)
+    return Region(name, 0.0, 0.0, eps, min_healthy=min_healthy, check=check, balancer=balancer)
+
+
+async def wait_for(predicate, timeout: float, step: float = 0.02) -> float:
+    """Poll until predicate() is true; return the seconds it took (fail on timeout)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not predicate():
+        if loop.time() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(step)
+    return loop.time() - start

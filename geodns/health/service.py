@@ -1,0 +1,626 @@
+"""HealthService: the control-plane object that runs probes, talks to peers
+and turns views into verdicts.
+
+The pure parts live elsewhere (`plan`, `risefall`, `quorum`); this module is
+the I/O edge: timers, sockets, files, logs and metrics.
+
+Contract with the rest of geodns:
+
+- `on_change(verdicts)` is called on the event loop with the full mapping
+  target -> Verdict whenever a verdict's up/forced state changes, once at
+  start (warm-start verdicts), and when a published `until` has passed (so
+  the snapshot's TTL bounds stay ahead of the clock).
+- `drain()` / `undrain()` are synchronous, durable (written to `state_dir`
+  before returning) and pushed to peers at once.
+- `add_routes(app)` mounts the peer exchange and `GET /v1/health` on the
+  node's admin app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, replace
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from geodns.config.model import Zone
+from geodns.health import peers as _peers
+from geodns.health.plan import Plan, ProbeKey, plan_zones
+from geodns.health.probes import ProbeResult, probe, probe_session
+from geodns.health.quorum import (
+    Drain,
+    ObserverView,
+    decide_region,
+    decide_target,
+    newer_drain,
+)
+from geodns.health.risefall import Rules, State, View, earliest_change, observe
+from geodns.health.settings import NodeSettings
+from geodns.steer.verdict import Verdict
+
+__all__ = ["HealthService", "record_failopen", "FAILOPEN"]
+
+log = logging.getLogger("geodns.health")
+
+MESSAGE_VERSION = 1
+
+FAILOPEN = Counter(
+    "geodns_failopen_total",
+    "Answers that failed open because every candidate of the name was down.",
+    ["name"],
+    registry=None,
+)
+_failopen_logged: dict[str, float] = {}
+
+
+def record_failopen(name: str) -> None:
+    """Count one fail-open answer for `name` (called by the DNS core).
+
+    Logs loudly, at most once per name every 10 s, so that a failing-open
+    name under load does not flood the log."""
+    FAILOPEN.labels(name=name).inc()
+    now = time.monotonic()
+    if now - _failopen_logged.get(name, -1e9) >= 10:
+        _failopen_logged[name] = now
+        log.error("failopen name=%s every candidate is down; answering fallback or all candidates", name)
+
+
+def _kv(value: object) -> str:
+    text = str(value)
+    return json.dumps(text) if (not text or any(c in text for c in ' "=')) else text
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.probes = Counter("geodns_probe_results_total", "Probe results by target and outcome.",
+                              ["target", "result"], registry=registry)
+        self.latency = Histogram("geodns_probe_duration_seconds", "Probe round-trip time.", ["kind"],
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+                                 registry=registry)
+        self.up = Gauge("geodns_verdict_up", "1 when the verdict on a target is up.", ["target"],
+                        registry=registry)
+        self.forced = Gauge("geodns_verdict_forced", "1 when the verdict is set by a drain.",
+                            ["target"], registry=registry)
+        self.changes = Counter("geodns_verdict_changes_total", "Verdict changes.", ["target"],
+                               registry=registry)
+        self.exchange_errors = Counter("geodns_peer_exchange_errors_total",
+                                       "Failed pushes to peers.", ["peer", "reason"], registry=registry)
+        self.exchanges = Counter("geodns_peer_exchanges_total", "Successful pushes to peers.", ["peer"],
+                                 registry=registry)
+        self.rejected = Counter("geodns_peer_messages_rejected_total",
+                                "Peer messages refused (unsigned, stale, bad signature, replay...).",
+                                ["reason"], registry=registry)
+        self.isolated = Gauge("geodns_health_isolated",
+                              "1 when no peer has been heard recently and verdicts use this node's view only.",
+                              registry=registry)
+        with contextlib.suppress(ValueError):  # already registered there
+            registry.register(FAILOPEN)
+
+
+class HealthService:
+    """Distributed health checking for one node."""
+
+    def __init__(
+        self,
+        node: NodeSettings,
+        zones: Sequence[Zone],
+        on_change: Callable[[Mapping[str, Verdict]], None] = lambda verdicts: None,
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.node = node
+        self.on_change = on_change
+        self.verifier = _peers.Verifier(node.secret, node.replay_window)
+        self.metrics = _Metrics(registry if registry is not None else REGISTRY)
+        self._plan: Plan = plan_zones(zones, node.name, node.members)
+        self._own: dict[str, View] = {}
+        self._peer_views: dict[str, dict[str, ObserverView]] = {}
+        self._peer_seen: dict[str, float] = {}
+        self._peer_error: dict[str, str] = {}
+        self._drains: dict[str, Drain] = {}
+        self._fallback: dict[str, Verdict] = {}
+        self._verdicts: dict[str, Verdict] = {}
+        self._published: dict[str, Verdict] = {}
+        self._published_at = 0.0
+        self._isolated = False
+        self._probe_tasks: dict[ProbeKey, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._push_events: dict[str, asyncio.Event] = {}
+        self._sem: asyncio.Semaphore | None = None
+        self._probe_http: aiohttp.ClientSession | None = None
+        self._peer_http: aiohttp.ClientSession | None = None
+        self._recompute_pending = False
+        self._state_dirty = False
+        self._started = False
+        self._load_disk()
+        self._reset_views(time.time())
+        self._recompute(publish=False)
+
+    # ---- public API -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Publish warm-start verdicts, then start probes and peer exchange."""
+        if self._started:
+            return
+        self._started = True
+        self._sem = asyncio.Semaphore(self.node.max_probes_in_flight)
+        self._probe_http = probe_session(self.node.max_probes_in_flight, self.node.source_address)
+        self._peer_http = aiohttp.ClientSession(trust_env=False)
+        self._publish(time.time())
+        for key in self._plan.probes:
+            self._start_probe(key)
+        for peer in self.node.peers:
+            self._push_events[peer.name] = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._exchange_loop(peer), name=f"health-peer-{peer.name}"))
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="health-tick"))
+        log.info("health started node=%s probes=%d targets=%d peers=%d", self.node.name,
+                 len(self._plan.probes), len(self._plan.targets) + len(self._plan.regions),
+                 len(self.node.peers))
+
+    async def stop(self) -> None:
+        """Cancel every task, close sessions and save state."""
+        tasks = [*self._tasks, *self._probe_tasks.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._probe_tasks.clear()
+        for s in (self._probe_http, self._peer_http):
+            if s is not None:
+                await s.close()
+        self._probe_http = self._peer_http = None
+        if self._started:
+            self._save_state()
+        self._started = False
+
+    def reconfigure(self, zones: Sequence[Zone]) -> None:
+        """Take new zones: keep views of targets whose probe is unchanged."""
+        old = self._plan
+        self._plan = plan_zones(zones, self.node.name, self.node.members)
+        now = time.time()
+        for target, tp in self._plan.targets.items():
+            before = old.targets.get(target)
+            if before is not None and before.key != tp.key:
+                self._own.pop(target, None)
+                if target in self._verdicts:  # a changed check starts from the last verdict
+                    v = self._verdicts[target]
+                    self._fallback[target] = replace(v, cause=f"before reconfiguration: {v.cause}")
+        self._reset_views(now)
+        if self._started:
+            for key in set(self._probe_tasks) - set(self._plan.probes):
+                self._probe_tasks.pop(key).cancel()
+            for key in set(self._plan.probes) - set(self._probe_tasks):
+                self._start_probe(key)
+        self._recompute(publish=self._started)
+
+    def verdicts(self) -> dict[str, Verdict]:
+        return dict(self._verdicts)
+
+    def drain(self, target: str, reason: str = "") -> Verdict:
+        """Take a region or endpoint out by hand; durable and sent to peers.
+        Raises KeyError for a target no zone defines."""
+        return self._set_drain(target, True, reason)
+
+    def undrain(self, target: str) -> Verdict:
+        """Put a drained target back under the probes' verdict."""
+        return self._set_drain(target, False, "")
+
+    def drains(self) -> dict[str, Drain]:
+        return {t: d for t, d in self._drains.items() if d.active}
+
+    @property
+    def isolated(self) -> bool:
+        """True when peers are configured but none has been heard recently."""
+        return self._isolated
+
+    def add_routes(self, app: web.Application) -> None:
+        _peers.add_routes(app, self)
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+
+        def verdict(v: Verdict | None) -> dict[str, Any] | None:
+            return None if v is None else asdict(v)
+
+        targets = {}
+        for target, tp in sorted(self._plan.targets.items()):
+            observers = {}
+            for ov in self._views_of(target, now):
+                observers[ov.observer] = {
+                    "state": ov.state.value, "since": ov.since, "detail": ov.detail,
+                    "age": round(now - ov.heard, 3),
+                    "stale": now - ov.heard > self._stale_after(target),
+                }
+            c = tp.key.check if tp.key else None
+            targets[target] = {
+                "region": tp.region,
+                "check": None if c is None else {
+                    "kind": c.kind, "address": tp.key.address if tp.key else None, "port": c.port,
+                    "path": c.path if c.kind in ("http", "https") else None,
+                    "interval": c.interval, "fall": c.fall, "rise": c.rise,
+                },
+                "observed_by": sorted(tp.observers),
+                "verdict": verdict(self._verdicts.get(target)),
+                "observers": observers,
+            }
+        regions = {
+            name: {
+                "verdict": verdict(self._verdicts.get(name)),
+                "min_healthy": rp.min_healthy,
+                "endpoints": list(rp.endpoints),
+                "balancer": rp.balancer,
+            }
+            for name, rp in sorted(self._plan.regions.items())
+        }
+        return {
+            "node": self.node.name,
+            "observer_only": self.node.observer_only,
+            "now": now,
+            "isolated": self._isolated,
+            "peers": {
+                p.name: {
+                    "url": p.url,
+                    "last_heard_ago": None if p.name not in self._peer_seen
+                    else round(now - self._peer_seen[p.name], 3),
+                    "last_error": self._peer_error.get(p.name),
+                }
+                for p in self.node.peers
+            },
+            "regions": regions,
+            "targets": targets,
+            "drains": {t: asdict(d) for t, d in sorted(self._drains.items()) if d.active},
+            "verdicts": {t: asdict(v) for t, v in sorted(self._verdicts.items())},
+        }
+
+    # ---- peer protocol (used by geodns.health.peers) ----------------------
+
+    def peer_message(self) -> dict[str, Any]:
+        views = []
+        for target, view in self._own.items():
+            tp = self._plan.targets.get(target)
+            if tp is None or tp.key is None:
+                continue
+            views.append({
+                "target": target, "state": view.state.value, "since": view.since, "at": view.at,
+                "until": earliest_change(view, Rules.from_check(tp.key.check)), "seq": view.seq,
+                "detail": view.detail,
+            })
+        return {
+            "v": MESSAGE_VERSION,
+            "node": self.node.name,
+            "sent_at": time.time(),
+            "views": views,
+            "drains": [asdict(d) for d in self._drains.values()],
+        }
+
+    def accept_peer_message(self, message: dict[str, Any], received: float) -> None:
+        try:
+            node = message["node"]
+            sent_at = float(message["sent_at"])
+            raw_views = message["views"]
+            raw_drains = message.get("drains", [])
+            if not isinstance(node, str) or not isinstance(raw_views, list) or not isinstance(raw_drains, list):
+                raise TypeError("wrong types")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise _peers.Rejected("malformed", str(e)) from None
+        if node == self.node.name or node not in {p.name for p in self.node.peers}:
+            raise _peers.Rejected("unknown_peer", node[:64])
+        # Translate the peer's clock into ours: its sent_at is our `received`
+        # (less transit time, which only makes its views look slightly older).
+        offset = received - sent_at
+        views: dict[str, ObserverView] = {}
+        try:
+            for v in raw_views:
+                target = v["target"]
+                if target not in self._plan.targets:
+                    continue
+                at = float(v["at"])
+                since = float(v["since"]) + offset
+                heard = min(received, at + offset) if at else min(received, since)
+                views[target] = ObserverView(
+                    observer=node, state=State(v["state"]), since=since,
+                    until=float(v["until"]) + offset, heard=heard, detail=str(v.get("detail", ""))[:300],
+                )
+            drains = [Drain(str(d["target"]), bool(d["active"]), str(d.get("reason", ""))[:300],
+                            float(d["at"]), str(d["by"])) for d in raw_drains]
+        except (KeyError, TypeError, ValueError) as e:
+            raise _peers.Rejected("malformed", f"bad view or drain: {e}") from None
+        self._peer_views[node] = views
+        self._peer_seen[node] = received
+        self._peer_error.pop(node, None)
+        changed = False
+        for d in drains:
+            winner = newer_drain(self._drains.get(d.target), d)
+            if winner is d and self._drains.get(d.target) != d:
+                self._drains[d.target] = d
+                changed = True
+                log.warning("health drain target=%s active=%s by=%s via=%s reason=%s", d.target,
+                            str(d.active).lower(), d.by, node, _kv(d.reason))
+        if changed:
+            self._save_drains()
+        self._schedule_recompute()
+
+    def record_rejection(self, reason: str, remote: str | None) -> None:
+        self.metrics.rejected.labels(reason=reason).inc()
+        log.warning("health peer message rejected reason=%s remote=%s", reason, remote)
+
+    # ---- probes -----------------------------------------------------------
+
+    def _start_probe(self, key: ProbeKey) -> None:
+        self._probe_tasks[key] = asyncio.create_task(self._probe_loop(key), name=f"probe-{key.label()}")
+
+    async def _probe_loop(self, key: ProbeKey) -> None:
+        check = key.check
+        loop = asyncio.get_running_loop()
+        # Spread first probes over one interval, so N nodes and many endpoints
+        # do not all fire together; after that, each period adds jitter.
+        await asyncio.sleep(random.uniform(0, check.interval))
+        jitter = max(0.0, min(check.jitter, check.interval / 2))
+        while True:
+            started = loop.time()
+            assert self._sem is not None
+            async with self._sem:
+                at = time.time()
+                result = await probe(check, key.address, self._probe_http, source=self.node.source_address)
+            self._on_result(key, at, result)
+            delay = started + check.interval + random.uniform(0, jitter) - loop.time()
+            await asyncio.sleep(max(0.0, delay))
+
+    def _on_result(self, key: ProbeKey, at: float, result: ProbeResult) -> None:
+        rules = Rules.from_check(key.check)
+        self.metrics.latency.labels(kind=key.check.kind).observe(result.rtt)
+        for target in self._plan.probes.get(key, ()):
+            self.metrics.probes.labels(target=target, result="ok" if result.ok else "fail").inc()
+            before = self._own.get(target) or View(since=at)
+            after = observe(before, result.ok, at, result.detail, rules)
+            self._own[target] = after
+            if after.state is not before.state:
+                log.info("health view node=%s target=%s state=%s was=%s detail=%s", self.node.name,
+                         target, after.state.value, before.state.value, _kv(result.detail))
+        self._schedule_recompute()
+
+    # ---- peer exchange ----------------------------------------------------
+
+    async def _exchange_loop(self, peer: Any) -> None:
+        event = self._push_events[peer.name]
+        while True:
+            assert self._peer_http is not None
+            reason = None
+            try:
+                doc, received = await _peers.push(self._peer_http, peer.url, self.peer_message(),
+                                                  self.verifier, timeout=max(1.0, self.node.exchange_interval))
+                self.accept_peer_message(doc, received)
+                self.metrics.exchanges.labels(peer=peer.name).inc()
+            except _peers.Rejected as e:
+                reason, text = e.reason, str(e)
+            except (aiohttp.ClientError, OSError) as e:
+                reason, text = "unreachable", f"{type(e).__name__}: {e}"
+            except TimeoutError:
+                reason, text = "timeout", "timeout"
+            if reason is not None:
+                self.metrics.exchange_errors.labels(peer=peer.name, reason=reason).inc()
+                if self._peer_error.get(peer.name) != text:
+                    log.warning("health peer exchange failed peer=%s reason=%s detail=%s",
+                                peer.name, reason, _kv(text))
+                self._peer_error[peer.name] = text
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), self.node.exchange_interval)
+            event.clear()
+
+    def _push_now(self) -> None:
+        for e in self._push_events.values():
+            e.set()
+
+    # ---- verdicts ---------------------------------------------------------
+
+    def _stale_after(self, target: str) -> float:
+        tp = self._plan.targets.get(target)
+        check = tp.key.check if tp and tp.key else None
+        interval, timeout = (check.interval, check.timeout) if check else (5.0, 2.0)
+        return self.node.stale_intervals * interval + timeout + 2 * self.node.exchange_interval
+
+    def _views_of(self, target: str, now: float) -> list[ObserverView]:
+        out = []
+        tp = self._plan.targets[target]
+        own = self._own.get(target)
+        if own is not None and tp.key is not None:
+            out.append(ObserverView(
+                observer=self.node.name, state=own.state, since=own.since,
+                until=earliest_change(own, Rules.from_check(tp.key.check)),
+                heard=own.at or own.since, detail=own.detail,
+            ))
+        for views in self._peer_views.values():
+            if target in views:
+                out.append(views[target])
+        return out
+
+    def _reset_views(self, now: float) -> None:
+        for target in [t for t in self._own if t not in self._plan.targets]:
+            del self._own[target]
+        for targets in self._plan.probes.values():
+            for target in targets:
+                self._own.setdefault(target, View(since=now))
+
+    def _schedule_recompute(self) -> None:
+        if self._recompute_pending:
+            return
+        self._recompute_pending = True
+        try:
+            asyncio.get_running_loop().call_soon(self._recompute)
+        except RuntimeError:  # no loop (tests calling directly): do it now
+            self._recompute()
+
+    def _recompute(self, publish: bool = True) -> None:
+        self._recompute_pending = False
+        now = time.time()
+        stale_peers = 3 * self.node.exchange_interval + 2.0
+        isolated = bool(self.node.peers) and not any(
+            now - t <= stale_peers for t in self._peer_seen.values())
+        if isolated != self._isolated and self._started:
+            if isolated:
+                log.warning("health isolated=true node=%s no peer heard for %.0fs: verdicts use this "
+                            "node's own view only", self.node.name, stale_peers)
+            else:
+                log.warning("health isolated=false node=%s peers heard again", self.node.name)
+        self._isolated = isolated
+        self.metrics.isolated.set(1 if isolated else 0)
+        new: dict[str, Verdict] = {}
+        for target, tp in self._plan.targets.items():
+            drain = self._drains.get(target)
+            if tp.key is None:
+                v = decide_target([], now, stale_after=0.0, drain=drain) if drain and drain.active \
+                    else Verdict(up=True, cause="no check configured")
+            else:
+                v = decide_target(self._views_of(target, now), now, stale_after=self._stale_after(target),
+                                  rule=self.node.quorum, drain=drain, fallback=self._fallback.get(target))
+                if isolated and not v.forced and v.cause and not v.cause.startswith(("unknown", "no fresh")):
+                    v = replace(v, cause=f"isolated, own view only: {v.cause}")
+            new[target] = v
+        for name, rp in self._plan.regions.items():
+            new[name] = decide_region(
+                [(t, new[t]) for t in rp.endpoints], min_healthy=rp.min_healthy,
+                balancer=new.get(rp.balancer) if rp.balancer else None, drain=self._drains.get(name),
+            )
+        # Fallbacks only bridge the gap to the first real decision.
+        for target in [t for t in self._fallback if t in new and not new[t].cause.startswith("no fresh")]:
+            del self._fallback[target]
+        old = self._verdicts
+        self._verdicts = new
+        changed = False
+        for target, v in new.items():
+            was = old.get(target)
+            if was is None or (was.up, was.forced) != (v.up, v.forced):
+                changed = True
+                self._state_dirty = True
+                if was is not None:
+                    self.metrics.changes.labels(target=target).inc()
+                    log.warning("health verdict node=%s target=%s up=%s forced=%s was=%s cause=%s",
+                                self.node.name, target, str(v.up).lower(), str(v.forced).lower(),
+                                "up" if was.up else "down", _kv(v.cause))
+            self.metrics.up.labels(target=target).set(1 if v.up else 0)
+            self.metrics.forced.labels(target=target).set(1 if v.forced else 0)
+        for target in set(old) - set(new):
+            changed = True
+            with contextlib.suppress(KeyError):
+                self.metrics.up.remove(target)
+                self.metrics.forced.remove(target)
+        if publish and self._started and (changed or self._bounds_expired(now)):
+            self._publish(now)
+
+    def _bounds_expired(self, now: float) -> bool:
+        """A published `until` has passed: the snapshot needs fresher bounds
+        (rate-limited, since an overdue probe keeps `until` at now)."""
+        if now - self._published_at < max(1.0, self.node.exchange_interval):
+            return False
+        return any(v.until is not None and v.until <= now for v in self._published.values())
+
+    def _publish(self, now: float) -> None:
+        self._published = dict(self._verdicts)
+        self._published_at = now
+        try:
+            self.on_change(dict(self._published))
+        except Exception:  # a bad callback must not stop health checking
+            log.exception("health on_change callback failed")
+
+    def _set_drain(self, target: str, active: bool, reason: str) -> Verdict:
+        if not self._plan.knows(target):
+            raise KeyError(f"no region or endpoint named {target!r}")
+        at = max(time.time(), (self._drains[target].at + 0.001) if target in self._drains else 0.0)
+        d = Drain(target, active, reason, at, self.node.name)
+        self._drains[target] = d
+        self._save_drains()
+        log.warning("health drain target=%s active=%s by=%s reason=%s", target, str(active).lower(),
+                    self.node.name, _kv(reason))
+        self._recompute()
+        self._push_now()
+        return self._verdicts[target]
+
+    async def _tick_loop(self) -> None:
+        intervals = [k.check.interval for k in self._plan.probes] or [5.0]
+        tick = max(0.05, min(0.5, min(intervals) / 2, self.node.exchange_interval / 2))
+        last_save = 0.0
+        while True:
+            await asyncio.sleep(tick)
+            self._recompute()
+            now = time.monotonic()
+            if self._state_dirty and now - last_save >= 1.0:
+                last_save = now
+                await asyncio.to_thread(self._save_state)
+
+    # ---- disk -------------------------------------------------------------
+
+    def _path(self, name: str) -> str | None:
+        return os.path.join(self.node.state_dir, name) if self.node.state_dir else None
+
+    def _load_disk(self) -> None:
+        path = self._path("drains.json")
+        if path and os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    for d in json.load(f)["drains"]:
+                        drain = Drain(d["target"], bool(d["active"]), d.get("reason", ""), float(d["at"]), d["by"])
+                        self._drains[drain.target] = drain
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.error("health cannot read drains path=%s error=%s", path, _kv(e))
+        path = self._path("state.json")
+        if path and os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    doc = json.load(f)
+                saved = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(doc["saved_at"])))
+                for target, v in doc["verdicts"].items():
+                    self._fallback[target] = Verdict(
+                        up=bool(v["up"]), cause=f"saved state from {saved}: {v.get('cause', '')}")
+                log.info("health warm start from saved state path=%s saved=%s targets=%d", path, saved,
+                         len(self._fallback))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.error("health cannot read saved state path=%s error=%s", path, _kv(e))
+
+    def _write_atomic(self, name: str, doc: Any) -> None:
+        path = self._path(name)
+        if path is None:
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _save_drains(self) -> None:
+        try:
+            self._write_atomic("drains.json", {"drains": [asdict(d) for d in self._drains.values()]})
+        except OSError as e:
+            log.error("health cannot save drains error=%s", _kv(e))
+
+    def _save_state(self) -> None:
+        self._state_dirty = False
+        # Only what probes decided: drains have their own file, and "unknown"
+        # must not be saved as if it were knowledge.
+        verdicts = {
+            t: {"up": v.up, "cause": v.cause}
+            for t, v in self._verdicts.items()
+            if t in self._plan.targets and not v.forced and not v.cause.startswith(("unknown", "no fresh"))
+        }
+        try:
+            self._write_atomic("state.json", {"node": self.node.name, "saved_at": time.time(),
+                                              "verdicts": verdicts})
+        except OSError as e:
+            log.error("health cannot save state error=%s", _kv(e))

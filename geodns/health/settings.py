@@ -1,0 +1,194 @@
+"""Node settings for health checking: who this node is, who its peers are.
+
+```yaml
+node: ams1                      # this node's name (unique in the cluster)
+peers:                          # every other node, serving or agent
+  - {name: nyc1, url: "http://10.0.1.53:8053"}
+  - {name: sgp1, url: "http://10.0.2.53:8053"}
+secret_file: /etc/geodns/peer.key   # or `secret: "..."` inline
+quorum: majority                # majority | any | all | k (number of observers saying down)
+exchange_interval: 1.0          # seconds between pushes of our views to every peer
+stale_intervals: 3              # an observer is dropped after this many check intervals of silence
+replay_window: 30               # seconds a signed peer message stays valid
+state_dir: /var/lib/geodns      # saved verdicts and drains (none: nothing saved)
+max_probes_in_flight: 64
+observer_only: false            # true for `geodns agent`
+source_address: 10.0.0.53       # bind probes to this local address (optional)
+listen: "10.0.0.53:8053"        # agent only: where to serve the peer routes (optional)
+```
+
+Unknown keys are errors naming the file, line and field. `extra_keys` lets
+the caller (the `serve` command's node file) accept its own keys in the same
+file without this parser having to know them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from geodns.health.quorum import parse_quorum
+
+__all__ = ["Peer", "NodeSettings", "NodeSettingsError", "load_node_settings", "parse_node_settings"]
+
+
+class NodeSettingsError(ValueError):
+    """A node settings file is wrong; the message starts with `file:line: field:`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    name: str
+    url: str
+    """Base URL of the peer's admin/peer HTTP server, e.g. `http://10.0.1.53:8053`."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    name: str
+    """This node's name; observers are named by it in views, logs and status."""
+    peers: tuple[Peer, ...] = ()
+    secret: bytes = field(default=b"", repr=False)
+    """Shared HMAC key for peer messages (empty: no peer exchange possible)."""
+    quorum: str | int = "majority"
+    exchange_interval: float = 1.0
+    stale_intervals: float = 3.0
+    """A view older than this many check intervals (plus exchange slack) drops out."""
+    replay_window: float = 30.0
+    state_dir: str | None = None
+    max_probes_in_flight: int = 64
+    observer_only: bool = False
+    source_address: str | None = None
+    listen: str | None = None
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Every observer of the cluster, this node included, in a stable order."""
+        return tuple(sorted({self.name, *(p.name for p in self.peers)}))
+
+
+_KEYS = {
+    "node", "peers", "secret", "secret_file", "quorum", "exchange_interval", "stale_intervals",
+    "replay_window", "state_dir", "max_probes_in_flight", "observer_only", "source_address",
+    "listen",
+}
+
+
+def load_node_settings(path: str, extra_keys: Collection[str] = ()) -> NodeSettings:
+    """Read and validate a node settings YAML file. Raises NodeSettingsError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise NodeSettingsError(f"{path}: cannot read: {e.strerror}") from e
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise NodeSettingsError(f"{path}: not valid YAML: {e}") from e
+    lines: dict[str, int] = {}
+    if isinstance(root, yaml.MappingNode):
+        for k, _ in root.value:
+            lines[str(k.value)] = k.start_mark.line + 1
+    return parse_node_settings(data, path, lines, extra_keys, base_dir=os.path.dirname(path))
+
+
+def parse_node_settings(
+    data: Any,
+    source: str = "<settings>",
+    lines: dict[str, int] | None = None,
+    extra_keys: Collection[str] = (),
+    base_dir: str = ".",
+) -> NodeSettings:
+    """Validate an already-parsed mapping (see `load_node_settings`)."""
+    lines = lines or {}
+
+    def fail(key: str, msg: str) -> NodeSettingsError:
+        where = f"{source}:{lines[key]}" if key in lines else source
+        return NodeSettingsError(f"{where}: {key}: {msg}")
+
+    if not isinstance(data, dict):
+        raise NodeSettingsError(f"{source}: expected a mapping of settings")
+    for key in data:
+        if key not in _KEYS and key not in extra_keys:
+            known = ", ".join(sorted(_KEYS))
+            raise fail(str(key), f"unknown setting (known: {known})")
+
+    def number(key: str, default: float, minimum: float = 0.0, integer: bool = False) -> Any:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+            raise fail(key, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+        if value < minimum or (minimum == 0 and not integer and value == 0):
+            raise fail(key, f"must be {'at least ' + str(minimum) if minimum else 'positive'}")
+        return value
+
+    def text(key: str) -> str | None:
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise fail(key, f"expected a string, got {value!r}")
+        return value
+
+    name = text("node")
+    if not name:
+        raise fail("node", "required: this node's name")
+
+    peers: list[Peer] = []
+    raw_peers = data.get("peers") or []
+    if not isinstance(raw_peers, list):
+        raise fail("peers", "expected a list of {name, url}")
+    for i, p in enumerate(raw_peers):
+        if not isinstance(p, dict) or set(p) - {"name", "url"} or not isinstance(p.get("name"), str) \
+                or not isinstance(p.get("url"), str):
+            raise fail("peers", f"item {i}: expected {{name: NAME, url: http://HOST:PORT}}, got {p!r}")
+        if not p["url"].startswith(("http://", "https://")):
+            raise fail("peers", f"item {i}: url must start with http:// or https://")
+        if p["name"] == name or any(q.name == p["name"] for q in peers):
+            raise fail("peers", f"item {i}: duplicate node name {p['name']!r}")
+        peers.append(Peer(p["name"], p["url"].rstrip("/")))
+
+    if "secret" in data and "secret_file" in data:
+        raise fail("secret_file", "give either secret or secret_file, not both")
+    secret = b""
+    if data.get("secret") is not None:
+        secret = (text("secret") or "").encode()
+    elif data.get("secret_file") is not None:
+        secret_path = os.path.join(base_dir, text("secret_file") or "")
+        try:
+            with open(secret_path, "rb") as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise fail("secret_file", f"cannot read {data['secret_file']}: {e.strerror}") from e
+    if peers and len(secret) < 16:
+        key = "secret_file" if "secret_file" in data else "secret"
+        raise fail(key, "peers need a shared secret of at least 16 bytes")
+
+    try:
+        quorum = parse_quorum(data.get("quorum", "majority"))
+    except ValueError as e:
+        raise fail("quorum", str(e)) from e
+
+    observer_only = data.get("observer_only", False)
+    if not isinstance(observer_only, bool):
+        raise fail("observer_only", f"expected true or false, got {observer_only!r}")
+    state_dir = text("state_dir")
+    if state_dir is not None:
+        state_dir = os.path.join(base_dir, state_dir)
+
+    return NodeSettings(
+        name=name,
+        peers=tuple(peers),
+        secret=secret,
+        quorum=quorum,
+        exchange_interval=float(number("exchange_interval", 1.0)),
+        stale_intervals=float(number("stale_intervals", 3.0, minimum=1)),
+        replay_window=float(number("replay_window", 30.0)),
+        state_dir=state_dir,
+        max_probes_in_flight=number("max_probes_in_flight", 64, minimum=1, integer=True),
+        observer_only=observer_only,
+        source_address=text("source_address"),
+        listen=text("listen"),
+    )
