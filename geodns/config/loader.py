@@ -839,20 +839,14 @@ def _step(ctx: _Ctx, steps: LineList, i: int, field: str, regions: dict[str, Reg
         return Step(kind, threshold)
     if kind == "latency":
         tolerance = 0.0
-        table = None
         if params is not None:
-            if not _check_keys(ctx, params, field, ("tolerance_ms", "table")):
+            if not _check_keys(ctx, params, field, ("tolerance_ms",)):
                 return None
             if "tolerance_ms" in params:
                 tolerance = _float(ctx, params, "tolerance_ms", f"{field}.tolerance_ms", 0, 100000)
                 if tolerance is None:
                     return None
-            if "table" in params:
-                table = _str(ctx, params, "table", f"{field}.table")
-                if table is None:
-                    return None
-                table = str(Path(ctx.file).parent / table)
-        return Step(kind, (tolerance, table))
+        return Step(kind, (tolerance, None))
     if kind == "geolocation":
         return _geolocation(ctx, params, line, field, regions)
     raise AssertionError(kind)

@@ -15,6 +15,7 @@ dict lookups and a patch; everything else runs on a cache miss:
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import time
 
@@ -36,6 +37,8 @@ from geodns.dns.wire import (
 from geodns.steer import Client
 
 _monotonic = time.monotonic
+log = logging.getLogger("geodns.dns")
+_failures = 0
 
 
 class _Dependent:
@@ -51,6 +54,8 @@ class _Dependent:
 
 def answer(snap: Snapshot, data: bytes, client: str, udp: bool = True) -> bytes | None:
     """The response to one DNS message from `client` (its IP address), or None to send nothing."""
+    if type(data) is not bytes:
+        data = bytes(data)
     try:
         query = parse_query(data)
     except Ignore:
@@ -60,6 +65,10 @@ def answer(snap: Snapshot, data: bytes, client: str, udp: bool = True) -> bytes 
     try:
         return _answer(snap, query, client, udp)
     except Exception:  # noqa: BLE001 - no input may stop the server; SERVFAIL is the honest answer
+        global _failures
+        _failures += 1
+        if _failures <= 10 or _failures % 1000 == 0:
+            log.exception("internal error answering %r (failure %d)", query.qname, _failures)
         return rcode_response(query, Rcode.SERVFAIL)
 
 

@@ -1,0 +1,176 @@
+"""The `geodns` command: serve, check, query, status, drain, undrain, reload, agent, balance."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_ZONES = "zones"
+DEFAULT_GEOIP = "data/geoip-bundle.mmdb"
+DEFAULT_ADMIN = "127.0.0.1:8053"
+
+
+def _default_geoip() -> str | None:
+    env = os.environ.get("GEODNS_GEOIP")
+    if env:
+        return env
+    return DEFAULT_GEOIP if Path(DEFAULT_GEOIP).exists() else None
+
+
+def _add_sources(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--zones", default=os.environ.get("GEODNS_ZONES", DEFAULT_ZONES), help="zone file or directory of *.yaml (default: zones/)")
+    p.add_argument("--geoip", default=None, help=f"GeoIP database (.mmdb; default: {DEFAULT_GEOIP}); 'none' for no GeoIP")
+    p.add_argument("--state", default=None, help="admin state file (JSON: drains, down) for forced verdicts and drains")
+
+
+def _geoip_arg(args: argparse.Namespace) -> str | None:
+    if args.geoip == "none":
+        return None
+    return args.geoip or _default_geoip()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from geodns.control.controller import Controller
+    from geodns.control.logs import setup_logging
+    from geodns.dns.server import Listen
+
+    setup_logging(args.log_level, args.log_format, args.query_log)
+    try:
+        listens = [Listen.parse(x) for x in (args.listen or ["127.0.0.1:5353"])]
+    except (ValueError, OSError) as exc:
+        print(f"geodns serve: --listen {exc}", file=sys.stderr)
+        return 2
+    controller = Controller(args.zones, _geoip_arg(args), args.state, cache_size=args.cache_size)
+    runner = _optional("geodns.control.node", "run_node")
+    if runner is not None:
+        return runner(controller, listens, args)
+    from geodns.control.serve import run
+
+    return run(controller, listens, args.query_log)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from geodns.control.controller import ReloadFailed, load_config
+
+    path = args.path or args.zones
+    try:
+        config = load_config(path)
+    except ReloadFailed as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        print(f"{len(exc.errors)} error(s); nothing loaded", file=sys.stderr)
+        return 1
+    names = sum(len(z.nodes) for z in config.zones)
+    steered = sum(1 for z in config.zones for n in z.nodes.values() if n.steered)
+    for zone in config.zones:
+        print(f"{zone.source}: zone {zone.origin}: {len(zone.regions)} regions, {len(zone.nodes)} names")
+    print(f"OK: {len(config.zones)} zone(s), {names} names ({steered} steered)")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import json
+
+    from geodns.control.controller import Controller, ReloadFailed
+    from geodns.control.explain import explain
+
+    controller = Controller(args.zones, _geoip_arg(args), args.state)
+    try:
+        snapshot = controller.start()
+    except ReloadFailed as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 2
+    try:
+        result = explain(snapshot, args.name, args.type, args.client)
+    except ValueError as exc:
+        print(f"geodns query: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.text())
+    return 0
+
+
+def _optional(module: str, attr: str):
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return None
+        raise
+    return getattr(mod, attr, None)
+
+
+def _delegate(module: str) -> tuple:
+    """A subcommand implemented in another package: its add_arguments and run."""
+    add = _optional(module, "add_arguments")
+    run = _optional(module, "run")
+    return add, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geodns", description="Global DNS load balancer (GeoDNS / GSLB)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="answer DNS for the zones (UDP and TCP)")
+    _add_sources(p)
+    p.add_argument("--listen", action="append", metavar="ADDR:PORT", help="address to serve DNS on (repeatable; default 127.0.0.1:5353; IPv6 as [::1]:5353)")
+    p.add_argument("--admin", default=DEFAULT_ADMIN, metavar="ADDR:PORT", help=f"admin API, /metrics and status page (default {DEFAULT_ADMIN}; 'none' to disable)")
+    p.add_argument("--admin-token", default=os.environ.get("GEODNS_ADMIN_TOKEN"), help="bearer token for admin writes (default: $GEODNS_ADMIN_TOKEN)")
+    p.add_argument("--node", default=None, metavar="FILE", help="node settings (name, peers, secret) for distributed health checking")
+    p.add_argument("--workers", type=int, default=0, help="worker processes sharing the port with SO_REUSEPORT (default: one per core)")
+    p.add_argument("--query-log", action="store_true", help="log one line per query")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--cache-size", type=int, default=200_000, help="answer cache entries per worker")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="validate zone files; report every error with file:line: field")
+    p.add_argument("path", nargs="?", help="zone file or directory (default: --zones)")
+    p.add_argument("--zones", default=os.environ.get("GEODNS_ZONES", DEFAULT_ZONES))
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("query", help="print the answer for a client and explain each step")
+    p.add_argument("name")
+    p.add_argument("--client", required=True, help="client IP address (as if sent in ECS)")
+    p.add_argument("--type", default="A")
+    p.add_argument("--json", action="store_true")
+    _add_sources(p)
+    p.set_defaults(func=cmd_query)
+
+    for name, module, text in (
+        ("status", "geodns.control.client", "show regions, endpoints, observers and verdicts"),
+        ("drain", "geodns.control.client", "drain a region or endpoint (REGION or REGION/ADDRESS)"),
+        ("undrain", "geodns.control.client", "end a drain"),
+        ("reload", "geodns.control.client", "re-read zones and the GeoIP file on a running server"),
+        ("agent", "geodns.health.agent", "checker-only node: probe and exchange, serve no DNS"),
+        ("balance", "geodns.balance.cli", "the regional HTTP load balancer"),
+    ):
+        p = sub.add_parser(name, help=text)
+        if module == "geodns.control.client":
+            add, run = _optional(module, f"add_{name}_arguments"), _optional(module, f"run_{name}")
+        else:
+            add, run = _delegate(module)
+        if add is not None:
+            add(p)
+        p.set_defaults(func=run or _missing(name))
+    return parser
+
+
+def _missing(name: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"geodns {name}: not available in this build", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,240 @@
+"""The control plane's core: load, validate, build and swap snapshots.
+
+Everything slow lives here: reading zones and tables, reopening the GeoIP
+file when it is replaced, reading the admin state file, taking verdicts from
+the health service. Its only output to the data plane is a new Snapshot.
+A bad reload is refused whole, with its errors logged, and the old snapshot
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from geodns.config import ConfigInvalid, Zone, load_zones
+from geodns.dns.server import SnapshotRef
+from geodns.dns.snapshot import Snapshot, build_snapshot
+from geodns.geo import GeoDatabase, GeoDatabaseError
+from geodns.steer import LatencyTable, LatencyTableError, Verdict, load_latency_table
+
+log = logging.getLogger("geodns.control")
+
+
+class ReloadFailed(Exception):
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A validated configuration: zones and the tables they refer to."""
+
+    zones: tuple[Zone, ...]
+    latency_tables: Mapping[str, LatencyTable]
+
+
+def load_config(zones_path: str | Path) -> Config:
+    """Load zones and their latency tables, validated whole. Raises ReloadFailed with file:line errors."""
+    try:
+        zones = load_zones(zones_path)
+    except ConfigInvalid as exc:
+        raise ReloadFailed([str(e) for e in exc.errors]) from None
+    tables: dict[str, LatencyTable] = {}
+    errors: list[str] = []
+    for zone in zones:
+        for node in zone.nodes.values():
+            uses_latency = node.steered and any(s.kind == "latency" for s in node.steered.chain)
+            if uses_latency and not zone.latency_table:
+                errors.append(f"{zone.source}:{node.line}: records: a latency step needs the zone's latency_table")
+        if zone.latency_table:
+            try:
+                tables[zone.origin] = load_latency_table(zone.latency_table, set(zone.regions))
+            except LatencyTableError as exc:
+                errors.append(str(exc))
+    if errors:
+        raise ReloadFailed(errors)
+    return Config(tuple(zones), tables)
+
+
+def load_admin_state(path: str | None) -> dict[str, Verdict]:
+    """Verdicts forced by the operator: `{"drains": {target: reason}, "down": [target, ...]}` (JSON)."""
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError) as exc:
+        raise ReloadFailed([f"{path}:0: cannot read admin state: {exc}"]) from None
+    if not isinstance(doc, dict) or set(doc) - {"drains", "down", "up"}:
+        raise ReloadFailed([f"{path}:0: admin state: expected keys drains, down, up"])
+    verdicts: dict[str, Verdict] = {}
+    for target in doc.get("down", []) or []:
+        verdicts[str(target)] = Verdict(up=False, forced=True, cause="marked down in the admin state file")
+    for target, reason in (doc.get("drains") or {}).items():
+        verdicts[str(target)] = Verdict(up=False, forced=True, cause=f"drained: {reason}")
+    for target in doc.get("up", []) or []:
+        verdicts[str(target)] = Verdict(up=True, forced=True, cause="forced up in the admin state file")
+    return verdicts
+
+
+@dataclass
+class Controller:
+    zones_path: str
+    geoip_path: str | None
+    state_path: str | None = None
+    cache_size: int = 200_000
+    config: Config | None = None
+    geo: GeoDatabase | None = None
+    admin_verdicts: dict[str, Verdict] = field(default_factory=dict)
+    health_verdicts: dict[str, Verdict] = field(default_factory=dict)
+    utilisation: dict[str, float] = field(default_factory=dict)
+    generation: int = 0
+    ref: SnapshotRef | None = None
+    reload_failures: int = 0
+    last_reload_error: list[str] = field(default_factory=list)
+    subscribers: list[Callable[[Snapshot], None]] = field(default_factory=list)
+    _state_mtime: float | None = None
+
+    def start(self) -> Snapshot:
+        """First load: any error here is fatal (there is nothing to keep serving)."""
+        self.config = load_config(self.zones_path)
+        self.geo = self._open_geo()
+        self.admin_verdicts = load_admin_state(self.state_path)
+        self._state_mtime = _mtime(self.state_path)
+        snapshot = self._build()
+        self.ref = SnapshotRef(snapshot)
+        return snapshot
+
+    def _open_geo(self) -> GeoDatabase | None:
+        if not self.geoip_path:
+            return None
+        try:
+            return GeoDatabase(self.geoip_path)
+        except GeoDatabaseError as exc:
+            raise ReloadFailed([str(exc)]) from None
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.ref.snapshot
+
+    def verdicts(self) -> dict[str, Verdict]:
+        merged = dict(self.health_verdicts)
+        merged.update(self.admin_verdicts)  # the operator wins over probes
+        return merged
+
+    def _build(self) -> Snapshot:
+        self.generation += 1
+        return build_snapshot(
+            self.generation,
+            list(self.config.zones),
+            self.geo,
+            self.verdicts(),
+            self.config.latency_tables,
+            self.utilisation,
+            self.cache_size,
+        )
+
+    def publish(self) -> Snapshot:
+        snapshot = self._build()
+        self.ref.snapshot = snapshot
+        for subscriber in list(self.subscribers):
+            try:
+                subscriber(snapshot)
+            except Exception:  # noqa: BLE001 - a subscriber must not stop the control plane
+                log.exception("snapshot subscriber failed")
+        return snapshot
+
+    def reload(self) -> Snapshot:
+        """Re-read zones, tables, the GeoIP file and the admin state; swap atomically or raise ReloadFailed."""
+        started = time.monotonic()
+        try:
+            config = load_config(self.zones_path)
+            geo = self._open_geo() if self.geoip_path else None
+            admin = load_admin_state(self.state_path)
+        except ReloadFailed as exc:
+            self.reload_failures += 1
+            self.last_reload_error = exc.errors
+            for line in exc.errors:
+                log.error("reload refused: %s", line)
+            log.error("reload refused: %d error(s); still serving generation %d", len(exc.errors), self.generation)
+            raise
+        self.config, self.admin_verdicts = config, admin
+        if geo is not None:
+            self.geo = geo
+        self.last_reload_error = []
+        snapshot = self.publish()
+        log.info(
+            "reloaded generation=%d zones=%d names=%d took_ms=%.1f",
+            snapshot.generation,
+            len(config.zones),
+            sum(len(z.nodes) for z in config.zones),
+            1000 * (time.monotonic() - started),
+        )
+        return snapshot
+
+    def set_health_verdicts(self, verdicts: Mapping[str, Verdict]) -> None:
+        if dict(verdicts) != self.health_verdicts:
+            self.health_verdicts = dict(verdicts)
+            self.publish()
+
+    def set_utilisation(self, utilisation: Mapping[str, float]) -> None:
+        if dict(utilisation) != self.utilisation:
+            self.utilisation = dict(utilisation)
+            self.publish()
+
+    def check_files(self) -> None:
+        """Pick up a replaced GeoIP file and a changed admin state file."""
+        if self.geo is not None and self.geo.changed():
+            try:
+                geo = GeoDatabase(self.geoip_path)
+            except GeoDatabaseError as exc:
+                log.error("geoip file replaced but unreadable, keeping the old one: %s", exc)
+                self.geo.identity = _identity_or(self.geo)
+            else:
+                self.geo = geo
+                snapshot = self.publish()
+                log.info("geoip reopened path=%s build_epoch=%d generation=%d", geo.path, geo.build_epoch, snapshot.generation)
+        mtime = _mtime(self.state_path)
+        if mtime != self._state_mtime:
+            self._state_mtime = mtime
+            try:
+                admin = load_admin_state(self.state_path)
+            except ReloadFailed as exc:
+                log.error("admin state refused: %s", exc)
+                return
+            if admin != self.admin_verdicts:
+                self.admin_verdicts = admin
+                snapshot = self.publish()
+                log.info("admin state changed targets=%s generation=%d", sorted(admin), snapshot.generation)
+
+    async def watch(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.check_files()
+            except Exception:  # noqa: BLE001 - keep watching whatever happens
+                log.exception("file watch failed")
+
+
+def _mtime(path: str | None) -> float | None:
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None
+
+
+def _identity_or(geo: GeoDatabase):
+    """Remember the unreadable file so that we do not retry it every second."""
+    from geodns.geo.database import FileIdentity
+
+    try:
+        return FileIdentity.of(geo.path)
+    except OSError:
+        return geo.identity

@@ -1,0 +1,209 @@
+"""Transports: UDP and TCP (RFC 7766) around the sans-I/O `answer()`.
+
+Thin on purpose: they read the current snapshot through one attribute of a
+`SnapshotRef` (swapped by the control plane), call `answer()`, and send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from geodns.dns.answer import answer
+from geodns.dns.snapshot import Snapshot
+
+log = logging.getLogger("geodns.dns")
+querylog = logging.getLogger("geodns.query")
+
+RCVBUF = 1 << 20
+"""~1 MB: the default buffer (~200 queries) drops packets under a few hundred queries in flight."""
+
+
+class SnapshotRef:
+    """The one mutable thing the data plane reads: a reference to the current snapshot."""
+
+    __slots__ = ("snapshot",)
+
+    def __init__(self, snapshot: Snapshot):
+        self.snapshot = snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Listen:
+        """`ADDR:PORT`, `[v6]:PORT`, or a bare port (127.0.0.1)."""
+        text = text.strip()
+        if text.isdigit():
+            return cls("127.0.0.1", _port(text))
+        if text.startswith("["):
+            host, sep, port = text[1:].partition("]:")
+            if not sep:
+                raise ValueError(f"{text!r}: expected [ADDR]:PORT")
+        else:
+            host, sep, port = text.rpartition(":")
+            if not sep or ":" in host:
+                raise ValueError(f"{text!r}: expected ADDR:PORT (IPv6 as [ADDR]:PORT)")
+        socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP, flags=socket.AI_NUMERICHOST)
+        return cls(host, _port(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ValueError(f"{text!r} is not a port number")
+    return int(text)
+
+
+def log_query(client: str, data: bytes, response: bytes | None, transport: str) -> None:
+    """One line per query, only when asked (`--query-log`)."""
+    from geodns.dns.resolve import name_of
+    from geodns.dns.wire import WireError, parse_query
+
+    try:
+        query = parse_query(data)
+        what = f"name={name_of(query.qname)} type={query.qtype}"
+        if query.edns is not None and query.edns.ecs is not None:
+            ecs = query.edns.ecs
+            fam = socket.AF_INET if ecs.family == 1 else socket.AF_INET6
+            what += f" subnet={socket.inet_ntop(fam, ecs.address)}/{ecs.source}"
+    except (WireError, Exception):  # noqa: BLE001 - logging must not fail on junk
+        what = "malformed"
+    rcode = response[3] & 0xF if response and len(response) > 3 else -1
+    querylog.info("query client=%s transport=%s %s rcode=%d size=%d", client, transport, what, rcode, len(response or b""))
+
+
+class UDPProtocol(asyncio.DatagramProtocol):
+    def __init__(self, ref: SnapshotRef, log_queries: bool = False):
+        self.ref = ref
+        self.log_queries = log_queries
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        response = answer(self.ref.snapshot, data, addr[0], True)
+        if self.log_queries:
+            log_query(addr[0], data, response, "udp")
+        if response is not None:
+            self.transport.sendto(response, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors from a client: not ours to fix
+        log.debug("udp error: %s", exc)
+
+
+class TCPServer:
+    """RFC 7766: length-prefixed messages, several per connection, answered in order.
+
+    Idle connections are closed after `idle_timeout`, a message that trickles in
+    slower than `read_timeout` is dropped, and when `max_connections` are open
+    the least recently active one is closed to make room, so a crowd of idle
+    connections never locks real clients out.
+    """
+
+    def __init__(
+        self,
+        ref: SnapshotRef,
+        idle_timeout: float = 10.0,
+        read_timeout: float = 3.0,
+        max_connections: int = 512,
+        log_queries: bool = False,
+    ):
+        self.ref = ref
+        self.idle_timeout = idle_timeout
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self.log_queries = log_queries
+        self._active: OrderedDict[asyncio.StreamWriter, float] = OrderedDict()
+
+    def _touch(self, writer: asyncio.StreamWriter) -> None:
+        self._active[writer] = time.monotonic()
+        self._active.move_to_end(writer)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else "0.0.0.0"
+        while len(self._active) >= self.max_connections:
+            oldest, _ = self._active.popitem(last=False)
+            oldest.close()
+        self._touch(writer)
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), self.idle_timeout)
+                except (TimeoutError, asyncio.IncompleteReadError):
+                    return
+                (length,) = struct.unpack("!H", head)
+                try:
+                    data = await asyncio.wait_for(reader.readexactly(length), self.read_timeout)
+                except (TimeoutError, asyncio.IncompleteReadError):
+                    return
+                self._touch(writer)
+                response = answer(self.ref.snapshot, data, client, False)
+                if self.log_queries:
+                    log_query(client, data, response, "tcp")
+                if response is None:
+                    continue
+                writer.write(struct.pack("!H", len(response)) + response)
+                try:
+                    await asyncio.wait_for(writer.drain(), self.read_timeout)
+                except TimeoutError:
+                    return
+        except (ConnectionError, OSError):
+            return
+        finally:
+            self._active.pop(writer, None)
+            writer.close()
+
+
+async def start_listeners(
+    ref: SnapshotRef,
+    listens: list[Listen],
+    log_queries: bool = False,
+    reuse_port: bool = False,
+    tcp: bool = True,
+    udp: bool = True,
+) -> list[Callable[[], None]]:
+    """Bind UDP and TCP on each address; returns closers. Raises OSError if a bind fails."""
+    loop = asyncio.get_running_loop()
+    closers: list[Callable[[], None]] = []
+    tcp_server = TCPServer(ref, log_queries=log_queries)
+    for listen in listens:
+        if udp:
+            family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.bind((listen.host, listen.port))
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: UDPProtocol(ref, log_queries), sock=sock
+            )
+            closers.append(transport.close)
+        if tcp:
+            server = await asyncio.start_server(
+                tcp_server.handle, listen.host, listen.port, reuse_address=True, reuse_port=reuse_port or None
+            )
+            closers.append(server.close)
+    return closers
