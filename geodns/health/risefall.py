@@ -80,6 +80,8 @@ class View:
     """What the latest probe saw."""
     flaps: int = 0
     """Recent falls that followed a short stay up (reset by a long stay up)."""
+    recovered: bool = False
+    """The current UP state was entered from DOWN (a fall soon after is a flap)."""
     hold_until: float = 0.0
     """A DOWN view does not rise before this time (flap hold-down)."""
 
@@ -119,11 +121,14 @@ def observe(view: View, ok: bool, at: float, detail: str, rules: Rules) -> View:
     if target is State.UP and at < view.hold_until:
         return new  # risen enough, but still held down after flapping
     if target is State.DOWN:
-        flapped = view.state is State.UP and at - view.since < rules.flap_window
+        # A flap is a recovery that did not last: down, up, down again soon.
+        # The first fall after a node starts watching is not one.
+        flapped = view.state is State.UP and view.recovered and at - view.since < rules.flap_window
         flaps = view.flaps + 1 if flapped else 0
-        return replace(new, state=State.DOWN, since=at, flaps=flaps,
+        return replace(new, state=State.DOWN, since=at, flaps=flaps, recovered=False,
                        hold_until=at + hold_for(flaps, rules))
-    return replace(new, state=State.UP, since=at, hold_until=0.0)
+    return replace(new, state=State.UP, since=at, hold_until=0.0,
+                   recovered=view.state is State.DOWN)
 
 
 def earliest_change(view: View, rules: Rules) -> float:

@@ -32,8 +32,7 @@ def test_unknown_until_rise_or_fall():
 
 
 def test_fall_after_three_failures_and_rise_after_two():
-    no_flap = Rules(rise=2, fall=3, interval=1.0, flap_window=0.0)
-    assert states(run("++---++", rules=no_flap)) == "?UUUDDU"
+    assert states(run("++---++")) == "?UUUDDU"
     # one success in the middle of failures resets the fall count
     assert states(run("++--+---")) == "?UUUUUUD"
 
@@ -44,9 +43,13 @@ def test_counts_seq_and_detail():
     assert v.since == 1.0  # became up at the second result
 
 
+DOWN = View(state=State.DOWN, since=-10.0)
+
+
 def test_flap_is_held_down():
-    # up at t=1, down at t=4 (a 3 s stay up < flap_window): first flap, held 10 s
-    views = run("++---" + "+" * 14)
+    # down, up at t=1, down again at t=4 (a 3 s stay up < flap_window): a flap, held 10 s
+    views = run("++---" + "+" * 14, DOWN)
+    assert views[1].state is State.UP and views[1].recovered
     down = views[4]
     assert down.state is State.DOWN and down.flaps == 1 and down.hold_until == 4 + 10
     # two successes at t=5,6 would rise, but the hold keeps it down until t=14
@@ -54,16 +57,21 @@ def test_flap_is_held_down():
     assert views[14].since == 14
 
 
+def test_first_fall_after_the_first_rise_is_not_a_flap():
+    views = run("++---++")
+    assert views[4].flaps == 0 and states(views) == "?UUUDDU"
+
+
 def test_flaps_double_the_hold_and_a_long_stay_resets():
     assert hold_for(0, RULES) == 0 and hold_for(1, RULES) == 10
     assert hold_for(2, RULES) == 20 and hold_for(3, RULES) == 40 and hold_for(9, RULES) == 40
-    v = View(state=State.UP, since=0.0, at=0.0)
+    v = View(state=State.UP, since=0.0, at=0.0, recovered=True)
     v = run("---", v, start=5)[-1]
     assert v.flaps == 1
-    v = run("++", View(state=State.UP, since=20.0, flaps=1), start=20)[-1]
+    v = run("++", View(state=State.DOWN, since=10.0, flaps=1), start=20)[-1]
     v = run("---", v, start=25)[-1]
     assert v.flaps == 2 and v.hold_until == 27 + 20
-    long_up = View(state=State.UP, since=0.0, flaps=3)
+    long_up = View(state=State.UP, since=0.0, flaps=3, recovered=True)
     v = run("---", long_up, start=100)[-1]
     assert v.flaps == 0 and v.hold_until == 102
 
@@ -81,7 +89,7 @@ def test_earliest_change():
     assert earliest_change(failing, RULES) == 3 + 1
     down = run("---")[-1]
     assert earliest_change(down, RULES) == 2 + 2
-    held = run("++---")[-1]
+    held = run("++---", DOWN)[-1]
     assert earliest_change(held, RULES) == 14
 
 
