@@ -194,10 +194,7 @@ def _name(ctx: _Ctx, origin: str, value: Any, line: int, field: str) -> str | No
     text = value.strip().lower()
     if text == "@":
         return origin
-    if text.endswith("."):
-        absolute = text[:-1]
-    else:
-        absolute = f"{text}.{origin}" if origin else text
+    absolute = text[:-1] if text.endswith(".") else f"{text}.{origin}" if origin else text
     labels = absolute.split(".")
     if (
         len(absolute) > 253
@@ -627,7 +624,7 @@ def _rrset(ctx: _Ctx, spec: LineMap, rtype: str, field: str, origin: str, ttl: i
         ctx.error(_line(spec, rtype), field, "a CNAME has exactly one target")
         return None
     values = []
-    for i, item in enumerate(items):
+    for i, _item in enumerate(items):
         value = _rdata(ctx, rtype, items, i, f"{field}[{i}]" if len(items) > 1 or isinstance(spec[rtype], list) else field, origin)
         if value is None:
             return None
@@ -763,7 +760,7 @@ def _steered(ctx: _Ctx, spec: LineMap, field: str, regions: dict[str, Region]) -
         ctx.error(_line(spec, "steer"), f"{field}.steer", "the chain is empty")
         return None
     chain = []
-    for i, item in enumerate(steps):
+    for i, _item in enumerate(steps):
         step = _step(ctx, steps, i, f"{field}.steer[{i}]", regions)
         if step is None:
             return None

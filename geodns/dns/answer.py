@@ -20,9 +20,9 @@ import socket
 import time
 
 from geodns.config.model import IPAddress
-from geodns.dns.cache import Prepared
 from geodns.dns.resolve import name_of, prepare, resolve
 from geodns.dns.snapshot import CompiledZone, Snapshot, narrow
+from geodns.dns.stats import AnswerLabel, Stats
 from geodns.dns.wire import (
     CLASS_IN,
     Ignore,
@@ -35,6 +35,10 @@ from geodns.dns.wire import (
     rcode_response,
 )
 from geodns.steer import Client
+
+_NO_STATS = Stats()
+"""Where counts go when the caller keeps none (tests, explain)."""
+_ERROR_LABELS = {rcode: AnswerLabel("", int(rcode), "", "") for rcode in Rcode}
 
 _monotonic = time.monotonic
 log = logging.getLogger("geodns.dns")
@@ -52,7 +56,7 @@ class _Dependent:
         self.deadline = None
 
 
-def answer(snap: Snapshot, data: bytes, client: str, udp: bool = True) -> bytes | None:
+def answer(snap: Snapshot, data: bytes, client: str, udp: bool = True, stats: Stats = _NO_STATS) -> bytes | None:
     """The response to one DNS message from `client` (its IP address), or None to send nothing."""
     if type(data) is not bytes:
         data = bytes(data)
@@ -61,35 +65,43 @@ def answer(snap: Snapshot, data: bytes, client: str, udp: bool = True) -> bytes 
     except Ignore:
         return None
     except WireError as exc:
+        stats.answers[(_ERROR_LABELS[exc.rcode], 0, udp)] += 1
         return error_response(exc)
     try:
-        return _answer(snap, query, client, udp)
+        return _answer(snap, query, client, udp, stats)
     except Exception:  # noqa: BLE001 - no input may stop the server; SERVFAIL is the honest answer
         global _failures
         _failures += 1
         if _failures <= 10 or _failures % 1000 == 0:
             log.exception("internal error answering %r (failure %d)", query.qname, _failures)
+        stats.answers[(_ERROR_LABELS[Rcode.SERVFAIL], query.qtype, udp)] += 1
         return rcode_response(query, Rcode.SERVFAIL)
 
 
-def _answer(snap: Snapshot, query: Query, client: str, udp: bool) -> bytes:
+def _answer(snap: Snapshot, query: Query, client: str, udp: bool, stats: Stats) -> bytes:
     cache = snap.cache
     key = (query.qname.lower(), query.qtype)
     entry = cache.get(key)
     if entry is None or (entry.deadline is not None and entry.deadline < _monotonic()):
         if query.qclass != CLASS_IN:
+            stats.answers[(_ERROR_LABELS[Rcode.REFUSED], query.qtype, udp)] += 1
             return rcode_response(query, Rcode.REFUSED)
-        entry = _first_level(snap, query, key, client)
+        entry = _first_level(snap, query, key, client, stats)
         if entry is None:
+            stats.answers[(_ERROR_LABELS[Rcode.REFUSED], query.qtype, udp)] += 1
             return rcode_response(query, Rcode.REFUSED)
     if entry.client_dependent:
-        prepared, scope = _client_level(snap, query, key, entry.czone, client)
+        prepared, scope = _client_level(snap, query, key, entry.czone, client, stats)
     else:
-        cache.hits += 1
+        stats.cache_hits += 1
         prepared, scope = entry, None
     body = prepared.body
     if body is None:
-        body = prepared.bodies[prepared.pick()]
+        index = prepared.pick()
+        body = prepared.bodies[index]
+        stats.answers[(prepared.meta[index], query.qtype, udp)] += 1
+    else:
+        stats.answers[(prepared.meta[0], query.qtype, udp)] += 1
     edns = query.edns
     if edns is not None and edns.ecs is not None:
         # Echo the scope for answers that depend on the client; 0 for those that do not
@@ -98,7 +110,7 @@ def _answer(snap: Snapshot, query: Query, client: str, udp: bool) -> bytes:
     return patch(body, query, scope, udp)
 
 
-def _first_level(snap: Snapshot, query: Query, key: tuple, client: str):
+def _first_level(snap: Snapshot, query: Query, key: tuple, client: str, stats: Stats):
     name = name_of(query.qname)
     czone = snap.find_zone(name)
     if czone is None:
@@ -108,8 +120,8 @@ def _first_level(snap: Snapshot, query: Query, key: tuple, client: str):
     if probe_client.used:
         entry = _Dependent(czone)
     else:
-        entry = prepare(res, query.qname, query.qtype, query.qclass)
-        snap.cache.misses += 1
+        entry = prepare(res, query.qname, query.qtype, query.qclass, czone.zone.origin)
+        stats.cache_misses += 1
     snap.cache.put(key, entry)
     return entry
 
@@ -149,7 +161,7 @@ def locate(snap: Snapshot, czone: CompiledZone, address: IPAddress, source: str)
     return Client(address, location, network, source), inside
 
 
-def _client_level(snap: Snapshot, query: Query, key: tuple, czone: CompiledZone, source: str):
+def _client_level(snap: Snapshot, query: Query, key: tuple, czone: CompiledZone, source: str, stats: Stats):
     cache = snap.cache
     address, origin = client_address(query, source)
     geo = snap.geo
@@ -161,9 +173,9 @@ def _client_level(snap: Snapshot, query: Query, key: tuple, czone: CompiledZone,
     hit = cache.get(key2)
     now = _monotonic()
     if hit is not None and (hit[0].deadline is None or hit[0].deadline >= now):
-        cache.hits += 1
+        stats.cache_hits += 1
         return hit
-    cache.misses += 1
+    stats.cache_misses += 1
     # Level 3: one decision per location, unless a CIDR rule makes the address matter.
     key3 = (key[0], key[1], netkey if inside else ("at", location))
     prepared = cache.get(key3)
@@ -171,7 +183,7 @@ def _client_level(snap: Snapshot, query: Query, key: tuple, czone: CompiledZone,
         network = ipaddress.ip_network((address, prefix), strict=False)
         client = Client(address, location, network, origin)
         res = resolve(snap, czone, name_of(query.qname), query.qtype, lambda: client)
-        prepared = prepare(res, query.qname, query.qtype, query.qclass)
+        prepared = prepare(res, query.qname, query.qtype, query.qclass, czone.zone.origin)
         cache.put(key3, prepared)
     value = (prepared, prefix if prepared.client_dependent else None)
     cache.put(key2, value)

@@ -17,7 +17,7 @@ from collections.abc import Hashable
 class Prepared:
     """Ready-made answers for one cache key."""
 
-    __slots__ = ("body", "bodies", "_turns", "scope", "deadline", "labels", "client_dependent")
+    __slots__ = ("body", "bodies", "_turns", "scope", "deadline", "labels", "client_dependent", "meta")
 
     def __init__(
         self,
@@ -27,6 +27,7 @@ class Prepared:
         deadline: float | None = None,
         labels: list[tuple[str, ...]] | None = None,
         client_dependent: bool = False,
+        meta: list | None = None,
     ):
         self.bodies = bodies
         self.body = bodies[0] if len(bodies) == 1 else None
@@ -39,6 +40,8 @@ class Prepared:
         self.labels = labels or [()]
         """Per body: the regions it answers (for metrics and logs)."""
         self.client_dependent = client_dependent
+        self.meta = meta or [None] * len(bodies)
+        """Per body: its `AnswerLabel` for metrics."""
 
     def pick(self) -> int:
         """Index of the body to answer with (round robin over the weighted schedule)."""

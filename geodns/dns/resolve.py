@@ -12,11 +12,28 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dnslib import AAAA, CAA, CNAME, MX, NS, QTYPE, RR, SOA, SRV, TXT, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import (
+    AAAA,
+    CAA,
+    CNAME,
+    MX,
+    NS,
+    QTYPE,
+    RR,
+    SOA,
+    SRV,
+    TXT,
+    A,
+    DNSHeader,
+    DNSLabel,
+    DNSQuestion,
+    DNSRecord,
+)
 
 from geodns.config.model import Node, RRset
 from geodns.dns.cache import Prepared, smooth_schedule
 from geodns.dns.snapshot import CompiledZone, Snapshot
+from geodns.dns.stats import AnswerLabel
 from geodns.dns.wire import QType, Rcode
 from geodns.steer import Client, Context, Decision, run_chain
 
@@ -266,7 +283,7 @@ def _rrs(owner: str, rrset: RRset) -> list[RR]:
     return out
 
 
-def prepare(res: Resolution, qname_wire: bytes, qtype: int, qclass: int) -> Prepared:
+def prepare(res: Resolution, qname_wire: bytes, qtype: int, qclass: int, zone: str = "") -> Prepared:
     """Turn a resolution into wire answers (one per weighted branch), ID 0, no OPT."""
     question = DNSQuestion(DNSLabel(labels_of(qname_wire.lower())), qtype, qclass)
 
@@ -283,7 +300,7 @@ def prepare(res: Resolution, qname_wire: bytes, qtype: int, qclass: int) -> Prep
 
     decision = res.decision
     if decision is None:
-        return Prepared([build([])], deadline=None)
+        return Prepared([build([])], deadline=None, meta=[AnswerLabel(zone, int(res.rcode), "", "")])
     owner = res.steered_owner
     bodies, labels, weights = [], [], []
     for branch in decision.branches:
@@ -300,4 +317,5 @@ def prepare(res: Resolution, qname_wire: bytes, qtype: int, qclass: int) -> Prep
         deadline=res.deadline,
         labels=labels,
         client_dependent=True,
+        meta=[AnswerLabel(zone, 0, ",".join(regions), decision.decided_by, decision.failopen) for regions in labels],
     )

@@ -93,8 +93,8 @@ def run_chain(steered: Steered, ctx: Context) -> Decision:
                 new.extend((weight * w, c) for w, c in outcome.branches)
         branches = new
         after = tuple(c for _, c in branches)
-        if after != (before,):
-            decided_by = step.kind
+        if after != (before,) and step.kind != "limit":
+            decided_by = step.kind  # limit only cuts what an earlier step ordered
         trace.append(TraceStep(step.kind, before, after, notes[0] if len(set(notes)) == 1 else " | ".join(notes)))
     failopen = False
     final: list[tuple[int, Candidates]] = []
