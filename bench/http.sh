@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# wrk against `geodns balance` and against HAProxy, in front of the same
+# backends, in one run; prints requests/s and p99 of both and their ratio.
+#
+#   bench/http.sh                       # defaults below
+#   DURATION=30s CONNS=100 bench/http.sh
+#
+# Needs wrk and haproxy on PATH (Debian packages) and the geodns Python
+# environment; installs nothing. Backends are one single-threaded HAProxy
+# process answering a fixed 200 with `http-request return`, so that neither
+# proxy is measured against a slow backend. The HAProxy balancer runs with
+# one thread (NBTHREAD) because `geodns balance` is one process.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-3s}
+CONNS=${CONNS:-50}
+THREADS=${THREADS:-1}
+BACKENDS=${BACKENDS:-3}
+NBTHREAD=${NBTHREAD:-1}
+NET=${NET:-127.0.4}
+PYTHON=${PYTHON:-python3}
+
+for tool in wrk haproxy "$PYTHON"; do
+    command -v "$tool" >/dev/null || { echo "bench/http.sh: $tool not found" >&2; exit 1; }
+done
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+free_port() {
+    "$PYTHON" -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"
+}
+
+wait_port() {  # host port
+    for _ in $(seq 100); do
+        if "$PYTHON" -c 'import socket,sys; socket.create_connection((sys.argv[1],int(sys.argv[2])),0.2)' "$1" "$2" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "bench/http.sh: nothing listening on $1:$2" >&2
+    exit 1
+}
+
+# ---- backends
+backend_lines=""
+geodns_backends=""
+{
+    echo "global"
+    echo "  nbthread 1"
+    echo "defaults"
+    echo "  mode http"
+    echo "  timeout connect 3s"
+    echo "  timeout client 60s"
+    echo "  timeout server 60s"
+} > "$tmp/backends.cfg"
+for i in $(seq 0 $((BACKENDS - 1))); do
+    host="$NET.$((210 + i))"
+    port=$(free_port "$host")
+    {
+        echo "frontend b$i"
+        echo "  bind $host:$port"
+        echo "  http-request return status 200 content-type text/plain string \"hello from b$i\""
+    } >> "$tmp/backends.cfg"
+    backend_lines+="  server b$i $host:$port"$'\n'
+    geodns_backends+="      - $host:$port"$'\n'
+    last_backend="$host $port"
+done
+haproxy -q -f "$tmp/backends.cfg" &
+pids+=($!)
+
+# ---- HAProxy as the balancer
+ha_host="$NET.201"
+ha_port=$(free_port "$ha_host")
+cat > "$tmp/haproxy.cfg" <<CFG
+global
+  nbthread $NBTHREAD
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 3s
+  timeout client 60s
+  timeout server 30s
+  timeout http-keep-alive 60s
+frontend fe
+  bind $ha_host:$ha_port
+  default_backend be
+backend be
+  balance roundrobin
+  http-reuse always
+  option forwardfor
+$backend_lines
+CFG
+haproxy -q -f "$tmp/haproxy.cfg" &
+pids+=($!)
+
+# ---- geodns balance
+gd_host="$NET.202"
+gd_port=$(free_port "$gd_host")
+cat > "$tmp/geodns.yaml" <<CFG
+listen: $gd_host:$gd_port
+timeouts: {connect: 3, read: 30, idle: 60}
+pools:
+  web:
+    algorithm: round_robin
+    max_conns: 10000
+    backends:
+$geodns_backends
+CFG
+(cd "$root" && exec "$PYTHON" -m geodns.balance --config "$tmp/geodns.yaml" --log-level warning) &
+pids+=($!)
+
+# shellcheck disable=SC2086
+wait_port $last_backend
+wait_port "$ha_host" "$ha_port"
+wait_port "$gd_host" "$gd_port"
+
+run() {  # name url
+    wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$2" >/dev/null
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$2" > "$tmp/$1.txt"
+}
+run geodns "http://$gd_host:$gd_port/"
+run haproxy "http://$ha_host:$ha_port/"
+
+"$PYTHON" "$here/http_report.py" "$tmp/geodns.txt" "$tmp/haproxy.txt" \
+    --setting "wrk -t$THREADS -c$CONNS -d$DURATION, $BACKENDS backends, HAProxy nbthread $NBTHREAD, geodns balance 1 process (uvloop)"
