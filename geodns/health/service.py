@@ -54,6 +54,7 @@ __all__ = ["HealthService", "record_failopen", "FAILOPEN"]
 log = logging.getLogger("geodns.health")
 
 MESSAGE_VERSION = 1
+STARTUP_EXCHANGE_TIMEOUT = 1.0
 
 FAILOPEN = Counter(
     "geodns_failopen_total",
@@ -157,6 +158,12 @@ class HealthService:
         self._sem = asyncio.Semaphore(self.node.max_probes_in_flight)
         self._probe_http = probe_session(self.node.max_probes_in_flight, self.node.source_address)
         self._peer_http = aiohttp.ClientSession(trust_env=False)
+        if self.node.peers:
+            # Warm start: one push-pull round first, so the first verdicts we
+            # publish already hold the peers' views (bounded: a dead peer
+            # costs at most STARTUP_EXCHANGE_TIMEOUT).
+            await asyncio.gather(*(self._exchange_once(p, STARTUP_EXCHANGE_TIMEOUT) for p in self.node.peers))
+            self._recompute(publish=False)
         self._publish(time.time())
         for key in self._plan.probes:
             self._start_probe(key)
@@ -395,28 +402,31 @@ class HealthService:
     async def _exchange_loop(self, peer: Any) -> None:
         event = self._push_events[peer.name]
         while True:
-            assert self._peer_http is not None
-            reason = None
-            try:
-                doc, received = await _peers.push(self._peer_http, peer.url, self.peer_message(),
-                                                  self.verifier, timeout=max(1.0, self.node.exchange_interval))
-                self.accept_peer_message(doc, received)
-                self.metrics.exchanges.labels(peer=peer.name).inc()
-            except _peers.Rejected as e:
-                reason, text = e.reason, str(e)
-            except (aiohttp.ClientError, OSError) as e:
-                reason, text = "unreachable", f"{type(e).__name__}: {e}"
-            except TimeoutError:
-                reason, text = "timeout", "timeout"
-            if reason is not None:
-                self.metrics.exchange_errors.labels(peer=peer.name, reason=reason).inc()
-                if self._peer_error.get(peer.name) != text:
-                    log.warning("health peer exchange failed peer=%s reason=%s detail=%s",
-                                peer.name, reason, _kv(text))
-                self._peer_error[peer.name] = text
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), self.node.exchange_interval)
             event.clear()
+            await self._exchange_once(peer, max(1.0, self.node.exchange_interval))
+
+    async def _exchange_once(self, peer: Any, timeout: float) -> None:
+        assert self._peer_http is not None
+        reason = None
+        try:
+            doc, received = await _peers.push(self._peer_http, peer.url, self.peer_message(),
+                                              self.verifier, timeout=timeout)
+            self.accept_peer_message(doc, received)
+            self.metrics.exchanges.labels(peer=peer.name).inc()
+        except _peers.Rejected as e:
+            reason, text = e.reason, str(e)
+        except (aiohttp.ClientError, OSError) as e:
+            reason, text = "unreachable", f"{type(e).__name__}: {e}"
+        except TimeoutError:
+            reason, text = "timeout", "timeout"
+        if reason is not None:
+            self.metrics.exchange_errors.labels(peer=peer.name, reason=reason).inc()
+            if self._peer_error.get(peer.name) != text:
+                log.warning("health peer exchange failed peer=%s reason=%s detail=%s",
+                            peer.name, reason, _kv(text))
+            self._peer_error[peer.name] = text
 
     def _push_now(self) -> None:
         for e in self._push_events.values():

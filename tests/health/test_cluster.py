@@ -158,3 +158,28 @@ async def test_peer_with_wrong_secret_is_refused(backend_factory, tmp_path):
             assert rogue.svc.status()["peers"]["n1"]["last_error"].startswith("refused_by_peer")
         finally:
             await rogue.stop()
+
+
+async def test_restarted_node_takes_peer_views_before_its_own_probes(backend_factory, tmp_path):
+    eu = await backend_factory("127.0.0.75")
+    eu.status = 503
+    zones = [make_zone([region("eu", "127.0.0.75", check=check(eu.port))])]
+    async with cluster(zones, tmp_path) as nodes:
+        await wait_for(lambda: all(not n.up("eu") for n in nodes), 5)
+        n3 = nodes[2]
+        await n3.stop()
+        # forget its saved state: only the peers can tell it now
+        for f in (tmp_path / "n3").iterdir():
+            f.unlink()
+        fresh = Node("n3", n3.settings, zones, n3.port)
+        nodes[2] = fresh
+        assert fresh.svc.verdicts()["eu"].up and fresh.svc.verdicts()["eu/127.0.0.75"].cause.startswith("unknown")
+        await fresh.start()
+        # start() did one push-pull round before publishing: the very first
+        # verdicts it published hold n1's and n2's views, long before n3's own
+        # view can decide (fall 3 x interval 0.2 s)
+        first = fresh.published[0]
+        own = fresh.svc._own["eu/127.0.0.75"]
+        assert own.state.value == "unknown", own
+        assert not first["eu"].up and not first["eu/127.0.0.75"].up
+        assert "n1 down" in first["eu/127.0.0.75"].cause and "n3 undecided" in first["eu/127.0.0.75"].cause
