@@ -11,6 +11,7 @@ from pathlib import Path
 DEFAULT_ZONES = "zones"
 DEFAULT_GEOIP = "data/geoip-bundle.mmdb"
 DEFAULT_ADMIN = "127.0.0.1:8053"
+DEFAULT_STATE = os.environ.get("GEODNS_STATE", "state/admin-state.json")
 
 
 def _default_geoip() -> str | None:
@@ -23,7 +24,7 @@ def _default_geoip() -> str | None:
 def _add_sources(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zones", default=os.environ.get("GEODNS_ZONES", DEFAULT_ZONES), help="zone file or directory of *.yaml (default: zones/)")
     p.add_argument("--geoip", default=None, help=f"GeoIP database (.mmdb; default: {DEFAULT_GEOIP}); 'none' for no GeoIP")
-    p.add_argument("--state", default=None, help="admin state file (JSON: drains, down) for forced verdicts and drains")
+    p.add_argument("--state", default=None, help=f"admin state file (JSON: drains, down) for drains and forced verdicts (serve default: {DEFAULT_STATE}; 'none' for none)")
 
 
 def _geoip_arg(args: argparse.Namespace) -> str | None:
@@ -35,21 +36,33 @@ def _geoip_arg(args: argparse.Namespace) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from geodns.control.controller import Controller
     from geodns.control.logs import setup_logging
+    from geodns.control.serve import ServeOptions, run
     from geodns.dns.server import Listen
 
     setup_logging(args.log_level, args.log_format, args.query_log)
     try:
-        listens = [Listen.parse(x) for x in (args.listen or ["127.0.0.1:5353"])]
+        listens = tuple(Listen.parse(x) for x in (args.listen or ["127.0.0.1:5353"]))
+        admin = None if args.admin == "none" else Listen.parse(args.admin)
     except (ValueError, OSError) as exc:
-        print(f"geodns serve: --listen {exc}", file=sys.stderr)
+        print(f"geodns serve: {exc}", file=sys.stderr)
         return 2
-    controller = Controller(args.zones, _geoip_arg(args), args.state, cache_size=args.cache_size)
-    runner = _optional("geodns.control.node", "run_node")
-    if runner is not None:
-        return runner(controller, listens, args)
-    from geodns.control.serve import run
-
-    return run(controller, listens, args.query_log)
+    if args.workers < 0:
+        print("geodns serve: --workers must be 0 (one per core) or more", file=sys.stderr)
+        return 2
+    workers = args.workers or os.cpu_count() or 1
+    state = None if args.state == "none" else (args.state or DEFAULT_STATE)
+    if state:
+        Path(state).parent.mkdir(parents=True, exist_ok=True)
+    controller = Controller(args.zones, _geoip_arg(args), state, cache_size=args.cache_size)
+    options = ServeOptions(
+        listens=listens,
+        admin=admin,
+        admin_token=args.admin_token,
+        node_file=args.node,
+        workers=workers,
+        query_log=args.query_log,
+    )
+    return run(controller, options)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

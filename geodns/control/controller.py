@@ -100,6 +100,8 @@ class Controller:
     reload_failures: int = 0
     last_reload_error: list[str] = field(default_factory=list)
     subscribers: list[Callable[[Snapshot], None]] = field(default_factory=list)
+    reload_hooks: list[Callable[[Config], None]] = field(default_factory=list)
+    """Called with each newly accepted configuration (e.g. the health service re-plans its probes)."""
     _state_mtime: float | None = None
 
     def start(self) -> Snapshot:
@@ -169,6 +171,11 @@ class Controller:
         if geo is not None:
             self.geo = geo
         self.last_reload_error = []
+        for hook in list(self.reload_hooks):
+            try:
+                hook(config)
+            except Exception:  # noqa: BLE001 - a hook must not undo an accepted reload
+                log.exception("reload hook failed")
         snapshot = self.publish()
         log.info(
             "reloaded generation=%d zones=%d names=%d took_ms=%.1f",

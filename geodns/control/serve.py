@@ -1,11 +1,20 @@
-"""`geodns serve`: one node, control plane and data plane in one event loop."""
+"""`geodns serve`: one node — control plane, admin API, health checking and the DNS data plane.
+
+The control plane (this event loop) loads and validates the configuration,
+runs the health service and the admin API, and publishes snapshots; the data
+plane answers from the current snapshot, in this process or in worker
+processes that share the port (SO_REUSEPORT).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from geodns.control.controller import Controller, ReloadFailed
 from geodns.dns.server import Listen, start_listeners
@@ -13,7 +22,26 @@ from geodns.dns.server import Listen, start_listeners
 log = logging.getLogger("geodns.serve")
 
 
-async def serve(controller: Controller, listens: list[Listen], query_log: bool = False, ready=None) -> int:
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    listens: tuple[Listen, ...]
+    admin: Listen | None = None
+    admin_token: str | None = None
+    node_file: str | None = None
+    workers: int = 1
+    query_log: bool = False
+
+
+def _module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and name.startswith(exc.name):
+            return None
+        raise
+
+
+async def serve(controller: Controller, options: ServeOptions, ready: Callable[[], None] | None = None) -> int:
     loop = asyncio.get_running_loop()
     try:
         snapshot = controller.start()
@@ -22,11 +50,55 @@ async def serve(controller: Controller, listens: list[Listen], query_log: bool =
             log.error("%s", line)
         log.error("not starting: the configuration has %d error(s)", len(exc.errors))
         return 2
+
+    health = None
+    if options.node_file:
+        from geodns.health.service import HealthService
+        from geodns.health.settings import NodeSettingsError, load_node_settings
+
+        try:
+            settings = load_node_settings(options.node_file)
+        except NodeSettingsError as exc:
+            log.error("%s", exc)
+            return 2
+        health = HealthService(settings, list(controller.config.zones), controller.set_health_verdicts)
+        # Warm start: verdicts from saved state before the first query is answered.
+        controller.set_health_verdicts(health.verdicts())
+        controller.reload_hooks.append(lambda config: health.reconfigure(list(config.zones)))
+
+    workers = None
+    stats_source = None
+    closers: list[Callable[[], None]] = []
     try:
-        closers = await start_listeners(controller.ref, listens, log_queries=query_log)
+        workers_mod = _module("geodns.dns.workers") if options.workers != 1 else None
+        if workers_mod is not None and hasattr(workers_mod, "WorkerPool"):
+            workers = workers_mod.WorkerPool(controller, list(options.listens), options.workers, options.query_log)
+            await workers.start()
+            stats_source = workers.stats
+        else:
+            from geodns.dns.stats import Stats
+
+            stats = Stats()
+            closers = await start_listeners(controller.ref, list(options.listens), log_queries=options.query_log, stats=stats)
+            stats_source = stats.export
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
+
+    admin_runner = None
+    admin_mod = _module("geodns.control.admin") if options.admin else None
+    if admin_mod is not None:
+        app = admin_mod.make_admin_app(controller, options.admin_token, stats=stats_source, health=health)
+        if health is not None:
+            health.add_routes(app)
+        try:
+            admin_runner = await admin_mod.start_admin(app, options.admin.host, options.admin.port)
+        except OSError as exc:
+            log.error("cannot listen for the admin API on %s: %s", options.admin, exc)
+            return 1
+    if health is not None:
+        await health.start()
+
     stop = asyncio.Event()
 
     def on_hup() -> None:
@@ -39,25 +111,34 @@ async def serve(controller: Controller, listens: list[Listen], query_log: bool =
     watcher = asyncio.create_task(controller.watch())
     geo = controller.geo
     log.info(
-        "serving listen=%s zones=%s generation=%d geoip=%s",
-        ",".join(str(x) for x in listens),
+        "serving listen=%s admin=%s workers=%s zones=%s generation=%d geoip=%s health=%s",
+        ",".join(str(x) for x in options.listens),
+        options.admin if admin_runner else "off",
+        options.workers if workers else 1,
         ",".join(snapshot.zones),
         snapshot.generation,
         f"{geo.path} ({geo.database_type})" if geo else "none",
+        "on" if health else "off (verdicts from the admin state file)",
     )
     if ready is not None:
         ready()
     await stop.wait()
     log.info("stopping")
     watcher.cancel()
+    if health is not None:
+        await health.stop()
+    if admin_runner is not None:
+        await admin_runner.cleanup()
+    if workers is not None:
+        await workers.stop()
     for close in closers:
         close()
     return 0
 
 
-def run(controller: Controller, listens: list[Listen], query_log: bool = False) -> int:
+def run(controller: Controller, options: ServeOptions) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
-        return asyncio.run(serve(controller, listens, query_log))
-    return uvloop.run(serve(controller, listens, query_log))
+        return asyncio.run(serve(controller, options))
+    return uvloop.run(serve(controller, options))

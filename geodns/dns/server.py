@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from geodns.dns.answer import answer
 from geodns.dns.snapshot import Snapshot
+from geodns.dns.stats import Stats
 
 log = logging.getLogger("geodns.dns")
 querylog = logging.getLogger("geodns.query")
@@ -86,9 +87,10 @@ def log_query(client: str, data: bytes, response: bytes | None, transport: str) 
 
 
 class UDPProtocol(asyncio.DatagramProtocol):
-    def __init__(self, ref: SnapshotRef, log_queries: bool = False):
+    def __init__(self, ref: SnapshotRef, log_queries: bool = False, stats: Stats | None = None):
         self.ref = ref
         self.log_queries = log_queries
+        self.stats = stats if stats is not None else Stats()
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport) -> None:
@@ -99,7 +101,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
 
     def datagram_received(self, data: bytes, addr) -> None:
-        response = answer(self.ref.snapshot, data, addr[0], True)
+        response = answer(self.ref.snapshot, data, addr[0], True, self.stats)
         if self.log_queries:
             log_query(addr[0], data, response, "udp")
         if response is not None:
@@ -125,8 +127,10 @@ class TCPServer:
         read_timeout: float = 3.0,
         max_connections: int = 512,
         log_queries: bool = False,
+        stats: Stats | None = None,
     ):
         self.ref = ref
+        self.stats = stats if stats is not None else Stats()
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.max_connections = max_connections
@@ -156,7 +160,7 @@ class TCPServer:
                 except (TimeoutError, asyncio.IncompleteReadError):
                     return
                 self._touch(writer)
-                response = answer(self.ref.snapshot, data, client, False)
+                response = answer(self.ref.snapshot, data, client, False, self.stats)
                 if self.log_queries:
                     log_query(client, data, response, "tcp")
                 if response is None:
@@ -180,11 +184,13 @@ async def start_listeners(
     reuse_port: bool = False,
     tcp: bool = True,
     udp: bool = True,
+    stats: Stats | None = None,
 ) -> list[Callable[[], None]]:
     """Bind UDP and TCP on each address; returns closers. Raises OSError if a bind fails."""
     loop = asyncio.get_running_loop()
     closers: list[Callable[[], None]] = []
-    tcp_server = TCPServer(ref, log_queries=log_queries)
+    stats = stats if stats is not None else Stats()
+    tcp_server = TCPServer(ref, log_queries=log_queries, stats=stats)
     for listen in listens:
         if udp:
             family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
@@ -198,7 +204,7 @@ async def start_listeners(
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             sock.bind((listen.host, listen.port))
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: UDPProtocol(ref, log_queries), sock=sock
+                lambda: UDPProtocol(ref, log_queries, stats), sock=sock
             )
             closers.append(transport.close)
         if tcp:
