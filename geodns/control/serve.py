@@ -109,6 +109,10 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     watcher = asyncio.create_task(controller.watch())
+    from geodns.control.capacity import CapacityPoller, capacity_urls
+
+    poller = CapacityPoller(lambda: capacity_urls(controller.config.zones), controller.set_utilisation)
+    capacity_task = asyncio.create_task(poller.run())
     geo = controller.geo
     log.info(
         "serving listen=%s admin=%s workers=%s zones=%s generation=%d geoip=%s health=%s",
@@ -125,6 +129,7 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
     await stop.wait()
     log.info("stopping")
     watcher.cancel()
+    capacity_task.cancel()
     if health is not None:
         await health.stop()
     if admin_runner is not None:
