@@ -8,6 +8,7 @@ steering), AUTHORITY (SOA for negative answers, NS for referrals), ADDITIONAL
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from geodns.dns.wire import QType, Rcode
 from geodns.steer import Client, Context, Decision, run_chain
 
 MAX_CNAME_CHAIN = 8
+log = logging.getLogger("geodns.steer")
 
 
 @dataclass(slots=True)
@@ -188,6 +190,12 @@ def _answer_node(
             now=now if now is not None else time.time(),
         )
         decision = run_chain(node.steered, ctx)
+        if decision.failopen:
+            # Once per cache entry (answers are cached per network and snapshot), not per query.
+            log.warning(
+                "FAIL-OPEN name=%s type=%s every candidate is down; answering %s",
+                owner, QTYPE.get(qtype), " | ".join(",".join(b.regions) for b in decision.branches),
+            )
         if decision.branches:
             res.decision = decision
             res.client = client
