@@ -71,10 +71,6 @@ class _Body:
             yield chunk
 
 
-class _ConnectFailed(Exception):
-    """The request never reached the backend: safe to send elsewhere."""
-
-
 def _log(event: str, **fields: object) -> None:
     log.info(" ".join([f"event={event}", *(f"{k}={v}" for k, v in fields.items())]))
 
@@ -307,9 +303,11 @@ class Balancer:
         remote = request.remote or ""
         prior = headers.getall("X-Forwarded-For", ())
         out.append(("X-Forwarded-For", ", ".join([*prior, remote]) if prior else remote))
-        out.append(("X-Forwarded-Proto", headers.get("X-Forwarded-Proto") or request.scheme))
+        # Proto and Host are ours to state (a client could forge them); the
+        # address chain is appended to, as nginx's $proxy_add_x_forwarded_for does.
+        out.append(("X-Forwarded-Proto", request.scheme))
         if "Host" in headers:
-            out.append(("X-Forwarded-Host", headers.get("X-Forwarded-Host") or headers["Host"]))
+            out.append(("X-Forwarded-Host", headers["Host"]))
         via = f"{request.version.major}.{request.version.minor} {self.config.via}"
         prior_via = headers.get("Via")
         out.append(("Via", f"{prior_via}, {via}" if prior_via else via))

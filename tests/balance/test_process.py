@@ -122,3 +122,25 @@ async def test_removed_backend_cut_after_drain_timeout(backends, balancer) -> No
     assert time.monotonic() - started < 2.0
     writer.close()
     assert b.generation == 2
+
+
+async def test_admin_reload_endpoint(backends, balancer, client, tmp_path: Path) -> None:
+    backs = await backends(2, first=45)
+    host = f"{NET}.2"
+    listen, admin = f"{host}:{free_port(host)}", f"{host}:{free_port(host)}"
+    cfg = tmp_path / "r.yaml"
+    write(cfg, [backs[0].address], listen, admin)
+    b = await balancer(yaml.safe_load(cfg.read_text()), str(cfg))
+    reload_url = f"http://{admin}/v1/reload"
+    auth = {"Authorization": "Bearer t"}
+    async with client.post(reload_url) as r:
+        assert r.status == 401
+    write(cfg, [backs[1].address], listen, admin)
+    async with client.post(reload_url, headers=auth) as r:
+        assert (r.status, await r.json()) == (200, {"reloaded": True, "generation": 2})
+    async with client.get(f"http://{listen}/") as r:
+        assert r.headers["X-Backend"] == "b1"
+    cfg.write_text("listen: 1\n")
+    async with client.post(reload_url, headers=auth) as r:
+        assert (r.status, (await r.json())["generation"]) == (422, 2)
+    assert b.generation == 2

@@ -114,11 +114,11 @@ async def test_headers_streaming_routes_and_websocket(backends, balancer, client
         "pools": {"web": pool(backs[:1]), "api": pool(backs[1:])},
         "routes": [{"path": "/", "pool": "web"}, {"path": "/headers", "pool": "api"}],
     })
-    async with client.get(url(b, "/headers"), headers={"X-Forwarded-For": "203.0.113.9"}) as r:
+    async with client.get(url(b, "/headers"), headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}) as r:
         seen = await r.json()
         assert r.headers["X-Backend"] == "b1" and r.headers["Via"] == "1.1 geodns"
     assert seen["X-Forwarded-For"] == "203.0.113.9, 127.0.0.1"
-    assert seen["X-Forwarded-Proto"] == "http" and seen["Via"] == "1.1 geodns"
+    assert seen["X-Forwarded-Proto"] == "http" and seen["Via"] == "1.1 geodns"  # client's "https" replaced
     async with client.get(url(b, "/stream?chunks=5&gap=0.05")) as r:
         assert r.headers["X-Backend"] == "b0"
         assert "Content-Length" not in r.headers  # streamed, not buffered
