@@ -8,34 +8,22 @@ reports saturation or stops answering, then to us-west, and back.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import dns.message
-import dns.query
 import pytest
 from aiohttp import web
+
+from .cluster import ask as cluster_ask
+from .cluster import free_port, start, stop, wait_port
 
 pytestmark = pytest.mark.slow
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def ask(host: str, port: int, name: str) -> str | None:
-    query = dns.message.make_query(name, "A")
-    try:
-        response = dns.query.udp(query, host, port=port, timeout=1)
-    except dns.exception.Timeout:
-        return None
-    return response.answer[0][0].address if response.answer else None
+    addresses = cluster_ask(host, port, name)
+    return addresses[0] if addresses else None
 
 
 async def wait_for_answer(host: str, port: int, name: str, want: str, within: float) -> float:
@@ -47,16 +35,6 @@ async def wait_for_answer(host: str, port: int, name: str, want: str, within: fl
             return time.monotonic() - start
         await asyncio.sleep(0.2)
     raise AssertionError(f"{name}: wanted {want} within {within}s, last answer {got}")
-
-
-def wait_port(host: str, port: int, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listening on {host}:{port}")
 
 
 @pytest.fixture
@@ -82,20 +60,6 @@ async def backend():
     yield host, port, release
     release.set()
     await runner.cleanup()
-
-
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def test_global_tier_steers_around_a_saturated_or_dead_region(tmp_path: Path, backend) -> None:

@@ -1,0 +1,108 @@
+"""A small geodns cluster for end-to-end tests: real `geodns serve` processes on 127.0.0.x."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listening on {host}:{port}")
+
+
+def ask(host: str, port: int, name: str, subnet: str | None = None) -> list[str] | None:
+    """The A addresses a node answers for a name (None: no answer in time)."""
+    options = []
+    if subnet:
+        address, prefix = subnet.split("/")
+        options = [dns.edns.ECSOption(address, int(prefix))]
+    query = dns.message.make_query(name, "A", use_edns=0, options=options)
+    try:
+        response = dns.query.udp(query, host, port=port, timeout=1)
+    except dns.exception.Timeout:
+        return None
+    return sorted(rr.address for rrset in response.answer for rr in rrset if rrset.rdtype == 1)
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=log.open("a"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Node:
+    name: str
+    host: str
+    dns_port: int
+    admin_port: int
+    dir: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def admin(self) -> str:
+        return f"{self.host}:{self.admin_port}"
+
+    def command(self, zones: Path, token: str) -> list[str]:
+        return [
+            sys.executable, "-m", "geodns", "serve", "--zones", str(zones), "--geoip", "none",
+            "--listen", f"{self.host}:{self.dns_port}", "--admin", self.admin, "--admin-token", token,
+            "--workers", "1", "--node", str(self.dir / "node.yaml"), "--state", str(self.dir / "admin.json"),
+        ]
+
+    def start(self, zones: Path, token: str) -> None:
+        self.proc = start(self.command(zones, token), self.dir / "serve.log")
+        wait_port(self.host, self.dns_port)
+        wait_port(self.host, self.admin_port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+    def ask(self, name: str) -> list[str] | None:
+        return ask(self.host, self.dns_port, name)
+
+
+def make_cluster(tmp: Path, names: list[str], first_host: int, secret: str) -> list[Node]:
+    nodes = []
+    for i, name in enumerate(names):
+        host = f"127.0.0.{first_host + i}"
+        directory = tmp / name
+        directory.mkdir()
+        nodes.append(Node(name, host, free_port(host), free_port(host), directory))
+    for node in nodes:
+        peers = "".join(f"\n  - {{name: {p.name}, url: 'http://{p.admin}'}}" for p in nodes if p is not node)
+        (node.dir / "node.yaml").write_text(
+            f"node: {node.name}\npeers:{peers}\nsecret: '{secret}'\nexchange_interval: 0.3\n"
+            f"state_dir: {node.dir / 'state'}\n"
+        )
+    return nodes
