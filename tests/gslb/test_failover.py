@@ -24,6 +24,10 @@ TOKEN = "test-admin-token"
 INTERVAL, FALL, RISE = 0.3, 2, 2
 
 
+async def _ok(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
 class Backend:
     def __init__(self, host: str):
         self.host = host
@@ -32,7 +36,7 @@ class Backend:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/health", lambda request: web.Response(text="ok"))
+        app.router.add_get("/health", _ok)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         await web.TCPSite(self.runner, self.host, self.port, reuse_address=True).start()
