@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from geodns.config.model import Zone
+from geodns.config.model import Check, Zone
 from geodns.health import peers as _peers
 from geodns.health.plan import Plan, ProbeKey, plan_zones
 from geodns.health.probes import ProbeResult, probe, probe_session
@@ -75,6 +76,11 @@ def record_failopen(name: str) -> None:
     if now - _failopen_logged.get(name, -1e9) >= 10:
         _failopen_logged[name] = now
         log.error("failopen name=%s every candidate is down; answering fallback or all candidates", name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rules(check: Check) -> Rules:
+    return Rules.from_check(check)
 
 
 def _kv(value: object) -> str:
@@ -142,6 +148,7 @@ class HealthService:
         self._probe_http: aiohttp.ClientSession | None = None
         self._peer_http: aiohttp.ClientSession | None = None
         self._recompute_pending = False
+        self._dirty: set[str] | None = set()
         self._state_dirty = False
         self._started = False
         self._load_disk()
@@ -300,7 +307,7 @@ class HealthService:
                 continue
             views.append({
                 "target": target, "state": view.state.value, "since": view.since, "at": view.at,
-                "until": earliest_change(view, Rules.from_check(tp.key.check)), "seq": view.seq,
+                "until": earliest_change(view, _rules(tp.key.check)), "seq": view.seq,
                 "detail": view.detail,
             })
         return {
@@ -343,6 +350,7 @@ class HealthService:
                             float(d["at"]), str(d["by"])) for d in raw_drains]
         except (KeyError, TypeError, ValueError) as e:
             raise _peers.Rejected("malformed", f"bad view or drain: {e}") from None
+        touched = set(views) | set(self._peer_views.get(node, ()))
         self._peer_views[node] = views
         self._peer_seen[node] = received
         self._peer_error.pop(node, None)
@@ -351,12 +359,13 @@ class HealthService:
             winner = newer_drain(self._drains.get(d.target), d)
             if winner is d and self._drains.get(d.target) != d:
                 self._drains[d.target] = d
+                touched.add(d.target)
                 changed = True
                 log.warning("health drain target=%s active=%s by=%s via=%s reason=%s", d.target,
                             str(d.active).lower(), d.by, node, _kv(d.reason))
         if changed:
             self._save_drains()
-        self._schedule_recompute()
+        self._schedule_recompute(touched)
 
     def record_rejection(self, reason: str, remote: str | None) -> None:
         self.metrics.rejected.labels(reason=reason).inc()
@@ -385,7 +394,7 @@ class HealthService:
             await asyncio.sleep(max(0.0, delay))
 
     def _on_result(self, key: ProbeKey, at: float, result: ProbeResult) -> None:
-        rules = Rules.from_check(key.check)
+        rules = _rules(key.check)
         self.metrics.latency.labels(kind=key.check.kind).observe(result.rtt)
         for target in self._plan.probes.get(key, ()):
             self.metrics.probes.labels(target=target, result="ok" if result.ok else "fail").inc()
@@ -395,7 +404,7 @@ class HealthService:
             if after.state is not before.state:
                 log.info("health view node=%s target=%s state=%s was=%s detail=%s", self.node.name,
                          target, after.state.value, before.state.value, _kv(result.detail))
-        self._schedule_recompute()
+        self._schedule_recompute(self._plan.probes.get(key, ()))
 
     # ---- peer exchange ----------------------------------------------------
 
@@ -447,7 +456,7 @@ class HealthService:
         if own is not None and tp.key is not None:
             out.append(ObserverView(
                 observer=self.node.name, state=own.state, since=own.since,
-                until=earliest_change(own, Rules.from_check(tp.key.check)),
+                until=earliest_change(own, _rules(tp.key.check)),
                 heard=own.at or own.since, detail=own.detail,
             ))
         for views in self._peer_views.values():
@@ -462,17 +471,30 @@ class HealthService:
             for target in targets:
                 self._own.setdefault(target, View(since=now))
 
-    def _schedule_recompute(self) -> None:
+    def _schedule_recompute(self, targets: Sequence[str] | None = None) -> None:
+        """Recompute soon, once for every event of this loop iteration; with
+        `targets`, only those and their regions (a probe result touches few)."""
+        if targets is None:
+            self._dirty = None
+        elif self._dirty is not None:
+            self._dirty.update(targets)
         if self._recompute_pending:
             return
         self._recompute_pending = True
         try:
-            asyncio.get_running_loop().call_soon(self._recompute)
+            asyncio.get_running_loop().call_soon(self._recompute_dirty)
         except RuntimeError:  # no loop (tests calling directly): do it now
-            self._recompute()
+            self._recompute_dirty()
 
-    def _recompute(self, publish: bool = True) -> None:
+    def _recompute_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        self._recompute(only=dirty)
+
+    def _recompute(self, publish: bool = True, only: set[str] | None = None) -> None:
+        """Verdicts from views; `only`: just these targets and their regions."""
         self._recompute_pending = False
+        if only is None:
+            self._dirty = set()
         now = time.time()
         stale_peers = 3 * self.node.exchange_interval + 2.0
         isolated = bool(self.node.peers) and not any(
@@ -485,8 +507,18 @@ class HealthService:
                 log.warning("health isolated=false node=%s peers heard again", self.node.name)
         self._isolated = isolated
         self.metrics.isolated.set(1 if isolated else 0)
-        new: dict[str, Verdict] = {}
-        for target, tp in self._plan.targets.items():
+        old = self._verdicts
+        if only is None:
+            new: dict[str, Verdict] = {}
+            targets = list(self._plan.targets)
+            regions = list(self._plan.regions)
+        else:
+            new = dict(old)
+            targets = [t for t in only if t in self._plan.targets]
+            regions = list({self._plan.targets[t].region for t in targets}
+                           | {r for r in only if r in self._plan.regions})
+        for target in targets:
+            tp = self._plan.targets[target]
             drain = self._drains.get(target)
             if tp.key is None:
                 v = decide_target([], now, stale_after=0.0, drain=drain) if drain and drain.active \
@@ -497,7 +529,8 @@ class HealthService:
                 if isolated and not v.forced and v.cause and not v.cause.startswith(("unknown", "no fresh")):
                     v = replace(v, cause=f"isolated, own view only: {v.cause}")
             new[target] = v
-        for name, rp in self._plan.regions.items():
+        for name in regions:
+            rp = self._plan.regions[name]
             new[name] = decide_region(
                 [(t, new[t]) for t in rp.endpoints], min_healthy=rp.min_healthy,
                 balancer=new.get(rp.balancer) if rp.balancer else None, drain=self._drains.get(name),
@@ -505,10 +538,10 @@ class HealthService:
         # Fallbacks only bridge the gap to the first real decision.
         for target in [t for t in self._fallback if t in new and not new[t].cause.startswith("no fresh")]:
             del self._fallback[target]
-        old = self._verdicts
         self._verdicts = new
         changed = False
-        for target, v in new.items():
+        for target in [*targets, *regions]:
+            v = new[target]
             was = old.get(target)
             if was is None or (was.up, was.forced) != (v.up, v.forced):
                 changed = True
@@ -518,8 +551,8 @@ class HealthService:
                     log.warning("health verdict node=%s target=%s up=%s forced=%s was=%s cause=%s",
                                 self.node.name, target, str(v.up).lower(), str(v.forced).lower(),
                                 "up" if was.up else "down", _kv(v.cause))
-            self.metrics.up.labels(target=target).set(1 if v.up else 0)
-            self.metrics.forced.labels(target=target).set(1 if v.forced else 0)
+                self.metrics.up.labels(target=target).set(1 if v.up else 0)
+                self.metrics.forced.labels(target=target).set(1 if v.forced else 0)
         for target in set(old) - set(new):
             changed = True
             with contextlib.suppress(KeyError):
