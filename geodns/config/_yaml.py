@@ -33,7 +33,13 @@ class LineList(list):
 
 
 class DuplicateKey(yaml.YAMLError):
-    pass
+    """A key given twice in one mapping (PyYAML would silently keep the last)."""
+
+    def __init__(self, key: Any, line: int, first_line: int):
+        self.key = key
+        self.line = line
+        self.first_line = first_line
+        super().__init__(f"duplicate key {key!r} (first at line {first_line})")
 
 
 class _Loader(yaml.SafeLoader):
@@ -47,12 +53,16 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineMap:
     loader.flatten_mapping(node)
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        key_line = key_node.start_mark.line + 1
         if key in result:
-            raise DuplicateKey(
-                f"line {key_node.start_mark.line + 1}: duplicate key {key!r}"
-            )
-        result[key] = loader.construct_object(value_node, deep=True)
-        result.key_lines[key] = key_node.start_mark.line + 1
+            raise DuplicateKey(key, key_line, result.key_lines[key])
+        value = loader.construct_object(value_node, deep=True)
+        if isinstance(value, LineMap | LineList):
+            # A block mapping starts on the line after its key; errors about the
+            # whole value ("soa.serial: is required") belong on the key's line.
+            value.line = key_line
+        result[key] = value
+        result.key_lines[key] = key_line
     return result
 
 

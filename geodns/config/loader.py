@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from geodns.config._yaml import LineList, LineMap, load_yaml
+from geodns.config._yaml import DuplicateKey, LineList, LineMap, load_yaml
 from geodns.config.model import (
     SOA,
     Check,
@@ -211,6 +211,8 @@ def load_zone_text(text: str, file: str) -> Zone:
     ctx = _Ctx(file)
     try:
         doc = load_yaml(text)
+    except DuplicateKey as exc:
+        raise ConfigInvalid([ConfigError(file, exc.line, "", str(exc))]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
@@ -320,7 +322,7 @@ def _soa(ctx: _Ctx, soa: Any, origin: str) -> SOA | None:
         if key in soa:
             values[key] = _int(ctx, soa, key, f"soa.{key}", 0, 2**32 - 1 if key == "serial" else 2**31 - 1)
             ok &= values[key] is not None
-    return SOA(**values) if ok and "mname" in values and "serial" in values else None
+    return SOA(**values) if ok and all(k in values for k in ("mname", "rname", "serial")) else None
 
 
 def _nameservers(ctx: _Ctx, doc: LineMap, origin: str) -> tuple[NameServer, ...]:
@@ -600,10 +602,17 @@ def _check_node_rules(ctx: _Ctx, nodes: dict[str, Node], origin: str, records: L
         if name == origin and "NS" in types:
             ctx.error(line, f"records.{owner_key}.NS", "apex NS records come from 'nameservers'")
         for cut in cuts:
-            if name.endswith("." + cut):
+            if name.endswith("." + cut) and not _is_glue(node, nodes[cut]):
                 ctx.error(line, f"records.{owner_key}", f"is below the delegation {cut!r}")
         if name in cuts and types - {"NS", "A", "AAAA"}:
             ctx.error(line, f"records.{owner_key}", "a delegation point holds only NS (and glue)")
+
+
+def _is_glue(node: Node, cut: Node) -> bool:
+    """Addresses of a name server of the cut, below it: glue, which referrals need (RFC 9471)."""
+    targets = {v for r in cut.rrsets if r.rtype == "NS" for v in r.values}
+    types = {r.rtype for r in node.rrsets}
+    return node.name in targets and node.steered is None and types <= {"A", "AAAA"}
 
 
 def _norm(key: str, origin: str) -> str:
@@ -690,7 +699,7 @@ def _fields(ctx: _Ctx, item: Any, line: int, field: str, origin: str, spec: tupl
         mapping.key_lines = {}
         from_text = True
     elif isinstance(item, dict):
-        if not _check_keys(ctx, item, field, names, names):
+        if not _check_keys(ctx, item, field, names, names) or any(n not in item for n in names):
             return None
         mapping = item
         from_text = False
@@ -850,7 +859,7 @@ def _step(ctx: _Ctx, steps: LineList, i: int, field: str, regions: dict[str, Reg
 
 
 def _geolocation(ctx: _Ctx, params: Any, line: int, field: str, regions: dict[str, Region]) -> Step | None:
-    if not _check_keys(ctx, params, field, ("rules", "default"), ("rules",)):
+    if not _check_keys(ctx, params, field, ("rules", "default"), ("rules",)) or "rules" not in params:
         return None
     rules_in = _list(ctx, params, "rules", f"{field}.rules")
     if rules_in is None:
@@ -858,7 +867,9 @@ def _geolocation(ctx: _Ctx, params: Any, line: int, field: str, regions: dict[st
     rules = []
     for i, rule in enumerate(rules_in):
         rfield = f"{field}.rules[{i}]"
-        if not _check_keys(ctx, rule, rfield, ("match", "regions"), ("match", "regions")):
+        if not _check_keys(ctx, rule, rfield, ("match", "regions"), ("match", "regions")) or not (
+            "match" in rule and "regions" in rule
+        ):
             return None
         matches = _list(ctx, rule, "match", f"{rfield}.match")
         targets = _region_names(ctx, rule, "regions", f"{rfield}.regions", regions)
