@@ -187,3 +187,46 @@ def test_record_failopen_counts():
     reg = CollectorRegistry()
     HealthService(NodeSettings(name="x"), [], registry=reg)
     assert reg.get_sample_value("geodns_failopen_total", {"name": "www.gslb.example.com"}) == before + 1
+
+
+async def test_isolated_node_uses_its_own_view_and_says_so(backend_factory):
+    from geodns.health import Peer
+
+    from .conftest import free_port
+
+    b = await backend_factory("127.0.0.76")
+    b.status = 503
+    dead_peer = f"http://127.0.0.77:{free_port('127.0.0.77')}"  # nobody listens there
+    zone = make_zone([region("eu", "127.0.0.76", check=Check(kind="http", port=b.port, **FAST))])
+    registry = CollectorRegistry()
+    settings = NodeSettings(name="n1", peers=(Peer("n2", dead_peer),), secret=b"0123456789abcdef",
+                            exchange_interval=0.1)
+    svc = HealthService(settings, [zone], registry=registry)
+    await svc.start()
+    try:
+        await wait_for(lambda: not svc.verdicts()["eu"].up, 3)
+        assert svc.isolated and svc.status()["isolated"]
+        assert svc.verdicts()["eu/127.0.0.76"].cause.startswith("isolated, own view only: 1/1")
+        assert registry.get_sample_value("geodns_health_isolated") == 1
+        assert registry.get_sample_value(
+            "geodns_peer_exchange_errors_total", {"peer": "n2", "reason": "unreachable"}) >= 1
+        assert svc.status()["peers"]["n2"]["last_error"].startswith("Client")
+    finally:
+        await svc.stop()
+
+
+async def test_published_bounds_are_refreshed_when_they_pass(backend_factory):
+    b = await backend_factory("127.0.0.78")
+    check = Check(kind="http", port=b.port, interval=0.2, timeout=0.2, jitter=0.0, fall=2, rise=1)
+    svc, calls = service([make_zone([region("eu", "127.0.0.78", check=check)])])
+    await svc.start()
+    try:
+        await asyncio.sleep(2.5)
+        # no up/down change after the first decision, yet the mapping was
+        # republished as bounds expired (at most about once a second)
+        assert all(c["eu"].up for c in calls)
+        assert 2 <= len(calls) <= 6, len(calls)
+        v = svc.verdicts()["eu/127.0.0.78"]
+        assert v.until is not None and time.time() - 0.5 < v.until <= time.time() + 2 * 0.2 + 0.5
+    finally:
+        await svc.stop()
