@@ -1,0 +1,167 @@
+"""Prometheus metrics for one node, computed when scraped.
+
+The data plane keeps plain counters (`geodns.dns.stats.Stats`, one dict
+increment per query); this collector turns their export into metric families
+only when Prometheus asks, so a query never touches prometheus-client. The
+control-plane values (generation, reload failures, GeoIP age, region health)
+are read from the controller at the same moment.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator, Sequence
+
+from dnslib import QTYPE
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from geodns.control.controller import Controller
+from geodns.dns.stats import LATENCY_BUCKETS
+from geodns.dns.wire import Rcode
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+StatsSource = Callable[[], dict]
+"""Returns `Stats.export()`, summed over the workers."""
+
+
+def qtype_name(qtype: int) -> str:
+    return QTYPE.get(qtype, str(qtype)) if qtype else "none"
+
+
+def rcode_name(rcode: int) -> str:
+    try:
+        return Rcode(rcode).name
+    except ValueError:
+        return str(rcode)
+
+
+def transport_name(transport: object) -> str:
+    """Stats key the transport as `udp: bool`; accept a name too."""
+    if isinstance(transport, str):
+        return transport
+    return "udp" if transport else "tcp"
+
+
+def region_counts(exported: dict) -> Tally:
+    """Answers per region (a multi-region answer counts once for each region)."""
+    counts: Tally = Tally()
+    for (_zone, _rcode, regions, _step, _failopen), _qtype, _transport, n in exported.get("answers", ()):
+        for region in filter(None, regions.split(",")):
+            counts[region] += n
+    return counts
+
+
+class NodeCollector(Collector):
+    """Reads controller and stats on each scrape."""
+
+    def __init__(self, controller: Controller, stats: StatsSource | None = None) -> None:
+        self.controller = controller
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._control()
+        if self.stats is not None:
+            yield from self._data(self.stats())
+
+    def _control(self) -> Iterator[Metric]:
+        c = self.controller
+        g = GaugeMetricFamily("geodns_config_generation", "Generation number of the snapshot being served.")
+        g.add_metric([], c.generation)
+        yield g
+        f = CounterMetricFamily("geodns_reload_failures", "Reloads refused because the new configuration was invalid.")
+        f.add_metric([], c.reload_failures)
+        yield f
+        if c.ref is not None:
+            snap = c.snapshot
+            t = GaugeMetricFamily("geodns_snapshot_created_timestamp_seconds", "When the snapshot being served was built.")
+            t.add_metric([], snap.created)
+            yield t
+            up = GaugeMetricFamily("geodns_region_up", "1 when the region may be answered (health verdicts and drains).", labels=["zone", "region"])
+            for origin, czone in sorted(snap.zones.items()):
+                for region, is_up in sorted(czone.region_up.items()):
+                    up.add_metric([origin, region], 1.0 if is_up else 0.0)
+            yield up
+            forced = GaugeMetricFamily("geodns_target_forced_down", "1 for each target an operator drained or marked down.", labels=["target"])
+            for target, verdict in sorted(snap.verdicts.items()):
+                if verdict.forced and not verdict.up:
+                    forced.add_metric([target], 1.0)
+            yield forced
+        geo = c.geo
+        if geo is not None:
+            age = GaugeMetricFamily("geodns_geoip_database_age_seconds", "Seconds since the GeoIP database was built (its build_epoch).", labels=["path", "type"])
+            age.add_metric([str(geo.path), geo.database_type], max(0.0, time.time() - geo.build_epoch))
+            yield age
+
+    def _data(self, exported: dict) -> Iterator[Metric]:
+        queries: Tally = Tally()
+        answers: Tally = Tally()
+        failopen: Tally = Tally()
+        for (zone, rcode, regions, step, is_failopen), qtype, transport, n in exported.get("answers", ()):
+            queries[(zone or "none", qtype_name(qtype), rcode_name(rcode), transport_name(transport))] += n
+            for region in filter(None, regions.split(",")):
+                answers[(zone, region, step or "none")] += n
+            if is_failopen:
+                failopen[zone] += n
+        q = CounterMetricFamily("geodns_queries", "DNS queries answered, by zone, type, rcode and transport.", labels=["zone", "type", "rcode", "transport"])
+        for labels, n in sorted(queries.items()):
+            q.add_metric(list(labels), n)
+        yield q
+        a = CounterMetricFamily("geodns_answers", "Steered answers, by region answered and the step that decided.", labels=["zone", "region", "step"])
+        for labels, n in sorted(answers.items()):
+            a.add_metric(list(labels), n)
+        yield a
+        fo = CounterMetricFamily("geodns_failopen_answers", "Answers that failed open: every candidate was down.", labels=["zone"])
+        for zone, n in sorted(failopen.items()):
+            fo.add_metric([zone], n)
+        yield fo
+        latency = list(exported.get("latency") or [0] * (len(LATENCY_BUCKETS) + 1))
+        buckets, total = [], 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), latency, strict=False):
+            total += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        h = HistogramMetricFamily("geodns_answer_latency_seconds", "Time to compute an answer (data plane only, no socket time).")
+        h.add_metric([], buckets, exported.get("latency_sum", 0.0))
+        yield h
+        hits = CounterMetricFamily("geodns_cache_hits", "Answer cache hits.")
+        hits.add_metric([], exported.get("cache_hits", 0))
+        yield hits
+        misses = CounterMetricFamily("geodns_cache_misses", "Answer cache misses.")
+        misses.add_metric([], exported.get("cache_misses", 0))
+        yield misses
+
+
+class _Forward(Collector):
+    """Another registry's metrics (process metrics, the health service's) in ours."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+
+
+def node_registry(
+    controller: Controller,
+    stats: StatsSource | None = None,
+    include: Sequence[CollectorRegistry] = (REGISTRY,),
+) -> CollectorRegistry:
+    """A registry of our own: the node's collector plus `include` (by default the
+    process-wide one, where the health service and process metrics live)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(controller, stats))
+    for other in include:
+        registry.register(_Forward(other))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,177 @@
+"""A real node in a thread: controller, DNS listeners and the admin app on 127.0.5.x.
+
+The node runs its own event loop in a thread, so the tests can talk to it
+with blocking clients (dnspython, urllib, the `geodns` CLI functions) exactly
+as an operator would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+from dns.edns import ECSOption
+
+from geodns.control.admin import make_admin_app, start_admin
+from geodns.control.controller import Controller
+from geodns.dns.answer import answer
+from geodns.dns.server import Listen, start_listeners
+from geodns.dns.stats import Stats
+
+ROOT = Path(__file__).resolve().parents[2]
+ZONES = ROOT / "zones"
+GEOIP = ROOT / "data" / "geoip-bundle.mmdb"
+NET = "127.0.5"
+TOKEN = "test-token-0123456789"
+
+
+def free_port(host: str, kind: int = socket.SOCK_STREAM) -> int:
+    """A port free for both TCP and UDP on host."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+class _CountingUDP(asyncio.DatagramProtocol):
+    """UDP transport that counts into a Stats, for when start_listeners cannot take one."""
+
+    def __init__(self, controller: Controller, stats: Stats) -> None:
+        self.controller, self.stats = controller, stats
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        response = answer(self.controller.snapshot, data, addr[0], True, self.stats)
+        if response is not None:
+            self.transport.sendto(response, addr)
+
+
+@dataclass
+class Node:
+    zones: Path
+    state: Path
+    host: str
+    dns_port: int
+    admin_port: int
+    controller: Controller
+    stats: Stats
+    loop: asyncio.AbstractEventLoop
+    token: str | None
+    _stop: list[Any] = field(default_factory=list)
+
+    @property
+    def admin(self) -> str:
+        return f"{self.host}:{self.admin_port}"
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run fn(*args) on the node's loop (controller calls are not thread-safe)."""
+
+        async def run() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def query(self, name: str, client: str | None = None, rdtype: str = "A") -> dns.message.Message:
+        q = dns.message.make_query(name, rdtype)
+        if client is not None:
+            q.use_edns(0, payload=1232, options=[ECSOption(client, 32)])
+        return dns.query.udp(q, self.host, port=self.dns_port, timeout=2)
+
+
+def start_node(tmp: Path, index: int, token: str | None = TOKEN, with_state: bool = True) -> Node:
+    zones = tmp / "zones"
+    if not zones.exists():
+        shutil.copytree(ZONES, zones)
+        shutil.copy(ROOT / "data" / "latency.yaml", tmp / "latency.yaml")
+        for path in zones.glob("*.yaml"):
+            path.write_text(path.read_text().replace("../data/latency.yaml", "../latency.yaml"))
+    state = tmp / "state.json"
+    host = f"{NET}.{index}"
+    controller = Controller(str(zones), str(GEOIP), str(state) if with_state else None, cache_size=10_000)
+    stats = Stats()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        try:
+            controller.start()
+            port = free_port(host)
+            if "stats" in inspect.signature(start_listeners).parameters:
+                closers = await start_listeners(controller.ref, [Listen(host, port)], stats=stats)
+            else:
+                transport, _ = await loop.create_datagram_endpoint(lambda: _CountingUDP(controller, stats), local_addr=(host, port))
+                closers = [transport.close]
+            admin_port = free_port(host)
+            runner = await start_admin(make_admin_app(controller, token, stats.export), host, admin_port)
+            box.update(port=port, admin_port=admin_port, closers=closers, runner=runner)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            box["error"] = exc
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(main(), loop)
+    assert ready.wait(15), "node did not start"
+    if "error" in box:
+        raise box["error"]
+    node = Node(zones, state, host, box["port"], box["admin_port"], controller, stats, loop, token)
+
+    async def stop() -> None:
+        for close in box["closers"]:
+            close()
+        await box["runner"].cleanup()
+
+    def shutdown() -> None:
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+    node._stop.append(shutdown)
+    return node
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    n = start_node(tmp_path, 10)
+    try:
+        yield n
+    finally:
+        for stop in n._stop:
+            stop()
+
+
+@pytest.fixture
+def tokenless_node(tmp_path: Path) -> Iterator[Node]:
+    n = start_node(tmp_path, 11, token=None)
+    try:
+        yield n
+    finally:
+        for stop in n._stop:
+            stop()
+
+
+def a_records(message: dns.message.Message) -> list[str]:
+    return sorted(rr.address for rrset in message.answer if rrset.rdtype == dns.rdatatype.A for rr in rrset)
