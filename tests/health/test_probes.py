@@ -210,3 +210,31 @@ async def test_source_address_is_what_the_backend_sees(backend_factory):
         assert (await probe(Check(kind="tcp", port=port), "127.0.0.7", source="127.0.0.13")).ok
     finally:
         server.close()
+
+
+async def test_tcp_connect_that_never_completes_is_cut_at_timeout():
+    import socket
+
+    # A listener that never accepts, with its accept queue filled: the kernel
+    # drops further SYNs, so a connect hangs, as to a blackholed backend.
+    listener = socket.socket()
+    listener.bind(("127.0.0.14", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.14", port))
+            fillers.append(s)
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        r = await probe(Check(kind="tcp", port=port, timeout=0.3), "127.0.0.14")
+        elapsed = time.monotonic() - t0
+        assert not r.ok and r.detail == "timeout after 0.3s", r
+        assert 0.25 <= elapsed < 1.0
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
