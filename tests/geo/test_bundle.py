@@ -1,0 +1,49 @@
+"""The bundled GeoIP default in data/ places the documented clients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from geodns.geo import GeoDatabase
+
+BUNDLE = Path(__file__).resolve().parents[2] / "data" / "geoip-bundle.mmdb"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    if BUNDLE.stat().st_size < 1_000_000:
+        pytest.fail(f"{BUNDLE.name} looks like a Git LFS pointer, not the database")
+    db = GeoDatabase(str(BUNDLE))
+    yield db
+    db.close()
+
+
+def test_london_is_gb_in_europe(bundle):
+    location, prefix = bundle.lookup("81.2.69.160")
+    assert (location.country, location.continent) == ("GB", "EU")
+    assert 49 < location.latitude < 59
+    assert 8 <= prefix <= 32
+
+
+def test_google_dns_is_california_in_the_west(bundle):
+    location, prefix = bundle.lookup("8.8.8.8")
+    assert location.subdivision == "US-CA"
+    assert location.longitude < -115
+    assert 8 <= prefix <= 32
+
+
+def test_private_address_has_no_location(bundle):
+    assert bundle.lookup("10.0.0.1")[0] is None
+
+
+def test_ipv6_at_country_level(bundle):
+    location, _ = bundle.lookup("2a00:1450:4009::1")
+    assert location is not None and location.country is not None
+
+
+def test_attribution_in_metadata(bundle):
+    assert "IP Geolocation by DB-IP" in bundle.description
+    assert bundle.ip_version == 6
+    assert BUNDLE.stat().st_size <= 40 * 1024 * 1024
