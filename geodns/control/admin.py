@@ -477,7 +477,8 @@ def make_admin_app(
     include_registries: Sequence[CollectorRegistry] = (REGISTRY,),
 ) -> web.Application:
     """The admin application. `controller` must be started before requests come in;
-    `stats` returns `Stats.export()` summed over workers; `health` is a HealthService."""
+    `stats` returns `Stats.export()` summed over workers; `health` is a HealthService
+    (its peer routes are the caller's to mount: `health.add_routes(app)`)."""
     app = web.Application(client_max_size=MAX_BODY)
     state = AdminState(controller, token or None, stats, health)
     app[STATE] = state
@@ -491,8 +492,6 @@ def make_admin_app(
     app.router.add_post("/v1/reload", reload)
     app.router.add_post("/v1/drain", drain)
     app.router.add_post("/v1/undrain", undrain)
-    if health is not None:
-        health.add_routes(app)  # peer exchange (HMAC-signed) and GET /v1/health
 
     async def startup(app: web.Application) -> None:
         if state.controller.ref is not None and not state._last_up:

@@ -8,7 +8,6 @@ as an operator would.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import shutil
 import socket
 import threading
@@ -25,7 +24,6 @@ from dns.edns import ECSOption
 
 from geodns.control.admin import make_admin_app, start_admin
 from geodns.control.controller import Controller
-from geodns.dns.answer import answer
 from geodns.dns.server import Listen, start_listeners
 from geodns.dns.stats import Stats
 
@@ -49,21 +47,6 @@ def free_port(host: str, kind: int = socket.SOCK_STREAM) -> int:
             continue
         return port
     raise RuntimeError("no free port")
-
-
-class _CountingUDP(asyncio.DatagramProtocol):
-    """UDP transport that counts into a Stats, for when start_listeners cannot take one."""
-
-    def __init__(self, controller: Controller, stats: Stats) -> None:
-        self.controller, self.stats = controller, stats
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        response = answer(self.controller.snapshot, data, addr[0], True, self.stats)
-        if response is not None:
-            self.transport.sendto(response, addr)
 
 
 @dataclass
@@ -117,11 +100,7 @@ def start_node(tmp: Path, index: int, token: str | None = TOKEN, with_state: boo
         try:
             controller.start()
             port = free_port(host)
-            if "stats" in inspect.signature(start_listeners).parameters:
-                closers = await start_listeners(controller.ref, [Listen(host, port)], stats=stats)
-            else:
-                transport, _ = await loop.create_datagram_endpoint(lambda: _CountingUDP(controller, stats), local_addr=(host, port))
-                closers = [transport.close]
+            closers = await start_listeners(controller.ref, [Listen(host, port)], stats=stats)
             admin_port = free_port(host)
             runner = await start_admin(make_admin_app(controller, token, stats.export), host, admin_port)
             box.update(port=port, admin_port=admin_port, closers=closers, runner=runner)

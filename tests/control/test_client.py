@@ -1,0 +1,54 @@
+"""`geodns status | drain | undrain | reload` against a real node."""
+
+from __future__ import annotations
+
+import pytest
+
+from geodns.cli import build_parser
+from tests.control.conftest import TOKEN, Node, a_records, free_port
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+def test_status_prints_regions(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["status", "--admin", node.admin]) == 0
+    out = capsys.readouterr().out
+    assert "generation" in out and "gslb.example.test" in out
+    assert "eu-west" in out and "192.0.2.30" in out
+
+
+def test_drain_and_undrain(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["drain", "eu-west", "--reason", "kernel upgrade", "--admin", node.admin, "--token", TOKEN]) == 0
+    assert "drained eu-west: kernel upgrade" in capsys.readouterr().out
+    assert a_records(node.query("www.gslb.example.test", "81.2.69.160")) == ["192.0.2.10"]
+    assert run(["status", "--admin", node.admin]) == 0
+    out = capsys.readouterr().out
+    assert "DRAINED" in out and "kernel upgrade" in out and "recent verdict changes" in out
+    assert run(["undrain", "eu-west", "--admin", node.admin, "--token", TOKEN]) == 0
+    assert "undrained eu-west" in capsys.readouterr().out
+    assert a_records(node.query("www.gslb.example.test", "81.2.69.160")) == ["192.0.2.30"]
+
+
+def test_token_from_the_environment(node: Node, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("GEODNS_ADMIN_TOKEN", TOKEN)
+    assert run(["reload", "--admin", node.admin]) == 0
+    assert "reloaded: generation" in capsys.readouterr().out
+
+
+def test_errors_are_clear_and_non_zero(node: Node, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GEODNS_ADMIN_TOKEN", raising=False)
+    assert run(["drain", "eu-west", "--admin", node.admin]) == 1
+    assert "bearer token" in capsys.readouterr().err
+    assert run(["drain", "atlantis", "--admin", node.admin, "--token", TOKEN]) == 1
+    err = capsys.readouterr().err
+    assert "unknown target 'atlantis'" in err and "known targets:" in err and "eu-west" in err
+    (node.zones / "broken.yaml").write_text("zone: broken.test\nregions: {x: {coordinates: [1]}}\n")
+    assert run(["reload", "--admin", node.admin, "--token", TOKEN]) == 1
+    err = capsys.readouterr().err
+    assert "reload refused" in err and "broken.yaml:" in err
+    port = free_port("127.0.5.10")
+    assert run(["status", "--admin", f"127.0.5.10:{port}"]) == 1
+    assert "cannot reach the admin API" in capsys.readouterr().err
