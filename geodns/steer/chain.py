@@ -21,7 +21,7 @@ from geodns.steer.healthy import healthy
 from geodns.steer.latency import latency
 from geodns.steer.limit import limit
 from geodns.steer.outcome import Kept, Outcome
-from geodns.steer.verdict import earliest_change, endpoint_target
+from geodns.steer.verdict import balancer_target, earliest_change, endpoint_target
 from geodns.steer.weighted import weighted
 
 STEPS: dict[str, Callable[[Candidates, Context, Any], Outcome]] = {
@@ -111,15 +111,19 @@ def run_chain(steered: Steered, ctx: Context) -> Decision:
     for weight, cands in final:
         merged[cands] = merged.get(cands, 0) + weight
     result = tuple(Branch(w, cands, _addresses(cands, ctx)) for cands, w in merged.items())
-    involved = [ctx.verdicts[t] for t in _targets(start, ctx) if t in ctx.verdicts]
+    answered = start + tuple(c for _, cands in final for c in cands if c not in start)
+    involved = [ctx.verdicts[t] for t in _targets(answered, ctx) if t in ctx.verdicts]
     degraded = failopen or any(not ctx.is_up(c) for c in start)
     return Decision(result, failopen, degraded, earliest_change(involved), decided_by, tuple(trace))
 
 
 def _targets(regions: Candidates, ctx: Context) -> list[str]:
+    """Every verdict a region's state reads (see `geodns.dns.snapshot.region_is_up`): its own,
+    its balancer's and all its endpoints', of both families, since min_healthy counts them all."""
     targets = list(regions)
     for name in regions:
-        targets.extend(endpoint_target(name, a) for a in ctx.regions[name].addresses[ctx.family])
+        targets.append(balancer_target(name))
+        targets.extend(endpoint_target(name, e.address) for e in ctx.regions[name].region.endpoints)
     return targets
 
 

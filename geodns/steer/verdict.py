@@ -35,6 +35,11 @@ def endpoint_target(region: str, address: object) -> str:
     return f"{region}/{address}"
 
 
+def balancer_target(region: str) -> str:
+    """The target name of a region's own balancer check (`Region.balancer`)."""
+    return f"{region}/balancer"
+
+
 def earliest_change(verdicts: Iterable[Verdict]) -> float | None:
     """The soonest moment any of these verdicts could change (None: never)."""
     times = [v.until for v in verdicts if v.until is not None]
