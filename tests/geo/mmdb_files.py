@@ -25,7 +25,8 @@ The writers return the path. They write to a temporary name and rename it over
 operator's update would be.
 
 Import from another test suite with `from geo.mmdb_files import write_city_db`
-(pytest puts `tests/` on sys.path, as `tests/` itself is not a package).
+(pytest puts `tests/` on sys.path, as `tests/` itself is not a package), or
+`from tests.geo.mmdb_files import ...` under `python -m pytest` from the root.
 """
 
 from __future__ import annotations
