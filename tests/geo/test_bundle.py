@@ -47,3 +47,20 @@ def test_attribution_in_metadata(bundle):
     assert "IP Geolocation by DB-IP" in bundle.description
     assert bundle.ip_version == 6
     assert BUNDLE.stat().st_size <= 40 * 1024 * 1024
+
+
+def test_ipv4_mapped_addresses_reach_the_ipv4_data(bundle):
+    location, prefix = bundle.lookup("::ffff:81.2.69.160")
+    assert location.country == "GB"
+    assert prefix == 96 + bundle.lookup("81.2.69.160")[1]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (data/): 2002::/16 (6to4) is one US-CA record in the bundle instead of an alias "
+    "of the IPv4 tree, as MaxMind's files make it; 6to4 clients of any country land in California",
+)
+def test_6to4_addresses_reach_the_ipv4_data(bundle):
+    # 2002:5102:45a0::/48 embeds 81.2.69.160 (London).
+    location, _ = bundle.lookup("2002:5102:45a0::1")
+    assert location.country == "GB"
