@@ -12,7 +12,11 @@ def weighted(candidates: Candidates, ctx: Context, params: tuple[tuple[str, int]
     weights = dict(params) if params else {}
 
     def weight(region: str) -> int:
-        return weights.get(region, ctx.regions[region].region.weight)
+        # With weights given in the step, a region it does not list is a standby: an operator
+        # writing {us-east: 3, us-west: 1} means 75/25, whatever else is a candidate.
+        if params:
+            return weights.get(region, 0)
+        return ctx.regions[region].region.weight
 
     active = [(weight(c), c) for c in candidates if weight(c) > 0]
     if not active:

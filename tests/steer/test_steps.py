@@ -230,6 +230,12 @@ def test_weighted_splits_by_step_weights():
     assert out.note == "us-east 75%, us-west 25%"
 
 
+def test_regions_the_step_does_not_list_are_standbys():
+    out = weighted(("us-east", "us-west", "eu-west", "sa-east"), context(), (("us-east", 3), ("us-west", 1)))
+    assert out.branches == ((3, ("us-east",)), (1, ("us-west",)))
+    assert weighted(("eu-west", "sa-east"), context(), (("us-east", 3), ("us-west", 1))).note == "only standbys left: equal split"
+
+
 def test_weighted_falls_back_to_region_weights():
     regions = dict(REGIONS, **{"us-west": region("us-west", 45.6, -121.2, "192.0.2.20", weight=4)})
     out = weighted(("us-east", "us-west"), context(regions=regions), None)
