@@ -1,0 +1,136 @@
+"""GeoIP from small databases the tests write, and reopening a replaced database without a restart."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import dns.message
+import pytest
+
+from .conftest import NET
+from .dnsutil import addresses, ask, ecs_of, fqdn, make
+
+try:
+    from geo.mmdb_files import write_city_db, write_country_db, write_dbip_flat_db
+except ImportError:  # run from the repository root as a package
+    from tests.geo.mmdb_files import write_city_db, write_country_db, write_dbip_flat_db
+
+SINGAPORE = dict(lat=1.29, lon=103.85, country="SG", continent="AS", city="Singapore")
+DUBLIN = dict(lat=53.35, lon=-6.26, country="IE", continent="EU", city="Dublin")
+SAO_PAULO = dict(lat=-23.55, lon=-46.63, country="BR", continent="SA", subdivision="SP", city="Sao Paulo")
+PORTLAND = dict(lat=45.52, lon=-122.68, country="US", continent="NA", subdivision="OR", city="Portland")
+SOURCE = f"{NET}.250"
+"""The client's own address for tests without ECS; the test database places 127.0.2.0/24."""
+
+
+def city_db(path, test_net: dict) -> None:
+    write_city_db(
+        path,
+        {
+            "203.0.113.0/24": test_net,
+            "198.18.0.0/15": SAO_PAULO,
+            "2001:db8:1::/48": DUBLIN,
+            f"{NET}.0/24": PORTLAND,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def small_geo_server(server_factory, tmp_path_factory):
+    path = tmp_path_factory.mktemp("geo") / "city.mmdb"
+    city_db(path, SINGAPORE)
+    return server_factory(geoip=path)
+
+
+@pytest.mark.parametrize(
+    "subnet,rdtype,expected,scope",
+    [
+        ("203.0.113.0/24", "A", "192.0.2.40", 24),
+        ("203.0.113.128/25", "A", "192.0.2.40", 24),  # scope is the database network, not the source
+        ("198.19.7.0/24", "A", "192.0.2.50", 15),
+        ("2001:db8:1:2::/64", "AAAA", "2001:db8::30", 48),
+    ],
+)
+def test_small_city_database_places_test_subnets(small_geo_server, subnet, rdtype, expected, scope):
+    r = ask(small_geo_server, fqdn("www"), rdtype, subnet=subnet)
+    assert addresses(r, rdtype) == [expected]
+    assert ecs_of(r).scopelen == scope
+
+
+def test_address_missing_from_the_database_gets_the_default(small_geo_server):
+    assert addresses(ask(small_geo_server, fqdn("www"), "A", subnet="8.8.8.0/24")) == ["192.0.2.10"]
+
+
+def test_without_ecs_the_source_address_is_located(small_geo_server):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((SOURCE, 0))
+        except OSError:
+            pytest.skip(f"cannot send from {SOURCE}")
+        s.settimeout(3)
+        s.sendto(make(fqdn("www"), "A", qid=99).to_wire(), (small_geo_server.host, small_geo_server.port))
+        r = dns.message.from_wire(s.recv(4096))
+    assert addresses(r) == ["192.0.2.20"], "127.0.2.0/24 is Portland in the test database: us-west"
+
+
+def test_geolocation_rules_by_subdivision(small_geo_server):
+    # NA-US-OR -> us-west; BR (SA, not CO/VE) -> sa-east
+    assert addresses(ask(small_geo_server, fqdn("geo"), "A", subnet=f"{NET}.0/24")) == ["192.0.2.20"]
+    assert addresses(ask(small_geo_server, fqdn("geo"), "A", subnet="198.18.0.0/24")) == ["192.0.2.50"]
+
+
+def test_country_database(server_factory, tmp_path):
+    path = write_country_db(tmp_path / "country.mmdb", {"203.0.113.0/24": dict(country="JP", continent="AS")})
+    server = server_factory(geoip=path)
+    assert addresses(ask(server, fqdn("geo"), "A", subnet="203.0.113.0/24")) == ["192.0.2.40"]
+
+
+def test_dbip_flat_database(server_factory, tmp_path):
+    path = write_dbip_flat_db(
+        tmp_path / "flat.mmdb", {"203.0.113.0/24": dict(lat=53.35, lon=-6.26, country="IE", state="Leinster", city="Dublin")}
+    )
+    server = server_factory(geoip=path)
+    assert addresses(ask(server, fqdn("www"), "A", subnet="203.0.113.0/24")) == ["192.0.2.30"]
+    assert addresses(ask(server, fqdn("geo"), "A", subnet="203.0.113.0/24")) == ["192.0.2.30"]
+
+
+def wait_for_answer(server, subnet: str, expected: str, seconds: float) -> float | None:
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if addresses(ask(server, fqdn("www"), "A", subnet=subnet)) == [expected]:
+            return time.monotonic() - start
+        time.sleep(0.1)
+    return None
+
+
+def test_replaced_database_is_reopened_without_a_restart(server_factory, tmp_path):
+    path = tmp_path / "city.mmdb"
+    city_db(path, SINGAPORE)
+    server = server_factory(geoip=path)
+    pid = server.process.pid
+    subnet = "203.0.113.0/24"
+    for _ in range(3):  # warm the answer cache on the old database
+        assert addresses(ask(server, fqdn("www"), "A", subnet=subnet)) == ["192.0.2.40"]
+    city_db(path, DUBLIN)  # written to a temporary name and renamed over: atomic
+    took = wait_for_answer(server, subnet, "192.0.2.30", 6)
+    assert took is not None, f"answers did not change after the GeoIP file was replaced:\n{server.log_text()[-2000:]}"
+    assert server.alive() and server.process.pid == pid
+    # the other networks come from the new file too, and a second replacement is picked up as well
+    assert addresses(ask(server, fqdn("www"), "AAAA", subnet="2001:db8:1::/48"), "AAAA") == ["2001:db8::30"]
+    city_db(path, SAO_PAULO)
+    assert wait_for_answer(server, subnet, "192.0.2.50", 6) is not None
+
+
+def test_unreadable_replacement_keeps_the_old_database(server_factory, tmp_path):
+    path = tmp_path / "city.mmdb"
+    city_db(path, SINGAPORE)
+    server = server_factory(geoip=path)
+    assert addresses(ask(server, fqdn("www"), "A", subnet="203.0.113.0/24")) == ["192.0.2.40"]
+    junk = tmp_path / "junk.tmp"
+    junk.write_bytes(b"this is not a MaxMind DB" * 100)
+    junk.replace(path)
+    time.sleep(2.5)  # the watcher looks every second
+    assert server.alive()
+    assert addresses(ask(server, fqdn("www"), "A", subnet="203.0.113.0/24")) == ["192.0.2.40"]
+    assert addresses(ask(server, fqdn("www"), "A", subnet="198.18.0.0/24")) == ["192.0.2.50"]
