@@ -18,7 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import NET, Proc, copy_zones, free_port, need, spawn, start_geodns, unavailable, wait_dns
+from tests.e2e.conftest import (
+    NET,
+    Proc,
+    copy_zones,
+    free_port,
+    need,
+    spawn,
+    start_geodns,
+    unavailable,
+    wait_dns,
+)
 
 pytestmark = pytest.mark.slow
 

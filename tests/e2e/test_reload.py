@@ -25,7 +25,17 @@ import dns.rdatatype
 import pytest
 from dns.edns import ECSOption
 
-from tests.e2e.conftest import GEOIP, NET, ROOT, TOKEN, Proc, copy_zones, free_port, http_json, start_geodns
+from tests.e2e.conftest import (
+    GEOIP,
+    NET,
+    ROOT,
+    TOKEN,
+    Proc,
+    copy_zones,
+    free_port,
+    http_json,
+    start_geodns,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,18 @@ import dns.query
 import pytest
 from dns.edns import ECSOption
 
-from tests.e2e.conftest import NET, ROOT, TOKEN, Proc, copy_zones, free_port, http_json, need, spawn, start_geodns
+from tests.e2e.conftest import (
+    NET,
+    ROOT,
+    TOKEN,
+    Proc,
+    copy_zones,
+    free_port,
+    http_json,
+    need,
+    spawn,
+    start_geodns,
+)
 
 pytestmark = pytest.mark.slow
 
