@@ -143,10 +143,14 @@ def wait_answering(server: Server, timeout: float = 30.0) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         while True:
             if not server.alive():
-                raise RuntimeError(f"geodns serve exited with {server.process.returncode}:\n{server.log_text()}")
+                raise RuntimeError(
+                    f"geodns serve exited with {server.process.returncode}:\n{server.log_text()}"
+                )
             if time.monotonic() > deadline:
                 server.stop()
-                raise RuntimeError(f"geodns serve did not answer on {host}:{port}:\n{server.log_text()}")
+                raise RuntimeError(
+                    f"geodns serve did not answer on {host}:{port}:\n{server.log_text()}"
+                )
             try:
                 with socket.socket(family, socket.SOCK_DGRAM) as s:
                     s.settimeout(0.2)
@@ -187,7 +191,13 @@ def start_server(
     log = tmp / f"geodns-{host}-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            args, cwd=REPO, env=_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            args,
+            cwd=REPO,
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = Server(host, port, proc, log, Path(zones), geoip, listens)
     try:

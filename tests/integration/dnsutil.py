@@ -35,7 +35,9 @@ def make(
         address, prefix = subnet.split("/")
         options.append(dns.edns.ECSOption(address, int(prefix)))
     use_edns = edns if edns is not None else (0 if (do or options) else False)
-    q = dns.message.make_query(name, rdtype, use_edns=use_edns, payload=payload, want_dnssec=do, options=options)
+    q = dns.message.make_query(
+        name, rdtype, use_edns=use_edns, payload=payload, want_dnssec=do, options=options
+    )
     q.flags &= ~dns.flags.RD
     if qid is not None:
         q.id = qid
@@ -46,15 +48,21 @@ def family_of(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def udp(server, query: dns.message.Message, host: str | None = None, port: int | None = None) -> dns.message.Message:
+def udp(
+    server, query: dns.message.Message, host: str | None = None, port: int | None = None
+) -> dns.message.Message:
     return dns.query.udp(query, host or server.host, port=port or server.port, timeout=TIMEOUT)
 
 
-def tcp(server, query: dns.message.Message, host: str | None = None, port: int | None = None) -> dns.message.Message:
+def tcp(
+    server, query: dns.message.Message, host: str | None = None, port: int | None = None
+) -> dns.message.Message:
     return dns.query.tcp(query, host or server.host, port=port or server.port, timeout=TIMEOUT)
 
 
-def ask(server, name: str, rdtype: str | int = "A", *, over: str = "udp", **kwargs) -> dns.message.Message:
+def ask(
+    server, name: str, rdtype: str | int = "A", *, over: str = "udp", **kwargs
+) -> dns.message.Message:
     query = make(name, rdtype, **kwargs)
     return (tcp if over == "tcp" else udp)(server, query)
 

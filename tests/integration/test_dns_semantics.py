@@ -95,7 +95,13 @@ def test_soa_at_the_apex(example_server):
     soa = rrset[0]
     assert soa.mname.to_text() == f"ns1.{ZONE}."
     assert soa.rname.to_text() == f"hostmaster.{ZONE}."
-    assert (soa.serial, soa.refresh, soa.retry, soa.expire, soa.minimum) == (2026112601, 3600, 600, 604800, 60)
+    assert (soa.serial, soa.refresh, soa.retry, soa.expire, soa.minimum) == (
+        2026112601,
+        3600,
+        600,
+        604800,
+        60,
+    )
 
 
 @pytest.mark.parametrize("over", TRANSPORTS)
@@ -105,7 +111,11 @@ def test_ns_at_the_apex_with_glue(example_server, over):
     (rrset,) = r.answer
     assert rrset.ttl == 3600
     assert sorted(rd.target.to_text() for rd in rrset) == [f"ns1.{ZONE}.", f"ns2.{ZONE}."]
-    glue = {rr.name.to_text(): [rd.address for rd in rr] for rr in r.additional if rr.rdtype == dns.rdatatype.A}
+    glue = {
+        rr.name.to_text(): [rd.address for rd in rr]
+        for rr in r.additional
+        if rr.rdtype == dns.rdatatype.A
+    }
     assert glue == {f"ns1.{ZONE}.": ["127.0.0.53"], f"ns2.{ZONE}.": ["127.0.0.54"]}
 
 
@@ -123,16 +133,25 @@ def test_mx_at_the_apex_with_the_target_addresses(example_server):
     r = ask(example_server, fqdn("@"), "MX")
     (rrset,) = r.answer
     assert [(rd.preference, rd.exchange.to_text()) for rd in rrset] == [(10, f"mail.{ZONE}.")]
-    extra = sorted((rr.rdtype, rd.address) for rr in r.additional for rd in rr if hasattr(rd, "address"))
+    extra = sorted(
+        (rr.rdtype, rd.address) for rr in r.additional for rd in rr if hasattr(rd, "address")
+    )
     assert extra == [(dns.rdatatype.A, "192.0.2.25"), (dns.rdatatype.AAAA, "2001:db8::25")]
 
 
 def test_txt_caa_srv_plain_records(example_server):
-    assert [rd.strings for rd in ask(example_server, fqdn("@"), "TXT").answer[0]] == [(b"v=spf1 -all",)]
+    assert [rd.strings for rd in ask(example_server, fqdn("@"), "TXT").answer[0]] == [
+        (b"v=spf1 -all",)
+    ]
     caa = ask(example_server, fqdn("@"), "CAA").answer[0][0]
     assert (caa.flags, caa.tag, caa.value) == (0, b"issue", b"letsencrypt.org")
     srv = ask(example_server, fqdn("_sip._tcp"), "SRV").answer[0][0]
-    assert (srv.priority, srv.weight, srv.port, srv.target.to_text()) == (10, 60, 5060, f"app.{ZONE}.")
+    assert (srv.priority, srv.weight, srv.port, srv.target.to_text()) == (
+        10,
+        60,
+        5060,
+        f"app.{ZONE}.",
+    )
 
 
 # --- CNAME chains -----------------------------------------------------------
@@ -155,7 +174,11 @@ def test_cname_chain_app_to_www(example_server, over):
 
 def test_cname_chain_api_to_app_to_www(example_server):
     r = ask(example_server, fqdn("api"), "A")
-    assert chain(r) == [(fqdn("api"), fqdn("app")), (fqdn("app"), fqdn("www")), (fqdn("www"), "192.0.2.10")]
+    assert chain(r) == [
+        (fqdn("api"), fqdn("app")),
+        (fqdn("app"), fqdn("www")),
+        (fqdn("www"), "192.0.2.10"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -188,7 +211,15 @@ def question_bytes(wire: bytes) -> bytes:
     return wire[12 : end + 5]
 
 
-@pytest.mark.parametrize("name", ["WwW.GsLb.ExAmPlE.TeSt.", "MAIL.gslb.EXAMPLE.test.", "nO-sUcH.gSlB.eXaMpLe.TeSt.", "aPi.GSLB.example.TEST."])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "WwW.GsLb.ExAmPlE.TeSt.",
+        "MAIL.gslb.EXAMPLE.test.",
+        "nO-sUcH.gSlB.eXaMpLe.TeSt.",
+        "aPi.GSLB.example.TEST.",
+    ],
+)
 @pytest.mark.parametrize("over", TRANSPORTS)
 def test_question_letter_case_is_preserved(example_server, name, over):
     # Ask in lower case first so that the mixed-case query is a cache hit.
@@ -260,7 +291,11 @@ def test_subdelegation_gets_a_referral(example_server, label, over):
 def test_opcodes_other_than_query_are_notimp(example_server, opcode, over):
     wire = bytearray(make(fqdn("www"), "A").to_wire())
     wire[2] = (wire[2] & 0x87) | (opcode << 3)
-    response = raw_udp(example_server, bytes(wire)) if over == "udp" else raw_tcp(example_server, bytes(wire))
+    response = (
+        raw_udp(example_server, bytes(wire))
+        if over == "udp"
+        else raw_tcp(example_server, bytes(wire))
+    )
     assert response is not None
     qid, flags, *_ = header(response)
     assert qid == header(bytes(wire))[0]
@@ -272,7 +307,11 @@ def test_opcodes_other_than_query_are_notimp(example_server, opcode, over):
 
 
 def question(name: str, rdtype: int = 1) -> bytes:
-    return b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\x00" + struct.pack("!HH", rdtype, 1)
+    return (
+        b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split("."))
+        + b"\x00"
+        + struct.pack("!HH", rdtype, 1)
+    )
 
 
 @pytest.mark.parametrize("over", TRANSPORTS)
@@ -287,7 +326,11 @@ def test_qdcount_zero_is_formerr(example_server, over):
 
 @pytest.mark.parametrize("over", TRANSPORTS)
 def test_qdcount_two_is_formerr(example_server, over):
-    wire = struct.pack("!HHHHHH", 0x4321, 0, 2, 0, 0, 0) + question(fqdn("www")) + question(fqdn("mail"))
+    wire = (
+        struct.pack("!HHHHHH", 0x4321, 0, 2, 0, 0, 0)
+        + question(fqdn("www"))
+        + question(fqdn("mail"))
+    )
     response = raw_udp(example_server, wire) if over == "udp" else raw_tcp(example_server, wire)
     assert response is not None
     qid, flags, _, an, _, _ = header(response)

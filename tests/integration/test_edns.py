@@ -26,7 +26,9 @@ def raw(server, wire: bytes, over: str) -> dns.message.Message:
 
 
 @pytest.mark.parametrize("over", ["udp", "tcp"])
-@pytest.mark.parametrize("name,rdtype,rcode", [("www", "A", 0), ("nope", "A", 3), ("mail", "MX", 0)])
+@pytest.mark.parametrize(
+    "name,rdtype,rcode", [("www", "A", 0), ("nope", "A", 3), ("mail", "MX", 0)]
+)
 def test_opt_is_echoed(example_server, over, name, rdtype, rcode):
     r = ask(example_server, fqdn(name), rdtype, edns=0, over=over)
     assert r.rcode() == rcode
@@ -132,7 +134,13 @@ def test_small_answers_are_not_truncated_at_512(example_server):
 
 STEERING = [
     # subnet, name, type, expected answer, expected scope
-    ("81.2.69.0/24", "www", "A", "192.0.2.30", 24),  # London; the latency table's /24 narrows the GeoIP /18
+    (
+        "81.2.69.0/24",
+        "www",
+        "A",
+        "192.0.2.30",
+        24,
+    ),  # London; the latency table's /24 narrows the GeoIP /18
     ("8.8.8.0/24", "www", "A", "192.0.2.20", 24),  # California
     ("8.8.8.0/24", "www", "AAAA", "2001:db8::20", 24),
     ("81.2.69.0/24", "www", "AAAA", "2001:db8::30", 24),
@@ -149,7 +157,9 @@ STEERING = [
 
 @pytest.mark.parametrize("subnet,name,rdtype,expected,scope", STEERING)
 @pytest.mark.parametrize("over", ["udp", "tcp"])
-def test_ecs_steers_by_the_client_subnet(example_server, subnet, name, rdtype, expected, scope, over):
+def test_ecs_steers_by_the_client_subnet(
+    example_server, subnet, name, rdtype, expected, scope, over
+):
     r = ask(example_server, fqdn(name), rdtype, subnet=subnet, over=over)
     assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AA
     assert addresses(r, rdtype) == [expected]
@@ -162,7 +172,11 @@ def test_ecs_steers_by_the_client_subnet(example_server, subnet, name, rdtype, e
 
 def test_ecs_answers_do_not_leak_between_subnets(example_server):
     for _ in range(3):
-        for subnet, expected in (("81.2.69.0/24", "192.0.2.30"), ("8.8.8.0/24", "192.0.2.20"), ("2800:3f0:4001::/48", "192.0.2.50")):
+        for subnet, expected in (
+            ("81.2.69.0/24", "192.0.2.30"),
+            ("8.8.8.0/24", "192.0.2.20"),
+            ("2800:3f0:4001::/48", "192.0.2.50"),
+        ):
             assert addresses(ask(example_server, fqdn("www"), "A", subnet=subnet)) == [expected]
 
 

@@ -24,17 +24,35 @@ SENTINEL = make(fqdn("mail"), "A", qid=SENTINEL_ID).to_wire()
 
 def corpus() -> list[bytes]:
     seeds = []
-    for name in ("www", "mail", "big", "nope", "app", "api", "foo.cdn", "foo.legacy", "@", "wrr", "_sip._tcp"):
+    for name in (
+        "www",
+        "mail",
+        "big",
+        "nope",
+        "app",
+        "api",
+        "foo.cdn",
+        "foo.legacy",
+        "@",
+        "wrr",
+        "_sip._tcp",
+    ):
         for rdtype in ("A", "AAAA", "TXT", "ANY", "NS", "SOA", "SRV", "AXFR"):
             seeds.append(make(fqdn(name), rdtype).to_wire())
         seeds.append(make(fqdn(name), "A", subnet="81.2.69.0/24").to_wire())
         seeds.append(make(fqdn(name), "AAAA", subnet="2800:3f0:4001::/48", do=True).to_wire())
     seeds.append(wb.query(fqdn("www"), 1, [wb.opt_rr(version=1)]))
     seeds.append(wb.query(fqdn("www"), 1, [wb.opt_rr(), wb.opt_rr()]))
-    seeds.append(wb.query(fqdn("www"), 1, [wb.opt_rr(options=wb.ecs_option(1, 24, 0, bytes([8, 8, 8])))]))
+    seeds.append(
+        wb.query(fqdn("www"), 1, [wb.opt_rr(options=wb.ecs_option(1, 24, 0, bytes([8, 8, 8])))])
+    )
     # compression pointers where they do not belong: in the question, and a pointer loop in the additional section
     seeds.append(struct.pack("!HHHHHH", 1, 0, 1, 0, 0, 0) + b"\xc0\x0c\x00\x01\x00\x01")
-    seeds.append(struct.pack("!HHHHHH", 2, 0, 1, 0, 0, 1) + wb.question(fqdn("www")) + b"\xc0\x27\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00")
+    seeds.append(
+        struct.pack("!HHHHHH", 2, 0, 1, 0, 0, 1)
+        + wb.question(fqdn("www"))
+        + b"\xc0\x27\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+    )
     return seeds
 
 
@@ -76,7 +94,9 @@ def check_response(response: bytes, sent: bytes) -> None:
     assert not sent[2] & 0x80, "a message with QR set was answered"
     opcode = (flags >> 11) & 0xF
     parse = bytearray(response)
-    if opcode == 5:  # dnspython reads UPDATE sections by other rules; check the structure as a QUERY
+    if (
+        opcode == 5
+    ):  # dnspython reads UPDATE sections by other rules; check the structure as a QUERY
         parse[2] &= 0x87
     msg = dns.message.from_wire(bytes(parse))
     assert msg.rcode() != dns.rcode.SERVFAIL, f"internal error for {sent.hex()}"
@@ -141,7 +161,9 @@ def test_fuzz_udp(fuzz_server):
                 except Exception as exc:  # noqa: BLE001 - collect every failure
                     bad.append(f"{packets[qid].hex()} -> {data.hex()}: {exc!r}")
     assert not bad, "\n".join(bad[:20])
-    assert len(responses) > UDP_PACKETS // 10, "most junk is answered with FORMERR or similar, not silence"
+    assert len(responses) > UDP_PACKETS // 10, (
+        "most junk is answered with FORMERR or similar, not silence"
+    )
     assert_still_answers(fuzz_server)
 
 
@@ -155,7 +177,9 @@ def test_fuzz_tcp(fuzz_server):
         with socket.create_connection((fuzz_server.host, fuzz_server.port), timeout=3) as s:
             stream = b"".join(struct.pack("!H", len(p)) + p for p in batch)
             stream += struct.pack("!H", len(SENTINEL)) + SENTINEL
-            if rng.random() < 0.1:  # then a broken frame, a length longer than what follows, and we hang up
+            if (
+                rng.random() < 0.1
+            ):  # then a broken frame, a length longer than what follows, and we hang up
                 stream += b"\x01\x00" + rng.randbytes(20)
             try:
                 s.sendall(stream)
@@ -182,7 +206,9 @@ def test_response_flood_is_never_answered(fuzz_server):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.5)
         for i in range(200):
-            r = dns.message.make_response(make(fqdn(rng.choice(["www", "mail", "nope"])), "A", qid=i))
+            r = dns.message.make_response(
+                make(fqdn(rng.choice(["www", "mail", "nope"])), "A", qid=i)
+            )
             r.flags |= rng.choice([0, dns.flags.AA, dns.flags.TC])
             s.sendto(r.to_wire(), (fuzz_server.host, fuzz_server.port))
         with pytest.raises(TimeoutError):

@@ -18,8 +18,12 @@ except ImportError:  # run from the repository root as a package
 
 SINGAPORE = dict(lat=1.29, lon=103.85, country="SG", continent="AS", city="Singapore")
 DUBLIN = dict(lat=53.35, lon=-6.26, country="IE", continent="EU", city="Dublin")
-SAO_PAULO = dict(lat=-23.55, lon=-46.63, country="BR", continent="SA", subdivision="SP", city="Sao Paulo")
-PORTLAND = dict(lat=45.52, lon=-122.68, country="US", continent="NA", subdivision="OR", city="Portland")
+SAO_PAULO = dict(
+    lat=-23.55, lon=-46.63, country="BR", continent="SA", subdivision="SP", city="Sao Paulo"
+)
+PORTLAND = dict(
+    lat=45.52, lon=-122.68, country="US", continent="NA", subdivision="OR", city="Portland"
+)
 SOURCE = f"{NET}.250"
 """The client's own address for tests without ECS; the test database places 127.0.2.0/24."""
 
@@ -47,7 +51,12 @@ def small_geo_server(server_factory, tmp_path_factory):
     "subnet,rdtype,expected,scope",
     [
         ("203.0.113.0/24", "A", "192.0.2.40", 24),
-        ("203.0.113.128/25", "A", "192.0.2.40", 24),  # scope is the database network, not the source
+        (
+            "203.0.113.128/25",
+            "A",
+            "192.0.2.40",
+            24,
+        ),  # scope is the database network, not the source
         ("198.19.7.0/24", "A", "192.0.2.50", 15),
         ("2001:db8:1:2::/64", "AAAA", "2001:db8::30", 48),
     ],
@@ -69,26 +78,39 @@ def test_without_ecs_the_source_address_is_located(small_geo_server):
         except OSError:
             pytest.skip(f"cannot send from {SOURCE}")
         s.settimeout(3)
-        s.sendto(make(fqdn("www"), "A", qid=99).to_wire(), (small_geo_server.host, small_geo_server.port))
+        s.sendto(
+            make(fqdn("www"), "A", qid=99).to_wire(), (small_geo_server.host, small_geo_server.port)
+        )
         r = dns.message.from_wire(s.recv(4096))
     assert addresses(r) == ["192.0.2.20"], "127.0.2.0/24 is Portland in the test database: us-west"
 
 
 def test_geolocation_rules_by_subdivision(small_geo_server):
     # NA-US-OR -> us-west; BR (SA, not CO/VE) -> sa-east
-    assert addresses(ask(small_geo_server, fqdn("geo"), "A", subnet=f"{NET}.0/24")) == ["192.0.2.20"]
-    assert addresses(ask(small_geo_server, fqdn("geo"), "A", subnet="198.18.0.0/24")) == ["192.0.2.50"]
+    assert addresses(ask(small_geo_server, fqdn("geo"), "A", subnet=f"{NET}.0/24")) == [
+        "192.0.2.20"
+    ]
+    assert addresses(ask(small_geo_server, fqdn("geo"), "A", subnet="198.18.0.0/24")) == [
+        "192.0.2.50"
+    ]
 
 
 def test_country_database(server_factory, tmp_path):
-    path = write_country_db(tmp_path / "country.mmdb", {"203.0.113.0/24": dict(country="JP", continent="AS")})
+    path = write_country_db(
+        tmp_path / "country.mmdb", {"203.0.113.0/24": dict(country="JP", continent="AS")}
+    )
     server = server_factory(geoip=path)
     assert addresses(ask(server, fqdn("geo"), "A", subnet="203.0.113.0/24")) == ["192.0.2.40"]
 
 
 def test_dbip_flat_database(server_factory, tmp_path):
     path = write_dbip_flat_db(
-        tmp_path / "flat.mmdb", {"203.0.113.0/24": dict(lat=53.35, lon=-6.26, country="IE", state="Leinster", city="Dublin")}
+        tmp_path / "flat.mmdb",
+        {
+            "203.0.113.0/24": dict(
+                lat=53.35, lon=-6.26, country="IE", state="Leinster", city="Dublin"
+            )
+        },
     )
     server = server_factory(geoip=path)
     assert addresses(ask(server, fqdn("www"), "A", subnet="203.0.113.0/24")) == ["192.0.2.30"]
@@ -114,10 +136,14 @@ def test_replaced_database_is_reopened_without_a_restart(server_factory, tmp_pat
         assert addresses(ask(server, fqdn("www"), "A", subnet=subnet)) == ["192.0.2.40"]
     city_db(path, DUBLIN)  # written to a temporary name and renamed over: atomic
     took = wait_for_answer(server, subnet, "192.0.2.30", 6)
-    assert took is not None, f"answers did not change after the GeoIP file was replaced:\n{server.log_text()[-2000:]}"
+    assert took is not None, (
+        f"answers did not change after the GeoIP file was replaced:\n{server.log_text()[-2000:]}"
+    )
     assert server.alive() and server.process.pid == pid
     # the other networks come from the new file too, and a second replacement is picked up as well
-    assert addresses(ask(server, fqdn("www"), "AAAA", subnet="2001:db8:1::/48"), "AAAA") == ["2001:db8::30"]
+    assert addresses(ask(server, fqdn("www"), "AAAA", subnet="2001:db8:1::/48"), "AAAA") == [
+        "2001:db8::30"
+    ]
     city_db(path, SAO_PAULO)
     assert wait_for_answer(server, subnet, "192.0.2.50", 6) is not None
 

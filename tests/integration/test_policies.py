@@ -11,8 +11,14 @@ import pytest
 
 from .dnsutil import addresses, ask, fqdn, make
 
-REGION_OF = {"192.0.2.10": "us-east", "192.0.2.20": "us-west", "192.0.2.30": "eu-west",
-             "2001:db8::10": "us-east", "2001:db8::20": "us-west", "2001:db8::30": "eu-west"}
+REGION_OF = {
+    "192.0.2.10": "us-east",
+    "192.0.2.20": "us-west",
+    "192.0.2.30": "eu-west",
+    "2001:db8::10": "us-east",
+    "2001:db8::20": "us-west",
+    "2001:db8::30": "eu-west",
+}
 
 
 def tally(server, name: str, rdtype: str, count: int) -> collections.Counter:
@@ -53,9 +59,17 @@ def test_failover_answers_the_first_healthy_region(example_server):
 
 
 def test_multi_value_answers_the_two_nearest(example_server):
-    assert addresses(ask(example_server, fqdn("multi"), "A", subnet="81.2.69.0/24")) == ["192.0.2.10", "192.0.2.30"]
-    assert addresses(ask(example_server, fqdn("multi"), "A", subnet="8.8.8.0/24")) == ["192.0.2.10", "192.0.2.20"]
-    assert addresses(ask(example_server, fqdn("multi"), "A")) == ["192.0.2.10", "192.0.2.20"], "the default pair"
+    assert addresses(ask(example_server, fqdn("multi"), "A", subnet="81.2.69.0/24")) == [
+        "192.0.2.10",
+        "192.0.2.30",
+    ]
+    assert addresses(ask(example_server, fqdn("multi"), "A", subnet="8.8.8.0/24")) == [
+        "192.0.2.10",
+        "192.0.2.20",
+    ]
+    assert addresses(ask(example_server, fqdn("multi"), "A")) == ["192.0.2.10", "192.0.2.20"], (
+        "the default pair"
+    )
 
 
 @pytest.mark.parametrize(

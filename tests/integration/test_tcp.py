@@ -69,7 +69,9 @@ def test_length_prefix_and_message_in_separate_writes(example_server):
 
 def test_pipelined_queries_answered_in_order(example_server):
     names = ["www", "mail", "nope", "app", "foo.cdn", "legacy", "@", "big", "wrr", "failover"] * 3
-    queries = [make(fqdn(n), "TXT" if n == "big" else "A", qid=1000 + i) for i, n in enumerate(names)]
+    queries = [
+        make(fqdn(n), "TXT" if n == "big" else "A", qid=1000 + i) for i, n in enumerate(names)
+    ]
     with connect(example_server) as s:
         s.sendall(b"".join(framed(q) for q in queries))  # all at once, before reading any answer
         answers = [dns.message.from_wire(read_framed(s)) for _ in queries]
@@ -81,7 +83,9 @@ def test_pipelined_queries_answered_in_order(example_server):
 
 def test_several_sequential_queries_on_one_connection(example_server):
     with connect(example_server) as s:
-        for i, (subnet, expected) in enumerate([("81.2.69.0/24", "192.0.2.30"), ("8.8.8.0/24", "192.0.2.20")] * 5):
+        for i, (subnet, expected) in enumerate(
+            [("81.2.69.0/24", "192.0.2.30"), ("8.8.8.0/24", "192.0.2.20")] * 5
+        ):
             s.sendall(framed(make(fqdn("www"), "A", subnet=subnet, qid=i)))
             r = dns.message.from_wire(read_framed(s))
             assert r.id == i and addresses(r) == [expected]
@@ -104,9 +108,13 @@ def test_idle_connections_are_closed(example_server):
         used.sendall(framed(make(fqdn("www"), "A")))
         read_framed(used)
         start = time.monotonic()
-        assert closed_within(silent, IDLE_LIMIT) is not None, f"a silent connection was open after {IDLE_LIMIT} s"
+        assert closed_within(silent, IDLE_LIMIT) is not None, (
+            f"a silent connection was open after {IDLE_LIMIT} s"
+        )
         left = max(0.5, IDLE_LIMIT - (time.monotonic() - start))
-        assert closed_within(used, left) is not None, "a connection idle after a query was never closed"
+        assert closed_within(used, left) is not None, (
+            "a connection idle after a query was never closed"
+        )
 
 
 def test_trickling_message_is_dropped(example_server):
@@ -158,7 +166,9 @@ def test_crowd_of_idle_connections_does_not_lock_out_a_real_client(example_serve
         assert took < 2.0, f"a real client waited {took:.2f} s behind {crowd_size} idle connections"
         # and a pipelined client on a fresh connection, too
         with connect(example_server) as s:
-            s.sendall(framed(make(fqdn("mail"), "A", qid=1)) + framed(make(fqdn("www"), "A", qid=2)))
+            s.sendall(
+                framed(make(fqdn("mail"), "A", qid=1)) + framed(make(fqdn("www"), "A", qid=2))
+            )
             assert [dns.message.from_wire(read_framed(s)).id for _ in range(2)] == [1, 2]
     finally:
         for s in crowd:

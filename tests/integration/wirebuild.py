@@ -14,7 +14,13 @@ def question(name: str, qtype: int = 1, qclass: int = 1) -> bytes:
     return name_wire(name) + struct.pack("!HH", qtype, qclass)
 
 
-def opt_rr(payload: int = 1232, version: int = 0, do: bool = False, options: bytes = b"", ext_rcode: int = 0) -> bytes:
+def opt_rr(
+    payload: int = 1232,
+    version: int = 0,
+    do: bool = False,
+    options: bytes = b"",
+    ext_rcode: int = 0,
+) -> bytes:
     ttl = (ext_rcode << 24) | (version << 16) | (0x8000 if do else 0)
     return b"\x00" + struct.pack("!HHIH", 41, payload, ttl, len(options)) + options
 
@@ -24,5 +30,15 @@ def ecs_option(family: int, source: int, scope: int, address: bytes) -> bytes:
     return struct.pack("!HH", 8, len(body)) + body
 
 
-def query(name: str, qtype: int = 1, additional: list[bytes] | tuple[bytes, ...] = (), qid: int = 0x2A2A, flags: int = 0) -> bytes:
-    return struct.pack("!HHHHHH", qid, flags, 1, 0, 0, len(additional)) + question(name, qtype) + b"".join(additional)
+def query(
+    name: str,
+    qtype: int = 1,
+    additional: list[bytes] | tuple[bytes, ...] = (),
+    qid: int = 0x2A2A,
+    flags: int = 0,
+) -> bytes:
+    return (
+        struct.pack("!HHHHHH", qid, flags, 1, 0, 0, len(additional))
+        + question(name, qtype)
+        + b"".join(additional)
+    )
