@@ -11,13 +11,14 @@ goes first.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Hashable
 
 
 class Prepared:
     """Ready-made answers for one cache key."""
 
-    __slots__ = ("body", "bodies", "_turns", "scope", "deadline", "labels", "client_dependent", "meta")
+    __slots__ = ("body", "bodies", "_turns", "schedule", "scope", "deadline", "labels", "client_dependent", "meta")
 
     def __init__(
         self,
@@ -32,6 +33,7 @@ class Prepared:
         self.bodies = bodies
         self.body = bodies[0] if len(bodies) == 1 else None
         """Set when there is a single answer (the common case): no selection per query."""
+        self.schedule = schedule
         self._turns = itertools.cycle(schedule) if schedule and len(bodies) > 1 else None
         self.scope = scope
         """ECS scope prefix to echo (None: scope 0, the answer does not depend on the client)."""
@@ -52,14 +54,55 @@ DEPENDS_ON_CLIENT = Prepared([b""], client_dependent=True)
 """Stored under the client-independent key of names whose answer depends on the client."""
 
 
+PacketEntry = tuple[bytes, float | None, tuple]
+"""Level 0: (the answer without its 2-byte ID, deadline or None, the Stats key to count)."""
+
+PACKET_CACHE = os.environ.get("GEODNS_PACKET_CACHE", "1") != "0"
+"""Off only to measure what it buys (bench/RESULTS.md); behaviour is the same either way."""
+
+
 class AnswerCache:
-    __slots__ = ("_entries", "max_entries", "hits", "misses")
+    """Levels 0-3 of the answer cache of one snapshot.
+
+    Level 0, `packets`, is an exact-query memo in front of the others (PowerDNS's
+    packet cache): the UDP query bytes after the ID -> the answer after the ID.
+    The key holds the question with its letter case, the flags, the EDNS payload
+    and the ECS subnet exactly as sent, so a hit is the answer this very query
+    would get; only answers that do not depend on the source address, have a
+    single body (no per-query weighted pick) and came out of the normal path go
+    in. A hit costs one slice, one dict lookup and one concatenation.
+    """
+
+    __slots__ = ("_entries", "max_entries", "hits", "misses", "packets", "places", "bodies", "narrowing")
 
     def __init__(self, max_entries: int = 200_000):
         self._entries: dict[Hashable, Prepared] = {}
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
+        self.packets: dict[bytes, PacketEntry] = {}
+        self.places: dict[Hashable, Prepared] = {}
+        """Level 3, apart from the per-network entries so that a storm of new
+        networks does not evict the few thousand per-location decisions."""
+        self.bodies: dict[Hashable, Prepared] = {}
+        """Wire bodies of steered answers by the branches chosen (see answer.prepare_shared)."""
+        self.narrowing: dict[Hashable, tuple] = {}
+
+    def put_packet(self, key: bytes, value: PacketEntry) -> None:
+        if not PACKET_CACHE:
+            return
+        packets = self.packets
+        if len(packets) >= self.max_entries:
+            for old in list(itertools.islice(packets, max(1, self.max_entries // 10))):
+                del packets[old]
+        packets[key] = value
+
+    def put_place(self, key: Hashable, value: Prepared) -> None:
+        places = self.places
+        if len(places) >= self.max_entries:
+            for old in list(itertools.islice(places, max(1, self.max_entries // 10))):
+                del places[old]
+        places[key] = value
 
     def get(self, key: Hashable) -> Prepared | None:
         return self._entries.get(key)
@@ -73,7 +116,7 @@ class AnswerCache:
         entries[key] = value
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self.packets) + len(self.places)
 
 
 def smooth_schedule(weights: list[int], max_length: int = 1000) -> list[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import struct
 import time
@@ -101,7 +102,9 @@ class UDPProtocol(asyncio.DatagramProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
 
     def datagram_received(self, data: bytes, addr) -> None:
+        started = time.perf_counter()
         response = answer(self.ref.snapshot, data, addr[0], True, self.stats)
+        self.stats.observe_latency(time.perf_counter() - started)
         if self.log_queries:
             log_query(addr[0], data, response, "udp")
         if response is not None:
@@ -109,6 +112,90 @@ class UDPProtocol(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors from a client: not ours to fix
         log.debug("udp error: %s", exc)
+
+
+def sockaddr_host(addr: bytes) -> str:
+    """The IP address in a raw Linux sockaddr (from _mmsg.recv) as text."""
+    if addr[0] == socket.AF_INET:  # sa_family is little-endian: its low byte comes first
+        return socket.inet_ntop(socket.AF_INET, addr[4:8])
+    return socket.inet_ntop(socket.AF_INET6, addr[8:24])
+
+
+class BatchedUDP:
+    """UDP with recvmmsg/sendmmsg (geodns.dns._mmsg): one system call per 64 queries each way.
+
+    The level-0 cache lookup (see AnswerCache) is inlined here because at
+    ~200k queries/s the cost of one Python call per query is a tenth of the
+    budget; everything else goes through `answer()`. Latency is observed per
+    batch (from the receive call's return to the send call's), counted once
+    per query in the batch: two clock reads per batch instead of per query.
+    """
+
+    MAX_ROUNDS = 16
+    """Batches per wake-up before yielding, so TCP and the control pipe get a turn under flood."""
+
+    def __init__(self, sock: socket.socket, ref: SnapshotRef, stats: Stats, log_queries: bool = False):
+        from geodns.dns import _mmsg
+
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.ref = ref
+        self.stats = stats
+        self.log_queries = log_queries
+        self._recv = _mmsg.recv
+        self._send = _mmsg.send
+
+    def on_readable(self) -> None:
+        recv, send, fd, ref, stats = self._recv, self._send, self.fd, self.ref, self.stats
+        answers = stats.answers
+        clock = time.perf_counter
+        for _ in range(self.MAX_ROUNDS):
+            batch = recv(fd, 64)
+            if not batch:
+                return
+            started = clock()
+            snap = ref.snapshot
+            get = snap.cache.packets.get
+            out = []
+            hits = 0
+            if self.log_queries:
+                for data, addr in batch:
+                    host = sockaddr_host(addr)
+                    response = answer(snap, data, host, True, stats)
+                    log_query(host, data, response, "udp")
+                    if response is not None:
+                        out.append((response, addr))
+            else:
+                for data, addr in batch:
+                    hit = get(data[2:])
+                    if hit is not None and hit[1] is None:
+                        answers[hit[2]] += 1
+                        hits += 1
+                        out.append((data[:2] + hit[0], addr))
+                        continue
+                    response = answer(snap, data, sockaddr_host(addr), True, stats)
+                    if response is not None:
+                        out.append((response, addr))
+            # Answer time without the socket, as the metric promises: the batch's
+            # compute time, split evenly would hide nothing useful at 64 per batch.
+            stats.observe_latency_n((clock() - started) / len(batch), len(batch))
+            stats.cache_hits += hits
+            if out:
+                send(fd, out)
+            if len(batch) < 64:
+                return
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.fd)
+        self.sock.close()
+
+
+def batched_io_available() -> bool:
+    try:
+        from geodns.dns import _mmsg  # noqa: F401
+    except ImportError:
+        return False
+    return os.environ.get("GEODNS_MMSG", "1") != "0"
 
 
 class TCPServer:
@@ -203,10 +290,16 @@ async def start_listeners(
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             sock.bind((listen.host, listen.port))
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: UDPProtocol(ref, log_queries, stats), sock=sock
-            )
-            closers.append(transport.close)
+            if batched_io_available():
+                sock.setblocking(False)
+                reader = BatchedUDP(sock, ref, stats, log_queries)
+                loop.add_reader(sock.fileno(), reader.on_readable)
+                closers.append(reader.close)
+            else:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: UDPProtocol(ref, log_queries, stats), sock=sock
+                )
+                closers.append(transport.close)
         if tcp:
             server = await asyncio.start_server(
                 tcp_server.handle, listen.host, listen.port, reuse_address=True, reuse_port=reuse_port or None

@@ -47,6 +47,11 @@ class Stats:
         self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
+    def observe_latency_n(self, seconds: float, n: int) -> None:
+        """`n` queries answered together (one batch) in `seconds`."""
+        self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += n
+        self.latency_sum += seconds * n
+
     def export(self) -> dict:
         return {
             "answers": [

@@ -1,0 +1,163 @@
+"""The hot path agrees with the general path: fast parser vs full parser,
+integer narrowing vs `snapshot.narrow`, level-0 (exact query) hits vs fresh
+answers, and answers never cross clients."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+from pathlib import Path
+
+import pytest
+
+from geodns.control.controller import Controller
+from geodns.dns import cache as cache_mod
+from geodns.dns.answer import answer, cache_narrowing, narrow_int
+from geodns.dns.snapshot import narrow
+from geodns.dns.stats import Stats
+from geodns.dns.wire import Ignore, WireError, parse_query, parse_query_full
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def name(text: str) -> bytes:
+    return b"".join(bytes([len(p)]) + p.encode() for p in text.split(".")) + b"\0"
+
+
+def query(qid: int, qname: str = "www.gslb.example.test", qtype: int = 1, ecs: tuple[str, int] | None = None,
+          edns: bool = True, flags: int = 0, payload: int = 1232) -> bytes:
+    head = struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 1 if edns else 0)
+    body = name(qname) + struct.pack("!HH", qtype, 1)
+    if not edns:
+        return head + body
+    opt = b""
+    if ecs is not None:
+        address = ipaddress.ip_address(ecs[0])
+        family = 1 if address.version == 4 else 2
+        data = struct.pack("!HBB", family, ecs[1], 0) + address.packed[: (ecs[1] + 7) // 8]
+        opt = struct.pack("!HH", 8, len(data)) + data
+    return head + body + b"\0" + struct.pack("!HHIH", 41, payload, 0, len(opt)) + opt
+
+
+def parsed(parser, data: bytes):
+    try:
+        return parser(data)
+    except (Ignore, WireError) as exc:
+        return type(exc), str(exc)
+
+
+@pytest.fixture(scope="module")
+def controller() -> Controller:
+    c = Controller(str(REPO / "zones" / "example.yaml"), str(REPO / "data" / "geoip-bundle.mmdb"))
+    c.start()
+    return c
+
+
+def test_fast_parser_agrees_with_the_full_one_on_mutations():
+    rng = random.Random(7)
+    seeds = [
+        query(1, ecs=("81.2.69.0", 24)),
+        query(2, ecs=("2001:db8:1200::", 40), qtype=28),
+        query(3, ecs=("10.1.2.128", 25)),
+        query(4, ecs=("0.0.0.0", 0)),
+        query(5, edns=False),
+        query(6),
+        query(7, qname="WwW.GsLb.ExAmPlE.TeSt", flags=0x0110),
+    ]
+    for data in seeds:
+        assert parse_query(data) == parse_query_full(data)
+    for _ in range(30_000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            what = rng.random()
+            if what < 0.6 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            elif what < 0.8 and data:
+                del data[rng.randrange(len(data)) :]
+            else:
+                data += bytes([rng.randrange(256)])
+        data = bytes(data)
+        if not data:
+            continue
+        assert parsed(parse_query, data) == parsed(parse_query_full, data), data.hex()
+
+
+def test_integer_narrowing_matches_snapshot_narrow(controller):
+    snap = controller.snapshot
+    czone = snap.zones["gslb.example.test"]
+    rng = random.Random(3)
+    nets = [n for v in (4, 6) for n in czone.narrowing[v]]
+    assert nets, "the example zone has CIDR rules and a latency table"
+    for _ in range(20_000):
+        if rng.random() < 0.5 and nets:
+            base = rng.choice(nets)
+            value = int(base.network_address) ^ rng.getrandbits(base.max_prefixlen - max(0, base.prefixlen - 3))
+            address = ipaddress.ip_address(value) if base.version == 4 else ipaddress.IPv6Address(value)
+        elif rng.random() < 0.5:
+            address = ipaddress.IPv4Address(rng.getrandbits(32))
+        else:
+            address = ipaddress.IPv6Address(rng.getrandbits(128))
+        prefix = rng.randint(0, address.max_prefixlen)
+        ints = cache_narrowing(snap.cache, czone, address.version)
+        expected = narrow(address, prefix, czone.narrowing[address.version])
+        assert narrow_int(int(address), address.max_prefixlen, prefix, ints) == expected, (address, prefix)
+
+
+CLIENTS = [("81.2.69.0", 24), ("8.8.8.0", 24), ("1.0.16.0", 24), ("2001:db8::", 32), ("198.51.100.0", 24),
+           ("89.160.20.128", 25), ("175.16.199.0", 24), ("0.0.0.0", 0)]
+
+
+@pytest.mark.parametrize("qname", ["www.gslb.example.test", "geo.gslb.example.test", "gslb.example.test",
+                                   "nope.gslb.example.test", "WWW.gslb.example.test"])
+@pytest.mark.parametrize("qtype", [1, 28, 16, 255])
+def test_level0_hits_equal_fresh_answers(controller, qname, qtype):
+    """Each query answered by a fresh snapshot (no cache) equals its repeat (a level-0 hit)."""
+    for client in CLIENTS:
+        for source in ("127.0.0.1", "81.2.69.160"):
+            data = query(0x1234, qname, qtype, ecs=client)
+            fresh = controller.publish()
+            first = answer(fresh, data, source, True, Stats())
+            again = answer(fresh, query(0x4321, qname, qtype, ecs=client), source, True, Stats())
+            assert again[:2] == b"\x43\x21"
+            assert first[2:] == again[2:]
+
+
+def test_level0_does_not_cross_source_addresses(controller):
+    """Without ECS the source address decides: it is not a level-0 key, so nothing is shared."""
+    snap = controller.publish()
+    data = query(1, edns=False)
+    london = answer(snap, data, "81.2.69.160", True, Stats())
+    loopback = answer(snap, data, "127.0.0.1", True, Stats())
+    assert london != loopback  # eu-west vs the default, us-east
+    assert london == answer(controller.publish(), data, "81.2.69.160", True, Stats())
+    assert not snap.cache.packets
+
+
+def test_packet_cache_off_gives_the_same_bytes(controller, monkeypatch):
+    queries = [query(i, ecs=c, qtype=t) for i, (c, t) in enumerate((c, t) for c in CLIENTS for t in (1, 28))]
+    on = controller.publish()
+    with_cache = [answer(on, q, "127.0.0.1", True, Stats()) for q in queries * 2]
+    monkeypatch.setattr(cache_mod, "PACKET_CACHE", False)
+    off = controller.publish()
+    without = [answer(off, q, "127.0.0.1", True, Stats()) for q in queries * 2]
+    assert with_cache == without
+    assert not off.cache.packets
+
+
+def test_level0_counts_answers_like_the_general_path(controller):
+    snap = controller.publish()
+    stats = Stats()
+    data = query(9, ecs=("81.2.69.0", 24))
+    for _ in range(3):
+        answer(snap, data, "127.0.0.1", True, stats)
+    assert sum(stats.answers.values()) == 3
+    (label, qtype, udp), n = next(iter(stats.answers.items()))
+    assert (label.regions, qtype, udp, n) == ("eu-west", 1, True, 3)
+
+
+def test_tcp_never_uses_level0(controller):
+    snap = controller.publish()
+    data = query(9, ecs=("81.2.69.0", 24), payload=512)
+    answer(snap, data, "127.0.0.1", False, Stats())
+    assert not snap.cache.packets
