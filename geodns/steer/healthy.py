@@ -13,5 +13,6 @@ def healthy(candidates: Candidates, ctx: Context, params: None = None) -> Kept:
     for region in removed:
         verdict = ctx.verdicts.get(region)
         cause = verdict.cause if verdict and verdict.cause else "too few healthy endpoints"
-        reasons.append(f"{region} ({'drained' if verdict and verdict.forced else 'down'}: {cause})")
+        state = "drained" if verdict and verdict.forced else "down"
+        reasons.append(f"{region} ({cause})" if cause.startswith(state) else f"{region} ({state}: {cause})")
     return Kept(kept, "removed " + "; ".join(reasons))
