@@ -85,6 +85,22 @@ def test_without_ecs_the_source_address_is_located(small_geo_server):
     assert addresses(r) == ["192.0.2.20"], "127.0.2.0/24 is Portland in the test database: us-west"
 
 
+def test_same_query_bytes_from_two_sources_are_steered_apart(small_geo_server):
+    """The exact-query cache must not serve one source's steered answer to another."""
+    wire = make(fqdn("www"), "A", qid=7).to_wire()
+    for _ in range(3):
+        for source, expected in ((SOURCE, ["192.0.2.20"]), ("127.0.0.1", ["192.0.2.10"])):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                try:
+                    s.bind((source, 0))
+                except OSError:
+                    pytest.skip(f"cannot send from {source}")
+                s.settimeout(3)
+                s.sendto(wire, (small_geo_server.host, small_geo_server.port))
+                r = dns.message.from_wire(s.recv(4096))
+            assert addresses(r) == expected, source
+
+
 def test_geolocation_rules_by_subdivision(small_geo_server):
     # NA-US-OR -> us-west; BR (SA, not CO/VE) -> sa-east
     assert addresses(ask(small_geo_server, fqdn("geo"), "A", subnet=f"{NET}.0/24")) == [
