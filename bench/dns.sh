@@ -1,0 +1,82 @@
+#!/bin/sh
+# geodns side by side with gdnsd on loopback: same zone, same five regions,
+# same GeoIP file, same queries (real client networks with ECS), each answer
+# checked. Prints a table of queries/s, queries per server core-second, loss,
+# p99 and the ratio, for the main, hot and miss workloads, then geodns with
+# 1 vs 2 workers. Method: bench/dns/compare (alternating turns, fresh server
+# per turn, server pinned to CPU 0, load generator to CPU 1). See
+# bench/RESULTS.md for a run and how to read it.
+#
+#   bench/dns.sh                 # ~25 min: 3 runs x (main, hot, miss) + workers
+#   bench/dns.sh --quick         # 1 run of 5 s each, to try it
+#   WORKLOADS="main" RUNS=6 bench/dns.sh
+#
+# Installs nothing. Needs gdnsd, gcc, python3 with maxminddb, and geodns's
+# dependencies (`pip install -e .` also builds the recvmmsg extension; without
+# it geodns falls back to plain asyncio UDP and this script says so).
+# Writes only under ${GEODNS_CACHE:-$HOME/.cache/geodns}/bench/. Uses the full
+# DB-IP city file when ../shared/geoip/build made it (or DB=path), else the
+# bundled data/geoip-bundle.mmdb.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+kit=$here/dns
+cache=${GEODNS_CACHE:-$HOME/.cache/geodns}
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+WORKLOADS=${WORKLOADS:-"main hot miss"}
+WORKERS_RUN=${WORKERS_RUN:-1}
+GDNSD_PORT=${GDNSD_PORT:-5301}
+GEODNS_PORT=${GEODNS_PORT:-5302}
+if [ "${1:-}" = "--quick" ]; then RUNS=1; DURATION=5; fi
+
+command -v gdnsd >/dev/null || [ -x /usr/sbin/gdnsd ] || { echo "needs gdnsd: apt-get install gdnsd" >&2; exit 2; }
+command -v gcc >/dev/null || { echo "needs gcc (for the load generator): apt-get install gcc" >&2; exit 2; }
+command -v taskset >/dev/null || { echo "needs taskset (util-linux)" >&2; exit 2; }
+python3 -c 'import maxminddb' 2>/dev/null || { echo "needs the maxminddb Python package" >&2; exit 2; }
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+python3 -c 'import geodns.cli' || { echo "geodns does not import: pip install -e . in $repo" >&2; exit 2; }
+if ! python3 -c 'import geodns.dns._mmsg' 2>/dev/null; then
+    echo "WARNING: geodns.dns._mmsg is not built (pip install -e .): geodns runs on plain asyncio UDP" >&2
+fi
+if [ "$(nproc)" -lt 2 ]; then echo "needs 2 CPUs (server on 0, load generator on 1)" >&2; exit 2; fi
+
+DB=${DB:-$(python3 -c "import sys; sys.path.insert(0, '$kit'); import benchlib; print(benchlib.ensure_geoip_db())")}
+case "$DB" in
+    */dbip-city-geoip2.mmdb) tag=city ;;
+    *) tag=$(basename "$DB" .mmdb) ;;
+esac
+wl=$cache/bench/workloads/$tag
+for w in $WORKLOADS; do
+    [ -f "$wl/$w.bin" ] || python3 "$kit/workload" --db "$DB" --out "$wl" "$w"
+done
+[ -x "$cache/bench/bin/loadgen" ] || "$kit/build-loadgen" >/dev/null
+out=$cache/bench/results/dns-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$out"
+
+geodns() {  # geodns WORKERS PORT: the product as an operator runs it, every feature on
+    echo "python3 -m geodns serve --zones $repo/zones/example.yaml --geoip $DB --state none" \
+         "--listen 127.0.0.1:$2 --admin 127.0.0.1:$(($2 + 1000)) --workers $1"
+}
+compare() {  # compare WORKLOAD JSON SERVER...: bounded in time whatever happens
+    w=$1; json=$2; shift 2
+    timeout 3600 python3 "$kit/compare" --workload "$w" --workloads "$wl" --runs "$RUNS" \
+        --duration "$DURATION" --warmup "$WARMUP" --wait-quiet 60 --retries 2 \
+        --json-out "$json" "$@" | tee "${json%.json}.txt"
+}
+
+echo "GeoIP: $DB; workloads in $wl; results in $out" >&2
+for w in $WORKLOADS; do
+    compare "$w" "$out/$w.json" \
+        --server gdnsd "$GDNSD_PORT" "$kit/gdnsd-run --foreground --port $GDNSD_PORT --db $DB" \
+        --server geodns "$GEODNS_PORT" "$(geodns 1 "$GEODNS_PORT")"
+done
+if [ "$WORKERS_RUN" = 1 ]; then
+    # Both pinned to CPU 0 (CPU 1 runs the load generator): this shows what a
+    # second process costs per query, not scaling; see RESULTS.md.
+    compare main "$out/workers.json" \
+        --server geodns-1w "$GEODNS_PORT" "$(geodns 1 "$GEODNS_PORT")" \
+        --server geodns-2w "$((GEODNS_PORT + 1))" "$(geodns 2 "$((GEODNS_PORT + 1))")"
+fi
+python3 "$here/dns_report.py" "$out" | tee "$out/summary.md"
