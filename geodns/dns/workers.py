@@ -153,6 +153,10 @@ class WorkerPool:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         root = logging.getLogger()
         formatter = root.handlers[0].formatter if root.handlers else None
+        try:  # the parent's log line format (text or JSON), when it can travel
+            pickle.dumps(formatter)
+        except Exception:  # noqa: BLE001 - e.g. a test harness's formatter: use the default
+            formatter = None
         setup = pickle.dumps(
             {
                 "index": index,
