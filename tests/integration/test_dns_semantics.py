@@ -6,6 +6,7 @@ import struct
 
 import dns.flags
 import dns.message
+import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
@@ -401,3 +402,40 @@ def test_ipv6_listener_answers(example_server):
         r = transport(example_server, make(fqdn("www"), "AAAA"), host=host, port=port)
         assert r.flags & dns.flags.AA
         assert addresses(r, "AAAA") == ["2001:db8::10"]  # ::1 has no location: the default
+
+
+# --- odd bytes in labels (RFC 2181 section 11: any octet is allowed) -----------
+
+ODD_LABEL_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a synthesized wildcard owner is rebuilt from text by dnslib: '.' in a label splits it, "
+    "non-ASCII bytes are IDNA-encoded, so the answer's owner is not the question's name",
+)
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        b"A B",
+        b"x\\y",
+        b"\x00z",
+        pytest.param(b"a.cdn", marks=ODD_LABEL_BUG),
+        pytest.param(b"\xc3\xa9", marks=ODD_LABEL_BUG),
+    ],
+    ids=["space", "backslash", "nul", "dot", "utf8"],
+)
+def test_wildcard_answer_owner_is_the_question_name_for_odd_labels(example_server, label):
+    qname = bytes([len(label)]) + label + wb_name(fqdn("cdn"))
+    wire = struct.pack("!HHHHHH", 0x0DD1, 0, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+    response = raw_udp(example_server, wire)
+    assert response is not None
+    r = dns.message.from_wire(response)
+    assert r.rcode() == dns.rcode.NOERROR
+    (rrset,) = r.answer
+    assert rrset.name == r.question[0].name
+    assert rrset.name.to_wire() == dns.name.from_wire(qname, 0)[0].to_wire()
+    assert [rd.address for rd in rrset] == ["192.0.2.99"]
+
+
+def wb_name(name: str) -> bytes:
+    return b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\x00"
