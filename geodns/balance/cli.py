@@ -17,6 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true", help="validate the file and exit")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--no-uvloop", action="store_true", help="use the default asyncio event loop")
+    parser.add_argument(
+        "--workers", "-w", type=int, default=0, metavar="N",
+        help="proxy processes sharing the listen addresses (SO_REUSEPORT); 0 (default): one per CPU",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # INDEX:FD, set by the parent for its workers
 
 
 async def _serve(config: config_mod.BalancerConfig, path: str) -> int:
@@ -45,11 +50,39 @@ async def _serve(config: config_mod.BalancerConfig, path: str) -> int:
     return 0
 
 
+async def _supervise(config: config_mod.BalancerConfig, path: str, count: int, argv: list[str]) -> int:
+    from geodns.balance.workers import Supervisor
+
+    supervisor = Supervisor(config, path, count, argv)
+    await supervisor.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[object]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(supervisor.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await supervisor.stop()
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the balancer until SIGTERM/SIGINT; SIGHUP reloads the file. Returns the exit code."""
+    worker = getattr(args, "worker", None)
+    prefix = f"worker={worker.split(':')[0]} " if worker else ""
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s {prefix}%(message)s",
         stream=sys.stderr,
     )
     try:
@@ -60,13 +93,27 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"{args.config}: ok ({len(config.pools)} pools, {len(config.routes)} routes)")
         return 0
-    if not args.no_uvloop:
-        with contextlib.suppress(ImportError):
-            import uvloop
+    if worker:
+        from geodns.balance.workers import serve_worker
 
-            return uvloop.run(_serve(config, args.config))
+        index, fd = (int(x) for x in worker.split(":"))
+        main = serve_worker(config, args.config, fd, index)
+    else:
+        from geodns.balance.workers import default_workers
+
+        count = args.workers or default_workers()
+        if count == 1:
+            main = _serve(config, args.config)
+        else:
+            argv = ["--log-level", args.log_level, *(["--no-uvloop"] if args.no_uvloop else [])]
+            main = _supervise(config, args.config, count, argv)
     try:
-        return asyncio.run(_serve(config, args.config))
-    except OSError as exc:
+        if not args.no_uvloop:
+            with contextlib.suppress(ImportError):
+                import uvloop
+
+                return uvloop.run(main)
+        return asyncio.run(main)
+    except (OSError, RuntimeError) as exc:
         print(f"geodns balance: {exc}", file=sys.stderr)
         return 1

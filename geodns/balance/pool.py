@@ -93,6 +93,8 @@ class Pool:
         return self.config.name
 
     def available(self, now: float, exclude: Iterable[str] = ()) -> list[Backend]:
+        if not exclude:
+            return [b for b in self.backends if b.available(now)]
         skip = set(exclude)
         return [b for b in self.backends if b.key not in skip and b.available(now)]
 
@@ -131,6 +133,9 @@ class Routes:
         self.routes = sorted(
             routes, key=lambda r: (-_host_rank(r.config.host), -len(r.config.path))
         )
+        only = self.routes[0] if len(self.routes) == 1 else None
+        self.catch_all = only if only and only.config.host is None and only.config.path == "/" else None
+        """The one route when a single route takes every request: no host or path to look at."""
 
     def match(self, host: str, path: str) -> Route | None:
         host = host.lower()

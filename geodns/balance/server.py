@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from geodns.balance import config as config_mod
@@ -50,6 +51,10 @@ HOP_BY_HOP = frozenset(
     )
 )
 # RFC 9110 section 9.2.2; safe to send again when they carry no body.
+HOP_BY_HOP_AND_LENGTH = HOP_BY_HOP | {"content-length"}
+# What never goes upstream as the client sent it: hop-by-hop fields, and the
+# forwarding fields this hop restates.
+UPSTREAM_SKIP = HOP_BY_HOP | frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "via"))
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 # Small bodies of known length are read whole and written with the headers in
 # one send; larger or unknown-length bodies are streamed chunk by chunk.
@@ -71,13 +76,29 @@ class _Body:
             yield chunk
 
 
+def authorised(token: str | None, request: web.Request) -> web.Response | None:
+    """None when the request carries the admin bearer token, else the refusal to send."""
+    if token is None:
+        return web.json_response({"error": "write endpoints disabled: no admin.token"}, status=403)
+    given = request.headers.get("Authorization", "")
+    if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), token.encode()):
+        return web.json_response(
+            {"error": "bearer token required"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+    return None
+
+
 def _log(event: str, **fields: object) -> None:
     log.info(" ".join([f"event={event}", *(f"{k}={v}" for k, v in fields.items())]))
 
 
 class Balancer:
-    def __init__(self, config: BalancerConfig, config_path: str | Path | None = None) -> None:
+    def __init__(
+        self, config: BalancerConfig, config_path: str | Path | None = None, *, reuse_port: bool = False
+    ) -> None:
         self.config = config
+        self.reuse_port = reuse_port
+        """Bind listeners with SO_REUSEPORT, so that worker processes each own a socket."""
         self.config_path = str(config_path) if config_path else None
         self.metrics = Metrics()
         self.generation = 1
@@ -95,6 +116,7 @@ class Balancer:
         self._checkers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._timeout = self._client_timeout(config)
+        self._vias: dict[tuple[int, int], str] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -126,7 +148,10 @@ class Balancer:
         await runner.setup()
         self._runners.append(runner)
         for address in cfg.listen:
-            site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
+            site = web.TCPSite(
+                runner, address.host, address.port, backlog=1024, reuse_address=True,
+                reuse_port=self.reuse_port or None,
+            )
             await site.start()
             self.addresses.append(address)
         if cfg.admin.listen is not None:
@@ -233,6 +258,7 @@ class Balancer:
         if new.sticky_secret:
             self.secret = new.sticky_secret.encode()
         self._timeout = self._client_timeout(new)
+        self._vias = {}
         self.pools, self.routes, self.backends = pools, routes, live
         self.generation += 1
         for backend in gone:
@@ -295,28 +321,38 @@ class Balancer:
 
     def _upstream_headers(self, request: web.BaseRequest) -> list[tuple[str, str]]:
         headers = request.headers
-        drop = HOP_BY_HOP
+        drop = UPSTREAM_SKIP
         conn = headers.get("Connection")
         if conn:
             drop = drop | {t.strip().lower() for t in conn.split(",")}
-        out = [(k, v) for k, v in headers.items() if k.lower() not in drop and k.lower() not in ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "via")]
+        out = [(k, v) for k, v in headers.items() if k.lower() not in drop]
         remote = request.remote or ""
         prior = headers.getall("X-Forwarded-For", ())
         out.append(("X-Forwarded-For", ", ".join([*prior, remote]) if prior else remote))
         # Proto and Host are ours to state (a client could forge them); the
         # address chain is appended to, as nginx's $proxy_add_x_forwarded_for does.
         out.append(("X-Forwarded-Proto", request.scheme))
-        if "Host" in headers:
-            out.append(("X-Forwarded-Host", headers["Host"]))
-        via = f"{request.version.major}.{request.version.minor} {self.config.via}"
+        host = headers.get("Host")
+        if host is not None:
+            out.append(("X-Forwarded-Host", host))
+        via = self._via(request.version)
         prior_via = headers.get("Via")
         out.append(("Via", f"{prior_via}, {via}" if prior_via else via))
         return out
 
+    def _via(self, version: aiohttp.HttpVersion | None) -> str:
+        """`1.1 geodns`, built once per protocol version."""
+        key = (version.major, version.minor) if version else (1, 1)
+        via = self._vias.get(key)
+        if via is None:
+            via = self._vias[key] = f"{key[0]}.{key[1]} {self.config.via}"
+        return via
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         self.rate.add(started)
-        route = self.routes.match(request.host, request.path)
+        routes = self.routes
+        route = routes.catch_all or routes.match(request.host, request.path)
         if route is None:
             return web.Response(status=404, text="no route\n")
         self.active_requests += 1
@@ -411,29 +447,25 @@ class Balancer:
         if backend.breaker.record(status < 500, time.monotonic()):
             self.metrics.trips.labels(backend.pool, backend.key).inc()
             _log("circuit_open", pool=backend.pool, backend=backend.key, cause=f"status_{status}")
-        drop = HOP_BY_HOP
+        length = resp.content_length
+        small = length is not None and length <= SMALL_BODY
+        # A whole body goes out with a Content-Length aiohttp computes itself.
+        drop = HOP_BY_HOP_AND_LENGTH if small else HOP_BY_HOP
         conn = resp.headers.get("Connection")
         if conn:
             drop = drop | {t.strip().lower() for t in conn.split(",")}
+        via = self._via(resp.version)
         sticky_cfg = route.pool.config.sticky
         try:
-            length = resp.content_length
-            small = length is not None and length <= SMALL_BODY
             out: web.StreamResponse
+            hdrs = CIMultiDict([(k, v) for k, v in resp.headers.items() if k.lower() not in drop])
+            prior_via = hdrs.get("Via")
+            hdrs["Via"] = f"{prior_via}, {via}" if prior_via else via
             if small:
                 data = await resp.read() if length else b""
-                out = web.Response(status=status, reason=resp.reason, body=data)
-                for k, v in resp.headers.items():
-                    if k.lower() not in drop and k.lower() != "content-length":
-                        out.headers.add(k, v)
+                out = web.Response(status=status, reason=resp.reason, body=data, headers=hdrs)
             else:
-                out = web.StreamResponse(status=status, reason=resp.reason)
-                for k, v in resp.headers.items():
-                    if k.lower() not in drop:
-                        out.headers.add(k, v)
-            via = f"{resp.version.major}.{resp.version.minor} {self.config.via}" if resp.version else f"1.1 {self.config.via}"
-            prior_via = out.headers.get("Via")
-            out.headers["Via"] = f"{prior_via}, {via}" if prior_via else via
+                out = web.StreamResponse(status=status, reason=resp.reason, headers=hdrs)
             if sticky_cfg is not None and cookie_key != backend.key:
                 out.set_cookie(
                     sticky_cfg.cookie,
@@ -548,40 +580,36 @@ class Balancer:
         return app
 
     def _authorised(self, request: web.Request) -> web.Response | None:
-        token = self.config.admin.token
-        if token is None:
-            return web.json_response({"error": "write endpoints disabled: no admin.token"}, status=403)
-        given = request.headers.get("Authorization", "")
-        if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), token.encode()):
-            return web.json_response(
-                {"error": "bearer token required"}, status=401, headers={"WWW-Authenticate": "Bearer"}
-            )
-        return None
+        return authorised(self.config.admin.token, request)
 
-    async def _admin_load(self, request: web.Request) -> web.Response:
-        report = self.load()
-        return web.json_response(report.as_json(), status=200 if report.healthy_backends else 503)
-
-    async def _admin_backends(self, request: web.Request) -> web.Response:
+    def backend_rows(self) -> list[dict[str, object]]:
         now = time.monotonic()
-        rows = [
+        return [
             {
                 "pool": b.pool, "backend": b.key, "state": b.state(now), "weight": b.weight,
                 "in_flight": b.in_flight, "max_conns": b.max_conns, "trips": b.breaker.trips,
             }
             for b in self.backends.values()
         ]
-        return web.json_response({"generation": self.generation, "backends": rows})
 
-    async def _admin_metrics(self, request: web.Request) -> web.Response:
+    def metrics_text(self) -> bytes:
         now = time.monotonic()
         total = 0
         for b in self.backends.values():
             self.metrics.backend_up.labels(b.pool, b.key).set(1 if b.available(now) else 0)
             total += b.in_flight
         self.metrics.in_flight.set(total)
-        body = generate_latest(self.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return generate_latest(self.metrics.registry)
+
+    async def _admin_load(self, request: web.Request) -> web.Response:
+        report = self.load()
+        return web.json_response(report.as_json(), status=200 if report.healthy_backends else 503)
+
+    async def _admin_backends(self, request: web.Request) -> web.Response:
+        return web.json_response({"generation": self.generation, "backends": self.backend_rows()})
+
+    async def _admin_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics_text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _admin_drain(self, request: web.Request) -> web.Response:
         denied = self._authorised(request)

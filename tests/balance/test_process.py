@@ -60,7 +60,7 @@ async def test_sighup_reload_drains_and_sigterm_finishes_in_flight(backends, tmp
     listen, admin = f"{host}:{free_port(host)}", f"{host}:{free_port(host)}"
     cfg = tmp_path / "region.yaml"
     write(cfg, [b.address for b in backs], listen, admin)
-    proc = subprocess.Popen([sys.executable, "-m", "geodns.balance", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "geodns.balance", "--config", str(cfg), "--workers", "1"],
                             stderr=subprocess.PIPE, text=True)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
