@@ -100,12 +100,12 @@ def resolve(
             if res.answer:
                 return res  # a CNAME led out of our authority: the resolver follows it
             res.aa = False
-            node = zone.nodes[cut]
+            node = czone.nodes[cut]
             ns = next(r for r in node.rrsets if r.rtype == "NS")
             res.authority.extend(_rrs(cut, ns))
             _glue(czone, ns.values, res)
             return res
-        node = zone.nodes.get(owner)
+        node = czone.nodes.get(owner)
         if node is None and owner not in czone.existing:
             node = _wildcard(czone, owner)
         if node is None and owner == zone.origin:
@@ -148,7 +148,7 @@ def _wildcard(czone: CompiledZone, owner: str) -> Node | None:
     while name != origin and "." in name:
         name = name.split(".", 1)[1]
         if name in czone.existing:
-            return czone.zone.nodes.get(f"*.{name}")
+            return czone.nodes.get(f"*.{name}")
     return None
 
 
@@ -250,7 +250,7 @@ def _glue(czone: CompiledZone, targets, res: Resolution, authoritative_only: boo
             if ns.name == target and not authoritative_only:
                 for address in ns.glue:
                     res.additional.append(_addr_rr(target, address, zone.ns_ttl))
-        node = zone.nodes.get(target)
+        node = czone.nodes.get(target)
         if node is not None:
             for rrset in node.rrsets:
                 if rrset.rtype in ("A", "AAAA"):
@@ -259,8 +259,8 @@ def _glue(czone: CompiledZone, targets, res: Resolution, authoritative_only: boo
 
 def _addr_rr(owner: str, address, ttl: int) -> RR:
     if address.version == 4:
-        return RR(owner + ".", QTYPE.A, ttl=ttl, rdata=A(str(address)))
-    return RR(owner + ".", QTYPE.AAAA, ttl=ttl, rdata=AAAA(str(address)))
+        return RR(_label(owner), QTYPE.A, ttl=ttl, rdata=A(str(address)))
+    return RR(_label(owner), QTYPE.AAAA, ttl=ttl, rdata=AAAA(str(address)))
 
 
 def _txt_chunks(text: str) -> list[bytes]:
@@ -268,8 +268,30 @@ def _txt_chunks(text: str) -> list[bytes]:
     return [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
 
 
+def _label(owner: str) -> str | DNSLabel:
+    """An owner name for dnslib. Names from queries may hold any octet (RFC 2181 11); `name_of`
+    escaped those as \\DDD, which we turn back into bytes rather than let dnslib re-parse text."""
+    if "\\" not in owner:
+        return owner + "."
+    labels, current, i = [], bytearray(), 0
+    while i < len(owner):
+        char = owner[i]
+        if char == "\\":
+            current.append(int(owner[i + 1 : i + 4]))
+            i += 4
+            continue
+        if char == ".":
+            labels.append(bytes(current))
+            current = bytearray()
+        else:
+            current.append(ord(char))
+        i += 1
+    labels.append(bytes(current))
+    return DNSLabel(labels)
+
+
 def _rrs(owner: str, rrset: RRset) -> list[RR]:
-    name = owner + "."
+    name = _label(owner)
     ttl = rrset.ttl
     out = []
     for value in rrset.values:

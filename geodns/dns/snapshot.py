@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from geodns.config.model import IPNetwork, Zone
+from geodns.config.model import IPNetwork, Node, RRset, Zone
 from geodns.dns.cache import AnswerCache
 from geodns.geo import GeoDatabase
 from geodns.steer import LatencyTable, RegionInfo, Verdict, Verdicts
@@ -23,6 +23,8 @@ from geodns.steer.verdict import endpoint_target
 @dataclass(frozen=True, slots=True)
 class CompiledZone:
     zone: Zone
+    nodes: Mapping[str, Node]
+    """The zone's names, plus address records for in-zone name servers that only have glue."""
     labels: int
     """Number of labels in the origin."""
     existing: frozenset[str]
@@ -90,6 +92,16 @@ def compile_zone(zone: Zone, verdicts: Verdicts, latency: LatencyTable | None) -
     for ns in zone.nameservers:
         if ns.name.endswith("." + origin):
             existing.add(ns.name)
+    nodes = dict(zone.nodes)
+    for ns in zone.nameservers:
+        # An in-zone name server's glue is also its authoritative address (`dig ns1.zone A`).
+        if ns.glue and ns.name not in nodes and (ns.name == origin or ns.name.endswith("." + origin)):
+            rrsets = tuple(
+                RRset(rtype, zone.ns_ttl, tuple(a for a in ns.glue if a.version == version))
+                for rtype, version in (("A", 4), ("AAAA", 6))
+                if any(a.version == version for a in ns.glue)
+            )
+            nodes[ns.name] = Node(name=ns.name, rrsets=rrsets, ttl=zone.ns_ttl)
     cuts = frozenset(
         name for name, node in zone.nodes.items() if name != origin and any(r.rtype == "NS" for r in node.rrsets)
     )
@@ -111,6 +123,7 @@ def compile_zone(zone: Zone, verdicts: Verdicts, latency: LatencyTable | None) -
     }
     return CompiledZone(
         zone=zone,
+        nodes=nodes,
         labels=origin.count(".") + 1 if origin else 0,
         existing=frozenset(existing),
         cuts=cuts,
