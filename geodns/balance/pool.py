@@ -23,7 +23,7 @@ class Backend:
 
     __slots__ = (
         "pool", "key", "host", "port", "weight", "max_conns", "base_url",
-        "in_flight", "drain_admin", "drain_config", "removed", "active", "breaker", "tasks",
+        "host_line", "in_flight", "drain_admin", "drain_config", "removed", "active", "breaker", "tasks",
     )
 
     def __init__(self, pool: str, config: BackendConfig, breaker: CircuitBreaker) -> None:
@@ -35,6 +35,8 @@ class Backend:
         self.max_conns = config.max_conns
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.base_url = f"http://{host}:{self.port}"
+        self.host_line = f"Host: {host}:{self.port}\r\n".encode()
+        """The Host header for a client that sent none (HTTP/1.0)."""
         self.in_flight = 0
         self.drain_admin = False
         """Drained through the admin API; survives reloads."""

@@ -40,6 +40,14 @@ from geodns.balance.config import Address, BalancerConfig
 from geodns.balance.metrics import Metrics
 from geodns.balance.pool import Backend, LoadReport, Pool, Route, build, load_report
 from geodns.balance.rate import RateWindow
+from geodns.balance.upstream import (
+    Client,
+    ConnectFailed,
+    ReadTimeout,
+    Response,
+    UpstreamError,
+    header_bytes,
+)
 
 log = logging.getLogger("geodns.balance")
 
@@ -111,6 +119,9 @@ class Balancer:
         self.addresses: list[Address] = []
         self.admin_address: Address | None = None
         self._session: aiohttp.ClientSession | None = None
+        """aiohttp's client, for WebSocket upgrades only."""
+        self._upstream: Client | None = None
+        """The lean client every other request goes through."""
         self._check_session: aiohttp.ClientSession | None = None
         self._runners: list[web.BaseRunner] = []
         self._checkers: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -137,6 +148,8 @@ class Balancer:
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
         )
         self._check_session = probe_session()
+        t = cfg.timeouts
+        self._upstream = Client(t.connect, t.read, t.idle)
         server = web.Server(
             self.handle,
             keepalive_timeout=cfg.timeouts.idle,
@@ -187,6 +200,8 @@ class Balancer:
             await runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        if self._upstream is not None:
+            self._upstream.close()
         if self._check_session is not None:
             await self._check_session.close()
         self._runners.clear()
@@ -258,6 +273,11 @@ class Balancer:
         if new.sticky_secret:
             self.secret = new.sticky_secret.encode()
         self._timeout = self._client_timeout(new)
+        if self._upstream is not None:
+            t = new.timeouts
+            self._upstream.connect_timeout, self._upstream.read_timeout, self._upstream.idle_timeout = (
+                t.connect, t.read, t.idle
+            )
         self._vias = {}
         self.pools, self.routes, self.backends = pools, routes, live
         self.generation += 1
@@ -340,9 +360,9 @@ class Balancer:
         out.append(("Via", f"{prior_via}, {via}" if prior_via else via))
         return out
 
-    def _via(self, version: aiohttp.HttpVersion | None) -> str:
+    def _via(self, version: tuple[int, int] | None) -> str:
         """`1.1 geodns`, built once per protocol version."""
-        key = (version.major, version.minor) if version else (1, 1)
+        key = (version[0], version[1]) if version else (1, 1)
         via = self._vias.get(key)
         if via is None:
             via = self._vias[key] = f"{key[0]}.{key[1]} {self.config.via}"
@@ -364,13 +384,27 @@ class Balancer:
             self.active_requests -= 1
 
     async def _forward(self, request: web.BaseRequest, route: Route, started: float) -> web.StreamResponse:
-        assert self._session is not None
+        assert self._upstream is not None
         pool = route.pool
         method = request.method
         has_body = request.body_exists
-        body = _Body(request.content) if has_body else None
-        repeatable = method in IDEMPOTENT and not has_body
+        length = request.content_length
         headers = self._upstream_headers(request)
+        body: bytes | _Body | None = None
+        chunked = False
+        if has_body:
+            if length is not None and length <= SMALL_BODY:
+                body = await request.read()  # whole: one write, and replayable after a connect failure
+            else:
+                body = _Body(request.content)
+                if length is None:
+                    chunked = True
+                    headers.append(("Transfer-Encoding", "chunked"))
+        repeatable = method in IDEMPOTENT and not has_body
+        if "Host" not in request.headers:
+            headers.append(("Host", "-"))  # replaced per backend below
+        head = f"{method} {request.raw_path} HTTP/1.1\r\n".encode("utf-8", "surrogateescape") + header_bytes(headers) + b"\r\n"
+        bodiless = method == "HEAD"
         hash_key = self._hash_key(request, route)
         pinned, cookie_key = self._pinned(request, pool, started)
         tried: list[str] = []
@@ -396,26 +430,26 @@ class Balancer:
                 backend.tasks.add(task)
             try:
                 try:
-                    resp = await self._session.request(
-                        method,
-                        backend.base_url + request.raw_path,
-                        headers=headers,
-                        data=body,
-                        allow_redirects=False,
-                        timeout=self._timeout,
+                    resp = await self._upstream.request(
+                        backend.host,
+                        backend.port,
+                        head if "Host" in request.headers else head.replace(b"Host: -\r\n", backend.host_line, 1),
+                        body,
+                        chunked,
+                        bodiless,
                     )
-                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                except ConnectFailed as exc:
                     # Never reached the backend: safe to send elsewhere, even a POST,
                     # as long as no byte of its body was consumed.
                     self._failed(backend)
                     status, last = 502, f"connect: {exc}"
-                    if body is not None and body.started:
+                    if isinstance(body, _Body) and body.started:
                         break
                     continue
-                except (aiohttp.ClientError, TimeoutError) as exc:
+                except (UpstreamError, OSError) as exc:
                     # May have reached the backend: only idempotent, bodiless requests go again.
                     self._failed(backend)
-                    timed_out = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
+                    timed_out = isinstance(exc, ReadTimeout)
                     status, last = (504 if timed_out else 502), f"{type(exc).__name__}: {exc}"
                     if repeatable:
                         continue
@@ -439,7 +473,7 @@ class Balancer:
         request: web.BaseRequest,
         route: Route,
         backend: Backend,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         cookie_key: str | None,
         started: float,
     ) -> web.StreamResponse:
@@ -447,18 +481,18 @@ class Balancer:
         if backend.breaker.record(status < 500, time.monotonic()):
             self.metrics.trips.labels(backend.pool, backend.key).inc()
             _log("circuit_open", pool=backend.pool, backend=backend.key, cause=f"status_{status}")
-        length = resp.content_length
+        length = resp.length
         small = length is not None and length <= SMALL_BODY
         # A whole body goes out with a Content-Length aiohttp computes itself.
         drop = HOP_BY_HOP_AND_LENGTH if small else HOP_BY_HOP
-        conn = resp.headers.get("Connection")
-        if conn:
-            drop = drop | {t.strip().lower() for t in conn.split(",")}
+        for k, v in resp.headers:
+            if k.lower() == "connection":
+                drop = drop | {t.strip().lower() for t in v.split(",")}
         via = self._via(resp.version)
         sticky_cfg = route.pool.config.sticky
         try:
             out: web.StreamResponse
-            hdrs = CIMultiDict([(k, v) for k, v in resp.headers.items() if k.lower() not in drop])
+            hdrs = CIMultiDict([(k, v) for k, v in resp.headers if k.lower() not in drop])
             prior_via = hdrs.get("Via")
             hdrs["Via"] = f"{prior_via}, {via}" if prior_via else via
             if small:
@@ -476,14 +510,13 @@ class Balancer:
                     samesite="Lax",
                 )
             if small:
-                resp.release()
                 self.metrics.observe(route.label, backend.key, status, time.monotonic() - started)
                 return out
             await out.prepare(request)
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.iter_chunks():
                 await out.write(chunk)
             await out.write_eof()
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, TimeoutError) as exc:
+        except UpstreamError as exc:
             # The backend failed after the status line went out: all we can do
             # is cut the client's connection so it sees a truncated response.
             resp.close()
@@ -492,11 +525,8 @@ class Balancer:
             if request.transport is not None:
                 request.transport.close()
             raise
-        except ConnectionError:
-            resp.close()  # the client went away; do not reuse a half-read connection
-            raise
         finally:
-            resp.release()
+            resp.close()  # unless the body was read to its end: no reuse of a half-read connection
         self.metrics.observe(route.label, backend.key, status, time.monotonic() - started)
         return out
 
