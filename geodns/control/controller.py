@@ -141,6 +141,7 @@ class Controller:
             self.config.latency_tables,
             self.utilisation,
             self.cache_size,
+            previous=self.ref.snapshot if self.ref is not None else None,
         )
 
     def publish(self) -> Snapshot:

@@ -142,18 +142,44 @@ def build_snapshot(
     latency_tables: Mapping[str, LatencyTable] | None = None,
     utilisation: Mapping[str, float] | None = None,
     cache_size: int = 200_000,
+    previous: Snapshot | None = None,
 ) -> Snapshot:
+    """A new snapshot. Given the one it replaces, it keeps that one's answer cache when no
+    answer could differ: same zones, GeoIP file, utilisation and up/forced state of every
+    verdict. Health checking republishes about once a second only to move verdicts' `until`
+    bounds forward; flushing the cache each time would turn every second into a miss storm.
+    Cached answers still expire by their own deadline, which the old bounds set."""
     latency_tables = latency_tables or {}
+    utilisation = dict(utilisation or {})
     compiled = {
         zone.origin: compile_zone(zone, verdicts, latency_tables.get(zone.origin)) for zone in zones
     }
+    cache = None
+    if previous is not None and _same_decisions(previous, compiled, geo, verdicts, utilisation):
+        cache = previous.cache
     return Snapshot(
         generation=generation,
         zones=compiled,
         geo=geo,
         verdicts=dict(verdicts),
-        utilisation=dict(utilisation or {}),
-        cache=AnswerCache(cache_size),
+        utilisation=utilisation,
+        cache=cache if cache is not None else AnswerCache(cache_size),
+    )
+
+
+def _states(verdicts: Verdicts) -> dict[str, tuple[bool, bool]]:
+    return {target: (v.up, v.forced) for target, v in verdicts.items()}
+
+
+def _same_decisions(
+    previous: Snapshot, zones: Mapping[str, CompiledZone], geo: GeoDatabase | None, verdicts: Verdicts, utilisation: Mapping[str, float]
+) -> bool:
+    return (
+        previous.geo is geo
+        and previous.utilisation == utilisation
+        and _states(previous.verdicts) == _states(verdicts)
+        and previous.zones.keys() == zones.keys()
+        and all(previous.zones[o].zone == z.zone and previous.zones[o].latency == z.latency for o, z in zones.items())
     )
 
 
