@@ -3,13 +3,17 @@
 # backends, in one run; prints requests/s and p99 of both and their ratio.
 #
 #   bench/http.sh                       # defaults below
-#   DURATION=30s CONNS=100 bench/http.sh
+#   DURATION=30s CONNS=100 WORKERS="1 2 4" ROUNDS=5 bench/http.sh
 #
 # Needs wrk and haproxy on PATH (Debian packages) and the geodns Python
 # environment; installs nothing. Backends are one single-threaded HAProxy
 # process answering a fixed 200 with `http-request return`, so that neither
-# proxy is measured against a slow backend. The HAProxy balancer runs with
-# one thread (NBTHREAD) because `geodns balance` is one process.
+# proxy is measured against a slow backend.
+#
+# For each N in WORKERS, `geodns balance --workers N` is compared with HAProxy
+# `nbthread N`: the same number of cores each. ROUNDS rounds alternate the two
+# (geodns first in odd rounds, HAProxy first in even ones) so that a noisy
+# neighbour hurts both alike; the table gives medians over the rounds.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -17,7 +21,9 @@ WARMUP=${WARMUP:-3s}
 CONNS=${CONNS:-50}
 THREADS=${THREADS:-1}
 BACKENDS=${BACKENDS:-3}
-NBTHREAD=${NBTHREAD:-1}
+NCPU=$(getconf _NPROCESSORS_ONLN)
+WORKERS=${WORKERS:-"1 $NCPU"}
+ROUNDS=${ROUNDS:-3}
 NET=${NET:-127.0.4}
 PYTHON=${PYTHON:-python3}
 
@@ -33,6 +39,10 @@ cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$tmp"
+}
+stop() {  # pid: SIGTERM, then wait for it (geodns drains its workers first)
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -78,12 +88,13 @@ done
 haproxy -q -f "$tmp/backends.cfg" &
 pids+=($!)
 
-# ---- HAProxy as the balancer
-ha_host="$NET.201"
-ha_port=$(free_port "$ha_host")
-cat > "$tmp/haproxy.cfg" <<CFG
+# ---- the balancers under test, N cores each
+start_haproxy() {  # nbthread
+    ha_host="$NET.201"
+    ha_port=$(free_port "$ha_host")
+    cat > "$tmp/haproxy.cfg" <<CFG
 global
-  nbthread $NBTHREAD
+  nbthread $1
   maxconn 4096
 defaults
   mode http
@@ -101,13 +112,16 @@ backend be
   option forwardfor
 $backend_lines
 CFG
-haproxy -q -f "$tmp/haproxy.cfg" &
-pids+=($!)
+    haproxy -q -f "$tmp/haproxy.cfg" &
+    ha_pid=$!
+    pids+=("$ha_pid")
+    wait_port "$ha_host" "$ha_port"
+}
 
-# ---- geodns balance
-gd_host="$NET.202"
-gd_port=$(free_port "$gd_host")
-cat > "$tmp/geodns.yaml" <<CFG
+start_geodns() {  # workers
+    gd_host="$NET.202"
+    gd_port=$(free_port "$gd_host")
+    cat > "$tmp/geodns.yaml" <<CFG
 listen: $gd_host:$gd_port
 timeouts: {connect: 3, read: 30, idle: 60}
 pools:
@@ -117,20 +131,38 @@ pools:
     backends:
 $geodns_backends
 CFG
-(cd "$root" && exec "$PYTHON" -m geodns.balance --config "$tmp/geodns.yaml" --log-level warning) &
-pids+=($!)
+    (cd "$root" && exec "$PYTHON" -m geodns.balance --config "$tmp/geodns.yaml" --workers "$1" --log-level warning) &
+    gd_pid=$!
+    pids+=("$gd_pid")
+    wait_port "$gd_host" "$gd_port"
+}
 
 # shellcheck disable=SC2086
 wait_port $last_backend
-wait_port "$ha_host" "$ha_port"
-wait_port "$gd_host" "$gd_port"
 
-run() {  # name url
+run() {  # out url
     wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$2" >/dev/null
-    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$2" > "$tmp/$1.txt"
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$2" > "$1"
 }
-run geodns "http://$gd_host:$gd_port/"
-run haproxy "http://$ha_host:$ha_port/"
+bench_geodns() {  # workers round
+    start_geodns "$1"
+    run "$tmp/w$1-geodns-$2.txt" "http://$gd_host:$gd_port/"
+    stop "$gd_pid"
+}
+bench_haproxy() {  # nbthread round
+    start_haproxy "$1"
+    run "$tmp/w$1-haproxy-$2.txt" "http://$ha_host:$ha_port/"
+    stop "$ha_pid"
+}
 
-"$PYTHON" "$here/http_report.py" "$tmp/geodns.txt" "$tmp/haproxy.txt" \
-    --setting "wrk -t$THREADS -c$CONNS -d$DURATION, $BACKENDS backends, HAProxy nbthread $NBTHREAD, geodns balance 1 process (uvloop)"
+for n in $WORKERS; do
+    for r in $(seq "$ROUNDS"); do
+        if ((r % 2)); then bench_geodns "$n" "$r"; bench_haproxy "$n" "$r"
+        else bench_haproxy "$n" "$r"; bench_geodns "$n" "$r"; fi
+    done
+done
+
+echo "wrk -t$THREADS -c$CONNS -d$DURATION (warm-up $WARMUP), $BACKENDS backends, $NCPU CPUs, median of $ROUNDS alternating rounds"
+echo
+# shellcheck disable=SC2086
+"$PYTHON" "$here/http_report.py" "$tmp" --workers $WORKERS

@@ -1,9 +1,14 @@
-"""Read two `wrk --latency` outputs (geodns balance, HAProxy); print a markdown table."""
+"""Read the `wrk --latency` outputs of bench/http.sh; print one markdown table of medians.
+
+Files are `w{N}-{geodns|haproxy}-{round}.txt` in one directory: geodns balance
+with N workers and HAProxy with nbthread N, round by round.
+"""
 
 from __future__ import annotations
 
 import argparse
 import re
+import statistics
 from pathlib import Path
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -19,21 +24,29 @@ def parse(text: str) -> tuple[float, float, int]:
     return rps, float(value) * UNITS[unit], errors
 
 
+def runs(folder: Path, workers: int, name: str) -> list[tuple[float, float, int]]:
+    files = sorted(folder.glob(f"w{workers}-{name}-*.txt"), key=lambda f: int(f.stem.rsplit("-", 1)[1]))
+    return [parse(f.read_text()) for f in files]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("geodns")
-    ap.add_argument("haproxy")
-    ap.add_argument("--setting", default="")
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--workers", type=int, nargs="+", required=True)
     args = ap.parse_args()
-    g_rps, g_p99, g_err = parse(Path(args.geodns).read_text())
-    h_rps, h_p99, h_err = parse(Path(args.haproxy).read_text())
-    if args.setting:
-        print(f"{args.setting}\n")
-    print("| balancer | requests/s | p99 (ms) | errors |")
-    print("|---|---:|---:|---:|")
-    print(f"| geodns balance | {g_rps:,.0f} | {g_p99:.2f} | {g_err} |")
-    print(f"| HAProxy | {h_rps:,.0f} | {h_p99:.2f} | {h_err} |")
-    print(f"| geodns / HAProxy | {g_rps / h_rps:.2f}x | {g_p99 / h_p99:.2f}x | |")
+    print("| cores | balancer | requests/s (median) | p99 ms (median) | errors | rounds (req/s) |")
+    print("|---:|---|---:|---:|---:|---|")
+    for n in args.workers:
+        medians = {}
+        for name, label in (("geodns", f"geodns balance --workers {n}"), ("haproxy", f"HAProxy nbthread {n}")):
+            rows = runs(args.folder, n, name)
+            rps = statistics.median(r[0] for r in rows)
+            p99 = statistics.median(r[1] for r in rows)
+            medians[name] = (rps, p99)
+            each = ", ".join(f"{r[0]:,.0f}" for r in rows)
+            print(f"| {n} | {label} | {rps:,.0f} | {p99:.2f} | {sum(r[2] for r in rows)} | {each} |")
+        (g_rps, g_p99), (h_rps, h_p99) = medians["geodns"], medians["haproxy"]
+        print(f"| {n} | geodns / HAProxy | {g_rps / h_rps:.2f}x | {g_p99 / h_p99:.2f}x | | |")
 
 
 if __name__ == "__main__":
