@@ -55,7 +55,7 @@ DEPENDS_ON_CLIENT = Prepared([b""], client_dependent=True)
 
 
 PacketEntry = tuple[bytes, float | None, tuple]
-"""Level 0: (the answer without its 2-byte ID, deadline or None, the Stats key to count)."""
+"""Level 0: (the answer without its 2-byte ID, deadline or None, its `stats.slot` to count)."""
 
 PACKET_CACHE = os.environ.get("GEODNS_PACKET_CACHE", "1") != "0"
 """Off only to measure what it buys (bench/RESULTS.md); behaviour is the same either way."""

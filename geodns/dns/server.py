@@ -147,7 +147,7 @@ class BatchedUDP:
 
     def on_readable(self) -> None:
         recv, send, fd, ref, stats = self._recv, self._send, self.fd, self.ref, self.stats
-        answers = stats.answers
+        counts = stats.counts
         clock = time.perf_counter
         for _ in range(self.MAX_ROUNDS):
             batch = recv(fd, 64)
@@ -169,7 +169,7 @@ class BatchedUDP:
                 for data, addr in batch:
                     hit = get(data[2:])
                     if hit is not None and hit[1] is None:
-                        answers[hit[2]] += 1
+                        counts[hit[2]] += 1
                         hits += 1
                         out.append((data[:2] + hit[0], addr))
                         continue

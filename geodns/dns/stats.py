@@ -10,7 +10,7 @@ pipe.
 from __future__ import annotations
 
 import bisect
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
@@ -31,13 +31,32 @@ class AnswerLabel:
 
 NO_ZONE = AnswerLabel("", 5, "", "")
 
+_slot_of: dict[tuple, int] = {}
+_slot_keys: list[tuple] = []
+
+
+def slot(key: tuple) -> int:
+    """A small int standing for an (AnswerLabel, qtype, transport) key, the same in every Stats of this process.
+
+    Counting by tuple costs ~1.1 us per query (the tuple and the dataclass in it
+    are hashed twice, in Python); by int, 0.06 us: a fifth of the hot path.
+    The cache stores the int beside each prepared answer.
+    """
+    index = _slot_of.get(key)
+    if index is None:
+        index = _slot_of[key] = len(_slot_keys)
+        _slot_keys.append(key)
+    return index
+
 
 class Stats:
-    __slots__ = ("answers", "latency", "latency_sum", "cache_hits", "cache_misses")
+    __slots__ = ("answers", "counts", "latency", "latency_sum", "cache_hits", "cache_misses")
 
     def __init__(self) -> None:
         self.answers: Counter = Counter()
-        """(AnswerLabel, qtype, transport) -> count."""
+        """(AnswerLabel, qtype, transport) -> count, for callers that count by key."""
+        self.counts: defaultdict[int, int] = defaultdict(int)
+        """slot(key) -> count: what the hot path increments."""
         self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.cache_hits = 0
@@ -52,11 +71,23 @@ class Stats:
         self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += n
         self.latency_sum += seconds * n
 
+    def count(self, key: tuple) -> None:
+        self.counts[slot(key)] += 1
+
+    def totals(self) -> Counter:
+        """(AnswerLabel, qtype, transport) -> count, whichever way it was counted."""
+        totals = Counter(self.answers)
+        keys = _slot_keys
+        for index, n in list(self.counts.items()):
+            if n:
+                totals[keys[index]] += n
+        return totals
+
     def export(self) -> dict:
         return {
             "answers": [
                 ((label.zone, label.rcode, label.regions, label.step, label.failopen), qtype, transport, n)
-                for (label, qtype, transport), n in self.answers.items()
+                for (label, qtype, transport), n in self.totals().items()
             ],
             "latency": list(self.latency),
             "latency_sum": self.latency_sum,
