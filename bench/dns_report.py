@@ -16,14 +16,15 @@ def main(folder: Path) -> int:
     print(row(["workload", "gdnsd q/s", "gdnsd q/core-s", "geodns q/s", "geodns q/core-s",
                "per-core ratio", "loss gdnsd / geodns", "p99 at half rate gdnsd / geodns", "wrong answers"]))
     print(row(["---"] + ["---:"] * 8))
-    for path in sorted(folder.glob("*.json")):
+    order = {"main": 0, "main-warm": 1, "hot": 2, "miss": 3}
+    for path in sorted(folder.glob("*.json"), key=lambda p: (order.get(p.stem, 9), p.stem)):
         if path.stem == "workers":
             continue
         doc = json.loads(path.read_text())
         a, b = doc["servers"]
         wrong = "/".join(str((s["verify"] or {}).get("mismatch", "-")) for s in (a, b))
         print(row([
-            doc["workload"],
+            path.stem,
             f"{a['qps']:,.0f} {a['qps_spread']}", f"{a['per_core']:,.0f} {a['per_core_spread']}",
             f"{b['qps']:,.0f} {b['qps_spread']}", f"{b['per_core']:,.0f} {b['per_core_spread']}",
             f"**{b['per_core'] / a['per_core']:.2f}**" if a["per_core"] else "-",

@@ -282,6 +282,8 @@ class _Replica:
             state.latency_tables,
             state.utilisation,
             state.cache_size,
+            # Keeps the answer cache when no answer could differ (health republishes ~1/s).
+            previous=self.ref.snapshot if self.ref is not None else None,
         )
         if self.ref is None:
             self.ref = SnapshotRef(snapshot)

@@ -4,6 +4,7 @@ answers, and answers never cross clients."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 import struct
@@ -14,7 +15,8 @@ import pytest
 from geodns.control.controller import Controller
 from geodns.dns import cache as cache_mod
 from geodns.dns.answer import answer, cache_narrowing, narrow_int
-from geodns.dns.snapshot import narrow
+from geodns.dns.cache import AnswerCache
+from geodns.dns.snapshot import Snapshot, narrow
 from geodns.dns.stats import Stats
 from geodns.dns.wire import Ignore, WireError, parse_query, parse_query_full
 
@@ -45,6 +47,11 @@ def parsed(parser, data: bytes):
         return parser(data)
     except (Ignore, WireError) as exc:
         return type(exc), str(exc)
+
+
+def fresh(controller: Controller) -> Snapshot:
+    """The current snapshot with an empty answer cache (publish() may keep the cache)."""
+    return dataclasses.replace(controller.snapshot, cache=AnswerCache())
 
 
 @pytest.fixture(scope="module")
@@ -116,37 +123,37 @@ def test_level0_hits_equal_fresh_answers(controller, qname, qtype):
     for client in CLIENTS:
         for source in ("127.0.0.1", "81.2.69.160"):
             data = query(0x1234, qname, qtype, ecs=client)
-            fresh = controller.publish()
-            first = answer(fresh, data, source, True, Stats())
-            again = answer(fresh, query(0x4321, qname, qtype, ecs=client), source, True, Stats())
+            snap = fresh(controller)
+            first = answer(snap, data, source, True, Stats())
+            again = answer(snap, query(0x4321, qname, qtype, ecs=client), source, True, Stats())
             assert again[:2] == b"\x43\x21"
             assert first[2:] == again[2:]
 
 
 def test_level0_does_not_cross_source_addresses(controller):
     """Without ECS the source address decides: it is not a level-0 key, so nothing is shared."""
-    snap = controller.publish()
+    snap = fresh(controller)
     data = query(1, edns=False)
     london = answer(snap, data, "81.2.69.160", True, Stats())
     loopback = answer(snap, data, "127.0.0.1", True, Stats())
     assert london != loopback  # eu-west vs the default, us-east
-    assert london == answer(controller.publish(), data, "81.2.69.160", True, Stats())
+    assert london == answer(fresh(controller), data, "81.2.69.160", True, Stats())
     assert not snap.cache.packets
 
 
 def test_packet_cache_off_gives_the_same_bytes(controller, monkeypatch):
     queries = [query(i, ecs=c, qtype=t) for i, (c, t) in enumerate((c, t) for c in CLIENTS for t in (1, 28))]
-    on = controller.publish()
+    on = fresh(controller)
     with_cache = [answer(on, q, "127.0.0.1", True, Stats()) for q in queries * 2]
     monkeypatch.setattr(cache_mod, "PACKET_CACHE", False)
-    off = controller.publish()
+    off = fresh(controller)
     without = [answer(off, q, "127.0.0.1", True, Stats()) for q in queries * 2]
     assert with_cache == without
     assert not off.cache.packets
 
 
 def test_level0_counts_answers_like_the_general_path(controller):
-    snap = controller.publish()
+    snap = fresh(controller)
     stats = Stats()
     data = query(9, ecs=("81.2.69.0", 24))
     for _ in range(3):
@@ -157,7 +164,7 @@ def test_level0_counts_answers_like_the_general_path(controller):
 
 
 def test_tcp_never_uses_level0(controller):
-    snap = controller.publish()
+    snap = fresh(controller)
     data = query(9, ecs=("81.2.69.0", 24), payload=512)
     answer(snap, data, "127.0.0.1", False, Stats())
     assert not snap.cache.packets

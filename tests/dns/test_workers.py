@@ -91,10 +91,13 @@ def test_snapshot_state_rebuilds_the_same_answers():
     for client in ("81.2.69.0", "8.8.8.0", "1.0.16.0", "175.16.199.0", "198.51.100.0"):
         q = query(7, client)
         assert answer(snap, q, "127.0.0.1", True, Stats()) == answer(c.snapshot, q, "127.0.0.1", True, Stats())
-    # the GeoIP reader is reused while the file is the same one
-    geo = replica.geo
-    replica.apply(SnapshotState.of(c.publish()))
-    assert replica.geo is geo
+    # the GeoIP reader is reused while the file is the same one, and so is the
+    # answer cache while no answer could differ
+    geo, cache = replica.geo, snap.cache
+    again = replica.apply(SnapshotState.of(c.publish()))
+    assert replica.geo is geo and again.cache is cache
+    c.admin_verdicts = {"eu-west": Verdict(up=False, forced=True, cause="drained: test")}
+    assert replica.apply(SnapshotState.of(c.publish())).cache is not cache
 
 
 async def ask_udp(port: int, data: bytes, source_port: int = 0) -> bytes:
