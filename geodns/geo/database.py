@@ -45,6 +45,10 @@ class Location:
         return where
 
 
+LOCATION_MEMO = 50_000
+"""Places remembered per reader; a place seen again is one dict lookup, not a decode."""
+
+
 class GeoDatabaseError(Exception):
     pass
 
@@ -118,8 +122,11 @@ class GeoDatabase:
         except TypeError:  # unhashable oddity in a foreign database: decode without memo
             return location_from_record(record)
         location = location_from_record(record)
-        if len(self._locations) < 200_000:
-            self._locations[key] = location
+        if len(self._locations) >= LOCATION_MEMO:
+            # Start afresh rather than grow: a miss storm over the full city database would
+            # otherwise hold every one of its ~570k places in each worker (RSS over 250 MB).
+            self._locations.clear()
+        self._locations[key] = location
         return location
 
 

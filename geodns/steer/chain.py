@@ -21,7 +21,7 @@ from geodns.steer.healthy import healthy
 from geodns.steer.latency import latency
 from geodns.steer.limit import limit
 from geodns.steer.outcome import Kept, Outcome
-from geodns.steer.verdict import balancer_target, earliest_change, endpoint_target
+from geodns.steer.verdict import earliest_change
 from geodns.steer.weighted import weighted
 
 STEPS: dict[str, Callable[[Candidates, Context, Any], Outcome]] = {
@@ -112,7 +112,8 @@ def run_chain(steered: Steered, ctx: Context) -> Decision:
         merged[cands] = merged.get(cands, 0) + weight
     result = tuple(Branch(w, cands, _addresses(cands, ctx)) for cands, w in merged.items())
     answered = start + tuple(c for _, cands in final for c in cands if c not in start)
-    involved = [ctx.verdicts[t] for t in _targets(answered, ctx) if t in ctx.verdicts]
+    verdicts = ctx.verdicts
+    involved = [verdicts[t] for t in _targets(answered, ctx) if t in verdicts] if verdicts else []
     degraded = failopen or any(not ctx.is_up(c) for c in start)
     return Decision(result, failopen, degraded, earliest_change(involved), decided_by, tuple(trace))
 
@@ -120,23 +121,23 @@ def run_chain(steered: Steered, ctx: Context) -> Decision:
 def _targets(regions: Candidates, ctx: Context) -> list[str]:
     """Every verdict a region's state reads (see `geodns.dns.snapshot.region_is_up`): its own,
     its balancer's and all its endpoints', of both families, since min_healthy counts them all."""
-    targets = list(regions)
-    for name in regions:
-        targets.append(balancer_target(name))
-        targets.extend(endpoint_target(name, e.address) for e in ctx.regions[name].region.endpoints)
-    return targets
+    return [t for name in regions for t in ctx.regions[name].targets]
 
 
 def _addresses(regions: Candidates, ctx: Context) -> tuple[IPAddress, ...]:
     """The endpoints of these regions that are up; a region whose endpoints are all down answers all of them."""
     out: dict[IPAddress, None] = {}
+    verdicts = ctx.verdicts
     for name in regions:
-        addresses = ctx.regions[name].addresses[ctx.family]
-        up = [a for a in addresses if _endpoint_up(ctx, name, a)]
-        out.update(dict.fromkeys(up or addresses))
+        info = ctx.regions[name]
+        addresses = info.addresses[ctx.family]
+        if verdicts:
+            up = [a for a in addresses if _up(verdicts.get(info.endpoint_targets[a]))]
+            out.update(dict.fromkeys(up or addresses))
+        else:
+            out.update(dict.fromkeys(addresses))
     return tuple(out)
 
 
-def _endpoint_up(ctx: Context, region: str, address: IPAddress) -> bool:
-    verdict = ctx.verdicts.get(endpoint_target(region, address))
+def _up(verdict) -> bool:
     return verdict is None or verdict.up

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from geodns.config.model import IPAddress, IPNetwork, Region
 from geodns.geo import Location, unit_vector
 from geodns.steer.latency_table import LatencyTable
-from geodns.steer.verdict import Verdicts
+from geodns.steer.verdict import Verdicts, balancer_target, endpoint_target
 
 Candidates = tuple[str, ...]
 """Region names, in preference order."""
@@ -35,16 +35,23 @@ class RegionInfo:
     vector: tuple[float, float, float]
     addresses: Mapping[int, tuple[IPAddress, ...]]
     """IP version -> endpoint addresses of that family, in configured order."""
+    endpoint_targets: Mapping[IPAddress, str] = field(default_factory=dict)
+    """Endpoint address -> its verdict's target name (formatting addresses per decision is costly)."""
+    targets: tuple[str, ...] = ()
+    """Every verdict the region's state reads: its own, its balancer's, all its endpoints'."""
 
     @classmethod
     def of(cls, region: Region) -> RegionInfo:
         by_family: dict[int, list[IPAddress]] = {4: [], 6: []}
         for endpoint in region.endpoints:
             by_family[endpoint.address.version].append(endpoint.address)
+        endpoint_targets = {e.address: endpoint_target(region.name, e.address) for e in region.endpoints}
         return cls(
             region=region,
             vector=unit_vector(region.latitude, region.longitude),
             addresses={v: tuple(a) for v, a in by_family.items()},
+            endpoint_targets=endpoint_targets,
+            targets=(region.name, balancer_target(region.name), *endpoint_targets.values()),
         )
 
 
