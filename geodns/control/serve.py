@@ -43,6 +43,11 @@ def _module(name: str):
 
 async def serve(controller: Controller, options: ServeOptions, ready: Callable[[], None] | None = None) -> int:
     loop = asyncio.get_running_loop()
+    # Signal handlers first: a TERM that arrives while zones and the GeoIP file load must
+    # still stop the node once it is up, not be lost in between.
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     try:
         snapshot = controller.start()
     except ReloadFailed as exc:
@@ -99,15 +104,11 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
     if health is not None:
         await health.start()
 
-    stop = asyncio.Event()
-
     def on_hup() -> None:
         with contextlib.suppress(ReloadFailed):
             controller.reload()
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
     watcher = asyncio.create_task(controller.watch())
     from geodns.control.capacity import CapacityPoller, capacity_urls
 
