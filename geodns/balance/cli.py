@@ -27,40 +27,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def _serve(config: config_mod.BalancerConfig, path: str) -> int:
     from geodns.balance.server import Balancer
 
-    balancer = Balancer(config, path)
-    await balancer.start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[bool]] = set()
-
-    def on_hup() -> None:
-        task = loop.create_task(balancer.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await balancer.stop()
-    return 0
+    return await _run_until_stopped(Balancer(config, path))
 
 
 async def _supervise(config: config_mod.BalancerConfig, path: str, count: int, argv: list[str]) -> int:
     from geodns.balance.workers import Supervisor
 
-    supervisor = Supervisor(config, path, count, argv)
-    await supervisor.start()
+    return await _run_until_stopped(Supervisor(config, path, count, argv))
+
+
+async def _run_until_stopped(service) -> int:
+    """Start a balancer (one process) or a supervisor (workers); SIGHUP reloads, TERM/INT stop it."""
+    await service.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[object]] = set()
 
     def on_hup() -> None:
-        task = loop.create_task(supervisor.reload())
+        task = loop.create_task(service.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -72,7 +56,7 @@ async def _supervise(config: config_mod.BalancerConfig, path: str, count: int, a
     finally:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await supervisor.stop()
+        await service.stop()
     return 0
 
 
