@@ -46,6 +46,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"geodns serve: {exc}", file=sys.stderr)
         return 2
+    if not 0.0 < args.query_log_sample <= 1.0:
+        print("geodns serve: --query-log-sample must be in (0, 1]", file=sys.stderr)
+        return 2
+    os.environ["GEODNS_QUERY_LOG_SAMPLE"] = str(args.query_log_sample)  # workers inherit it
+    import geodns.dns.server as server_mod
+
+    server_mod.QUERY_LOG_SAMPLE = args.query_log_sample
     if args.workers < 0:
         print("geodns serve: --workers must be 0 (one per core) or more", file=sys.stderr)
         return 2
@@ -134,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-token", default=os.environ.get("GEODNS_ADMIN_TOKEN"), help="bearer token for admin writes (default: $GEODNS_ADMIN_TOKEN)")
     p.add_argument("--node", default=None, metavar="FILE", help="node settings (name, peers, secret) for distributed health checking")
     p.add_argument("--workers", type=int, default=0, help="worker processes sharing the port with SO_REUSEPORT (default: one per core)")
-    p.add_argument("--query-log", action="store_true", help="log one line per query")
+    p.add_argument("--query-log", action="store_true", help="log one line per query (client, subnet, name, type, rcode, answer)")
+    p.add_argument("--query-log-sample", type=float, default=1.0, metavar="RATE", help="with --query-log: share of queries logged, 0..1 (default 1)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", default="info")
     p.add_argument("--cache-size", type=int, default=200_000, help="answer cache entries per worker")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 import struct
 import time
@@ -69,8 +70,16 @@ def _port(text: str) -> int:
     return int(text)
 
 
+QUERY_LOG_SAMPLE = float(os.environ.get("GEODNS_QUERY_LOG_SAMPLE", "1") or 1)
+"""Share of queries `--query-log` logs (`--query-log-sample`; workers inherit it by environment)."""
+
+
 def log_query(client: str, data: bytes, response: bytes | None, transport: str) -> None:
-    """One line per query, only when asked (`--query-log`)."""
+    """One line per (sampled) query, only when asked (`--query-log`): who asked what, what they got."""
+    if QUERY_LOG_SAMPLE < 1.0 and random.random() >= QUERY_LOG_SAMPLE:
+        return
+    from dnslib import DNSRecord
+
     from geodns.dns.resolve import name_of
     from geodns.dns.wire import WireError, parse_query
 
@@ -84,7 +93,16 @@ def log_query(client: str, data: bytes, response: bytes | None, transport: str) 
     except (WireError, Exception):  # noqa: BLE001 - logging must not fail on junk
         what = "malformed"
     rcode = response[3] & 0xF if response and len(response) > 3 else -1
-    querylog.info("query client=%s transport=%s %s rcode=%d size=%d", client, transport, what, rcode, len(response or b""))
+    answer_text = "-"
+    if response:
+        try:
+            answer_text = ",".join(str(rr.rdata) for rr in DNSRecord.parse(response).rr) or "-"
+        except Exception:  # noqa: BLE001 - as above
+            answer_text = "unparsed"
+    querylog.info(
+        "query client=%s transport=%s %s rcode=%d answer=%s size=%d",
+        client, transport, what, rcode, answer_text, len(response or b""),
+    )
 
 
 class UDPProtocol(asyncio.DatagramProtocol):

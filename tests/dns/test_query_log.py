@@ -1,0 +1,75 @@
+"""The optional query log: one line per sampled query with client, subnet, name, type, rcode and answer."""
+
+import socket
+import subprocess
+import sys
+import time
+
+import dns.edns
+import dns.message
+import dns.query
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _serve(tmp_path, *extra: str):
+    host = "127.0.0.81"
+    port = _free_port(host)
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geodns", "serve", "--listen", f"{host}:{port}", "--admin", "none",
+         "--workers", "1", "--state", "none", *extra],
+        stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )
+    query = dns.message.make_query("www.gslb.example.test", "A", use_edns=0,
+                                   options=[dns.edns.ECSOption("81.2.69.0", 24)])
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            dns.query.udp(query, host, port=port, timeout=0.5)
+            break
+        except dns.exception.Timeout:
+            continue
+    return proc, host, port, query, log
+
+
+def _lines(log):
+    return [line for line in log.read_text().splitlines() if "geodns.query" in line]
+
+
+def test_sampled_query_log_lines_say_who_asked_what_and_got_what(tmp_path):
+    proc, host, port, query, log = _serve(tmp_path, "--query-log", "--query-log-sample", "0.5")
+    try:
+        for _ in range(400):
+            dns.query.udp(query, host, port=port, timeout=2)
+        time.sleep(0.3)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    lines = _lines(log)
+    assert 120 <= len(lines) <= 290, len(lines)  # ~200 of 400 (+1 readiness probe), far from 0 or all
+    assert "client=127.0.0.1" in lines[-1] and "subnet=81.2.69.0/24" in lines[-1]
+    assert "name=www.gslb.example.test type=1 " in lines[-1] and "rcode=0 answer=192.0.2.30" in lines[-1]
+
+
+def test_no_query_log_unless_asked(tmp_path):
+    proc, host, port, query, log = _serve(tmp_path)
+    try:
+        for _ in range(20):
+            dns.query.udp(query, host, port=port, timeout=2)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert _lines(log) == []
+
+
+def test_a_bad_sample_rate_is_refused():
+    result = subprocess.run(
+        [sys.executable, "-m", "geodns", "serve", "--query-log-sample", "2", "--admin", "none"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2 and "--query-log-sample" in result.stderr
