@@ -834,28 +834,25 @@ def _step(ctx: _Ctx, steps: LineList, i: int, field: str, regions: dict[str, Reg
         order = _region_names(ctx, container, kind, field, regions)
         return Step(kind, order) if order is not None else None
     if kind == "capacity":
-        threshold = 0.8
-        if params is not None:
-            if not _check_keys(ctx, params, field, ("threshold",)):
-                return None
-            if "threshold" in params:
-                threshold = _float(ctx, params, "threshold", f"{field}.threshold", 0.0, 1.0)
-                if threshold is None:
-                    return None
-        return Step(kind, threshold)
+        threshold = _step_number(ctx, params, field, "threshold", 0.8, 0.0, 1.0)
+        return Step(kind, threshold) if threshold is not None else None
     if kind == "latency":
-        tolerance = 0.0
-        if params is not None:
-            if not _check_keys(ctx, params, field, ("tolerance_ms",)):
-                return None
-            if "tolerance_ms" in params:
-                tolerance = _float(ctx, params, "tolerance_ms", f"{field}.tolerance_ms", 0, 100000)
-                if tolerance is None:
-                    return None
-        return Step(kind, (tolerance, None))
+        tolerance = _step_number(ctx, params, field, "tolerance_ms", 0.0, 0, 100000)
+        return Step(kind, (tolerance, None)) if tolerance is not None else None
     if kind == "geolocation":
         return _geolocation(ctx, params, line, field, regions)
     raise AssertionError(kind)
+
+
+def _step_number(ctx: _Ctx, params: Any, field: str, key: str, default: float, lo: float, hi: float) -> float | None:
+    """A step whose only parameter is one optional number (`{capacity: {threshold: 0.9}}`)."""
+    if params is None:
+        return default
+    if not _check_keys(ctx, params, field, (key,)):
+        return None
+    if key not in params:
+        return default
+    return _float(ctx, params, key, f"{field}.{key}", lo, hi)
 
 
 def _geolocation(ctx: _Ctx, params: Any, line: int, field: str, regions: dict[str, Region]) -> Step | None:
