@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from netutil import free_port
 
 from geodns.balance import Balancer, parse
 
@@ -23,11 +23,6 @@ NET = "127.0.4"
 """This test package's own loopback /24, away from other suites' addresses."""
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import dns.query
 import dns.rdatatype
 import pytest
 from dns.edns import ECSOption
+from netutil import free_port
 
 from geodns.control.admin import make_admin_app, start_admin
 from geodns.control.controller import Controller
@@ -34,19 +34,6 @@ NET = "127.0.5"
 TOKEN = "test-token-0123456789"
 
 
-def free_port(host: str, kind: int = socket.SOCK_STREAM) -> int:
-    """A port free for both TCP and UDP on host."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
 
 
 @dataclass

@@ -1,6 +1,5 @@
 """The optional query log: one line per sampled query with client, subnet, name, type, rcode and answer."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -8,12 +7,7 @@ import time
 import dns.edns
 import dns.message
 import dns.query
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+from netutil import free_port as _free_port
 
 
 def _serve(tmp_path, *extra: str):

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import dns.exception
 import dns.message
 import dns.query
 import pytest
+from netutil import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 GEOIP = ROOT / "data" / "geoip-bundle.mmdb"
@@ -52,18 +52,6 @@ def need(tool: str, package: str) -> str:
     return path
 
 
-def free_port(host: str) -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
 
 
 def copy_zones(dest: Path, glue: tuple[str, str] = (f"{NET}.53", f"{NET}.54")) -> Path:

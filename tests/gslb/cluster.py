@@ -13,12 +13,7 @@ from pathlib import Path
 import dns.exception
 import dns.message
 import dns.query
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+from netutil import free_port
 
 
 def wait_port(host: str, port: int, within: float = 15.0) -> None:

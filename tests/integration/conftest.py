@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from netutil import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ZONES = REPO / "zones"
@@ -38,20 +39,6 @@ def next_host() -> str:
     return f"{NET}.{next(_hosts) % 250 + 2}"
 
 
-def free_port(host: str) -> int:
-    """A port free for both UDP and TCP on `host`."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
-        with socket.socket(family, socket.SOCK_STREAM) as t:
-            t.bind((host, 0))
-            port = t.getsockname()[1]
-            with socket.socket(family, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError(f"no free port on {host}")
 
 
 def ipv6_loopback() -> bool:
