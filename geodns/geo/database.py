@@ -103,13 +103,29 @@ class GeoDatabase:
 
         For an IPv4 address the prefix length counts IPv4 bits (0-32), also in an
         IPv6 database where maxminddb finds the IPv4 data under ::/96.
+
+        A 6to4 address (2002::/16) is located by the IPv4 address it embeds, as
+        gdnsd and MaxMind's own files do; the prefix is then 16 + the IPv4 prefix.
         """
+        if isinstance(address, str):
+            if address.startswith("2002:"):
+                return self._lookup_6to4(ipaddress.IPv6Address(address))
+        elif address.version == 6 and address.sixtofour is not None:
+            return self._lookup_6to4(address)
         try:
             record, prefix = self._get(address)
         except ValueError:
             # An IPv6 address in an IPv4-only database: nothing is known about it.
             return None, 0
         return self._location(record), prefix
+
+    def _lookup_6to4(self, address: ipaddress.IPv6Address) -> tuple[Location | None, int]:
+        try:
+            record, prefix = self._get(str(address.sixtofour))
+        except ValueError:  # an IPv6-only database has no IPv4 data to embed
+            record, prefix = self._get(str(address))
+            return self._location(record), prefix
+        return self._location(record), 16 + prefix
 
     def _location(self, record: Any) -> Location | None:
         if not record or not isinstance(record, dict):

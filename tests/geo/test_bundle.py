@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -55,12 +56,11 @@ def test_ipv4_mapped_addresses_reach_the_ipv4_data(bundle):
     assert prefix == 96 + bundle.lookup("81.2.69.160")[1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (data/): 2002::/16 (6to4) is one US-CA record in the bundle instead of an alias "
-    "of the IPv4 tree, as MaxMind's files make it; 6to4 clients of any country land in California",
-)
 def test_6to4_addresses_reach_the_ipv4_data(bundle):
-    # 2002:5102:45a0::/48 embeds 81.2.69.160 (London).
-    location, _ = bundle.lookup("2002:5102:45a0::1")
+    # 2002:5102:45a0::/48 embeds 81.2.69.160 (London). The bundle itself holds one US record
+    # for 2002::/16; the reader locates 6to4 by the embedded IPv4 address, as gdnsd does.
+    location, prefix = bundle.lookup("2002:5102:45a0::1")
     assert location.country == "GB"
+    v4_location, v4_prefix = bundle.lookup("81.2.69.160")
+    assert prefix == 16 + v4_prefix
+    assert bundle.lookup(ipaddress.IPv6Address("2002:5102:45a0::1")) == (location, prefix)
