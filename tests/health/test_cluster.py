@@ -182,4 +182,6 @@ async def test_restarted_node_takes_peer_views_before_its_own_probes(backend_fac
         own = fresh.svc._own["eu/127.0.0.75"]
         assert own.state.value == "unknown", own
         assert not first["eu"].up and not first["eu/127.0.0.75"].up
-        assert "n1 down" in first["eu/127.0.0.75"].cause and "n3 undecided" in first["eu/127.0.0.75"].cause
+        cause = first["eu/127.0.0.75"].cause
+        # Which peers answered that first round is a race (both, or one): a peer's view decided it.
+        assert ("n1 down" in cause or "n2 down" in cause) and "n3 undecided" in cause, cause
