@@ -190,27 +190,30 @@ def narrow(
 
     Returns the prefix and whether the address is inside one of the CIDRs (then
     the answer may depend on the address itself, not only on its location).
+    The rule itself is `narrow_int`, which the hot path calls directly.
     """
+    nets = tuple((int(n.network_address), n.prefixlen) for n in networks)
+    return narrow_int(int(address), address.max_prefixlen, prefix, nets)
+
+
+def narrow_int(value: int, bits: int, prefix: int, nets: tuple[tuple[int, int], ...]) -> tuple[int, bool]:
+    """`narrow` on integers: `nets` are (network, prefix) pairs, most specific first."""
     inside = False
-    for net in networks:  # most specific first
-        if address in net:
+    for net, plen in nets:
+        if value >> (bits - plen) == net >> (bits - plen):
             inside = True
-            prefix = max(prefix, net.prefixlen)
+            if plen > prefix:
+                prefix = plen
             break
-    for net in networks:
-        if net.prefixlen <= prefix:
+    for net, plen in nets:
+        if plen <= prefix:
             break
-        if address in net:
+        shift = bits - plen
+        if value >> shift == net >> shift:
             continue
-        common = _common_prefix(address, net)
+        common = bits - ((value ^ net) >> shift << shift).bit_length()
         if common < prefix:
             continue  # disjoint from the scope network
         # The scope network holds part of `net`: shrink it to the largest one that does not.
-        prefix = max(prefix, min(common + 1, net.prefixlen))
+        prefix = max(prefix, min(common + 1, plen))
     return prefix, inside
-
-
-def _common_prefix(address, net: IPNetwork) -> int:
-    bits = net.max_prefixlen
-    diff = (int(address) ^ int(net.network_address)) >> (bits - net.prefixlen) << (bits - net.prefixlen)
-    return bits - diff.bit_length()
