@@ -371,15 +371,24 @@ def _target(body: dict[str, Any], snap: Snapshot) -> str | web.Response:
     return target
 
 
-@write
-async def drain(request: web.Request) -> web.Response:
-    state: AdminState = request.app[STATE]
+async def _target_request(request: web.Request, state: AdminState) -> tuple[dict, str] | web.Response:
+    """The JSON body of a drain/undrain and the known target it names, or the 4xx to answer."""
     body = await _json_body(request)
     if isinstance(body, web.Response):
         return body
     target = _target(body, state.controller.snapshot)
     if isinstance(target, web.Response):
         return target
+    return body, target
+
+
+@write
+async def drain(request: web.Request) -> web.Response:
+    state: AdminState = request.app[STATE]
+    parsed = await _target_request(request, state)
+    if isinstance(parsed, web.Response):
+        return parsed
+    body, target = parsed
     reason = body.get("reason", "")
     if not isinstance(reason, str) or len(reason) > MAX_REASON:
         return error(400, f"reason must be a string of at most {MAX_REASON} characters")
@@ -390,13 +399,10 @@ async def drain(request: web.Request) -> web.Response:
 @write
 async def undrain(request: web.Request) -> web.Response:
     state: AdminState = request.app[STATE]
-    body = await _json_body(request)
-    if isinstance(body, web.Response):
-        return body
-    target = _target(body, state.controller.snapshot)
-    if isinstance(target, web.Response):
-        return target
-    return await _apply(request, state, target, None)
+    parsed = await _target_request(request, state)
+    if isinstance(parsed, web.Response):
+        return parsed
+    return await _apply(request, state, parsed[1], None)
 
 
 async def _apply(request: web.Request, state: AdminState, target: str, reason: str | None) -> web.Response:
