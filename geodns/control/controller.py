@@ -103,6 +103,7 @@ class Controller:
     reload_hooks: list[Callable[[Config], None]] = field(default_factory=list)
     """Called with each newly accepted configuration (e.g. the health service re-plans its probes)."""
     _state_mtime: float | None = None
+    _refused_geo: object = None
 
     def start(self) -> Snapshot:
         """First load: any error here is fatal (there is nothing to keep serving)."""
@@ -200,15 +201,19 @@ class Controller:
     def check_files(self) -> None:
         """Pick up a replaced GeoIP file and a changed admin state file."""
         if self.geo is not None and self.geo.changed():
-            try:
-                geo = GeoDatabase(self.geoip_path)
-            except GeoDatabaseError as exc:
-                log.error("geoip file replaced but unreadable, keeping the old one: %s", exc)
-                self.geo.identity = _identity_or(self.geo)
-            else:
-                self.geo = geo
-                snapshot = self.publish()
-                log.info("geoip reopened path=%s build_epoch=%d generation=%d", geo.path, geo.build_epoch, snapshot.generation)
+            current = _file_identity(self.geoip_path)
+            if current is not None and current != self._refused_geo:
+                try:
+                    geo = GeoDatabase(self.geoip_path)
+                except GeoDatabaseError as exc:
+                    # Remember the bad file so that we do not retry it every second; the reader
+                    # keeps its own identity, which workers compare against.
+                    self._refused_geo = current
+                    log.error("geoip file replaced but unreadable, keeping the old one: %s", exc)
+                else:
+                    self.geo = geo
+                    snapshot = self.publish()
+                    log.info("geoip reopened path=%s build_epoch=%d generation=%d", geo.path, geo.build_epoch, snapshot.generation)
         mtime = _mtime(self.state_path)
         if mtime != self._state_mtime:
             self._state_mtime = mtime
@@ -238,11 +243,10 @@ def _mtime(path: str | None) -> float | None:
         return None
 
 
-def _identity_or(geo: GeoDatabase):
-    """Remember the unreadable file so that we do not retry it every second."""
+def _file_identity(path: str | None):
     from geodns.geo.database import FileIdentity
 
     try:
-        return FileIdentity.of(geo.path)
+        return FileIdentity.of(path) if path else None
     except OSError:
-        return geo.identity
+        return None

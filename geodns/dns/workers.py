@@ -266,14 +266,21 @@ class _Replica:
         self.ref: SnapshotRef | None = None
 
     def apply(self, state: SnapshotState) -> Snapshot:
-        from geodns.geo import GeoDatabase
+        from geodns.geo import GeoDatabase, GeoDatabaseError
 
         key = (state.geoip_path, state.geoip_identity)
         if state.geoip_path is None:
             self.geo, self.geo_key = None, key
         elif key != self.geo_key:
-            # Opened by path (mmap): the page cache shares it between workers.
-            self.geo, self.geo_key = GeoDatabase(state.geoip_path), key
+            # Opened by path (mmap): the page cache shares it between workers. The file may
+            # have been replaced again since the parent opened it; if what is there now is
+            # unreadable, keep serving the reader we have (as the parent does).
+            try:
+                self.geo, self.geo_key = GeoDatabase(state.geoip_path), key
+            except GeoDatabaseError as exc:
+                if self.geo is None:
+                    raise
+                log.error("worker keeps its GeoIP reader: %s", exc)
         snapshot = build_snapshot(
             state.generation,
             list(state.zones),
