@@ -96,7 +96,7 @@ def explain(snap: Snapshot, name: str, qtype: str, client: str) -> Explanation:
     placed, network, steps, regions, failopen, decided_by = "not needed (the answer does not depend on the client)", None, (), (), False, None
     if czone is not None:
         located, _ = locate(snap, czone, address, "ECS")
-        res = resolve(snap, czone, name, QTYPE.reverse[qtype], lambda: located)
+        res = resolve(snap, czone, name, QTYPE.reverse[qtype], lambda: located, explain=True)
         if res.decision is not None:
             loc = located.location
             placed = f"{address}: {loc.describe()}" if loc else f"{address}: no GeoIP record (the record's default applies)"

@@ -49,12 +49,14 @@ _failures = 0
 class _Dependent:
     """Level-1 cache marker: the answer for this name depends on the client."""
 
-    __slots__ = ("czone", "client_dependent", "deadline", "key")
+    __slots__ = ("czone", "client_dependent", "deadline", "key", "name")
 
-    def __init__(self, czone: CompiledZone, key: tuple):
+    def __init__(self, czone: CompiledZone, key: tuple, name: str):
         self.czone = czone
         self.key = key
         """The level-1 key as first stored: its name bytes are shared by the levels below."""
+        self.name = name
+        """The query name in presentation form, for `resolve` on a level-3 miss."""
         self.client_dependent = True
         self.deadline = None
 
@@ -104,7 +106,7 @@ def _answer(snap: Snapshot, query: Query, client: str, udp: bool, stats: Stats, 
             return rcode_response(query, Rcode.REFUSED)
     by_source = False
     if entry.client_dependent:
-        prepared, scope, by_source = _client_level(snap, query, entry.key, entry.czone, client, stats)
+        prepared, scope, by_source = _client_level(snap, query, entry, client, stats)
     else:
         stats.cache_hits += 1
         prepared, scope = entry, None
@@ -136,7 +138,7 @@ def _first_level(snap: Snapshot, query: Query, key: tuple, client: str, stats: S
     probe_client = _Probe()
     res = resolve(snap, czone, name, query.qtype, probe_client)
     if probe_client.used:
-        entry = _Dependent(czone, key)
+        entry = _Dependent(czone, key, name)
     else:
         entry = prepare(res, query.qname, query.qtype, query.qclass, czone.zone.origin)
         stats.cache_misses += 1
@@ -175,27 +177,28 @@ def locate(snap: Snapshot, czone: CompiledZone, address: IPAddress, source: str)
     geo = snap.geo
     location, prefix = geo.lookup(address) if geo is not None else (None, 0)
     prefix, inside = narrow(address, prefix, czone.narrowing[address.version])
-    network = ipaddress.ip_network((address, prefix), strict=False)
-    return Client(address, location, network, source), inside
+    return Client(address, location, prefix, source), inside
 
 
-def _client_level(snap: Snapshot, query: Query, key: tuple, czone: CompiledZone, source: str, stats: Stats):
+def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, stats: Stats):
     """(prepared, scope, whether the source address decided) for a name whose answer depends on the client."""
+    key, czone, name = entry.key, entry.czone, entry.name
     cache = snap.cache
     edns = query.edns
     ecs = edns.ecs if edns is not None else None
     if ecs is not None and ecs.source:
         # Straight from the ECS bytes: no ipaddress object unless steering runs (level 3).
+        packed = ecs.address
         version, bits = (4, 32) if ecs.family == 1 else (6, 128)
-        value = int.from_bytes(ecs.address, "big")
-        text = socket.inet_ntop(socket.AF_INET if version == 4 else socket.AF_INET6, ecs.address)
         address, origin = None, "ECS"
     else:
         address, origin = client_address(query, source)
-        version, bits, value, text = address.version, address.max_prefixlen, int(address), address
+        packed, version, bits = address.packed, address.version, address.max_prefixlen
+    value = int.from_bytes(packed, "big")
     geo = snap.geo
-    # The level-2 key: the GeoIP network. Looking it up is the one GeoIP read per query.
-    location, prefix = geo.lookup(text) if geo is not None else (None, 0)
+    # The level-2 key: the GeoIP network. Finding it is the one GeoIP read per query;
+    # the record is decoded on a level-3 miss only.
+    record, prefix = geo.find(packed) if geo is not None else (None, 0)
     prefix, inside = narrow_int(value, bits, prefix, cache_narrowing(cache, czone, version))
     # Flat tuple, and the name from the level-1 key (one bytes object shared by
     # every entry of the name): ~100 bytes less per entry at 200k entries.
@@ -207,15 +210,15 @@ def _client_level(snap: Snapshot, query: Query, key: tuple, czone: CompiledZone,
         stats.cache_hits += 1
         return hit[0], hit[1], by_source
     stats.cache_misses += 1
-    # Level 3: one decision per location, unless a CIDR rule makes the address matter.
-    key3 = key2 if inside else (key[0], key[1], "at", location)
+    # Level 3: one decision per GeoIP record (a place), unless a CIDR rule makes the address matter.
+    key3 = key2 if inside else (key[0], key[1], "at", record)
     prepared = cache.places.get(key3)
     if prepared is None or (prepared.deadline is not None and prepared.deadline < now):
+        location = geo.location(record, packed) if geo is not None else None
         if address is None:
-            address = ipaddress.ip_address(value) if version == 4 else ipaddress.IPv6Address(value)
-        network = ipaddress.ip_network((address, prefix), strict=False)
-        client = Client(address, location, network, origin)
-        res = resolve(snap, czone, name_of(query.qname), query.qtype, lambda: client)
+            address = ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
+        client = Client(address, location, prefix, origin)
+        res = resolve(snap, czone, name, query.qtype, lambda: client)
         prepared = prepare_shared(cache, res, query.qname, query.qtype, query.qclass, czone.zone.origin)
         cache.put_place(key3, prepared)
     value2 = (prepared, prefix if prepared.client_dependent else None)
@@ -258,7 +261,7 @@ def prepare_shared(cache: AnswerCache, res: Resolution, qname: bytes, qtype: int
     return Prepared(
         shared.bodies,
         schedule=shared.schedule,
-        scope=client.network.prefixlen if client is not None and client.network is not None else None,
+        scope=client.prefix if client is not None and client.address is not None else None,
         deadline=res.deadline,
         labels=shared.labels,
         client_dependent=True,

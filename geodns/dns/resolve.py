@@ -86,7 +86,9 @@ def resolve(
     qtype: int,
     locate: Callable[[], Client],
     now: float | None = None,
+    explain: bool = False,
 ) -> Resolution:
+    """What the zone says to `qtype` at `name`; `explain` keeps the steering trace (`geodns query`)."""
     zone = czone.zone
     res = Resolution()
     if qtype in (QType.AXFR, QType.IXFR):
@@ -123,7 +125,7 @@ def resolve(
                 return res  # out of zone: the resolver follows it
             owner = target
             continue
-        _answer_node(snap, czone, node, owner, qtype, res, locate, now)
+        _answer_node(snap, czone, node, owner, qtype, res, locate, now, explain)
         return res
     # A CNAME loop or an overlong chain: answer what we have (RFC 1034 permits a partial chain).
     return res
@@ -161,6 +163,7 @@ def _answer_node(
     res: Resolution,
     locate: Callable[[], Client],
     now: float | None,
+    explain: bool = False,
 ) -> None:
     zone = czone.zone
     apex = owner == zone.origin
@@ -188,6 +191,7 @@ def _answer_node(
             latency=czone.latency,
             utilisation=snap.utilisation,
             now=now if now is not None else time.time(),
+            explain=explain,
         )
         decision = run_chain(node.steered, ctx)
         if decision.failopen:
@@ -339,7 +343,7 @@ def prepare(res: Resolution, qname_wire: bytes, qtype: int, qclass: int, zone: s
         labels.append(branch.regions)
         weights.append(branch.weight)
     client = res.client
-    scope = client.network.prefixlen if client is not None and client.network is not None else None
+    scope = client.prefix if client is not None and client.address is not None else None
     return Prepared(
         bodies,
         schedule=smooth_schedule(weights) if len(bodies) > 1 else None,

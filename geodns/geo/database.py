@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import mmap
 import os
+import socket
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 import maxminddb
 
 from geodns.geo._continents import CONTINENT_OF_COUNTRY
+
+try:
+    from geodns.geo._tree import Tree as _Tree
+except ImportError:  # built by setup.py where a C compiler is found; lookups then decode every record
+    _Tree = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +94,13 @@ class GeoDatabase:
         self._get = self._reader.get_with_prefix_len
         # Decoding a record is the expensive part of a lookup; networks that
         # share a record (same place) share one Location object.
-        self._locations: dict[tuple, Location | None] = {}
+        self._locations: dict[Hashable, Location | None] = {}
+        self._tree = _SearchTree.open(path, meta)
 
     def close(self) -> None:
         self._reader.close()
+        if self._tree is not None:
+            self._tree.close()
 
     def changed(self) -> bool:
         """Whether the file at our path is no longer the one we opened."""
@@ -108,42 +119,95 @@ class GeoDatabase:
         gdnsd and MaxMind's own files do; the prefix is then 16 + the IPv4 prefix.
         """
         if isinstance(address, str):
-            if address.startswith("2002:"):
-                return self._lookup_6to4(ipaddress.IPv6Address(address))
-        elif address.version == 6 and address.sixtofour is not None:
-            return self._lookup_6to4(address)
+            address = ipaddress.ip_address(address)
+        packed = address.packed
+        record, prefix = self.find(packed)
+        return self.location(record, packed), prefix
+
+    def find(self, packed: bytes) -> tuple[Hashable | None, int]:
+        """Which record an address (network byte order, 4 or 16 bytes) falls into, and the prefix.
+
+        The answer path's form of `lookup`: the record is an opaque key, equal for
+        every network that shares the database record (so for every client at one
+        place), None when the database knows nothing of the address. The search
+        tree is walked without decoding anything (`_tree.c`); `location` decodes.
+        """
+        if len(packed) == 16 and packed[0] == 0x20 and packed[1] == 0x02:
+            record, prefix = self.find(packed[2:6])  # 6to4: the embedded IPv4 address
+            return record, 16 + prefix
+        if self._tree is not None:
+            return self._tree.find(packed)
         try:
-            record, prefix = self._get(address)
+            record, prefix = self._get(_text(packed))
         except ValueError:
             # An IPv6 address in an IPv4-only database: nothing is known about it.
             return None, 0
-        return self._location(record), prefix
-
-    def _lookup_6to4(self, address: ipaddress.IPv6Address) -> tuple[Location | None, int]:
-        try:
-            record, prefix = self._get(str(address.sixtofour))
-        except ValueError:  # an IPv6-only database has no IPv4 data to embed
-            record, prefix = self._get(str(address))
-            return self._location(record), prefix
-        return self._location(record), 16 + prefix
-
-    def _location(self, record: Any) -> Location | None:
+        # Without the C walk maxminddb has decoded the record already; remember its place.
         if not record or not isinstance(record, dict):
-            return None
-        key = _record_key(record)
+            return None, prefix
         try:
-            return self._locations[key]
+            key = ("record", _record_key(record))
+            if key not in self._locations:
+                self._remember(key, record)
+            return key, prefix
+        except TypeError:  # unhashable oddity in a foreign database: no memo
+            return ("record", id(record)), prefix
+
+    def location(self, record: Hashable | None, packed: bytes) -> Location | None:
+        """The place of a record `find` returned for the address `packed`."""
+        if record is None:
+            return None
+        try:
+            return self._locations[record]
         except KeyError:
             pass
-        except TypeError:  # unhashable oddity in a foreign database: decode without memo
-            return location_from_record(record)
-        location = location_from_record(record)
+        if len(packed) == 16 and packed[0] == 0x20 and packed[1] == 0x02:
+            packed = packed[2:6]
+        return self._remember(record, self._reader.get(_text(packed)))
+
+    def _remember(self, key: Hashable, record: Any) -> Location | None:
+        location = location_from_record(record) if record and isinstance(record, dict) else None
         if len(self._locations) >= LOCATION_MEMO:
             # Start afresh rather than grow: a miss storm over the full city database would
             # otherwise hold every one of its ~570k places in each worker (RSS over 250 MB).
             self._locations.clear()
         self._locations[key] = location
         return location
+
+
+def _text(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
+
+class _SearchTree:
+    """The file's search tree, mapped read-only and walked by `geodns.geo._tree.Tree` (C)."""
+
+    def __init__(self, buffer: mmap.mmap, tree: Any):
+        self._buffer = buffer
+        self._tree = tree
+        self.find = tree.find
+        """find(packed) -> (record value | None, prefix length), as `GeoDatabase.lookup` counts it."""
+
+    @classmethod
+    def open(cls, path: str, meta: Any) -> _SearchTree | None:
+        """The walker, or None when the C extension is not built (lookups then decode every record)."""
+        if _Tree is None:
+            return None
+        try:
+            with open(path, "rb") as fileobj:
+                buffer = mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return None
+        try:
+            tree = _Tree(buffer, meta.node_count, meta.record_size, meta.ip_version)
+        except (ValueError, TypeError):
+            buffer.close()
+            return None  # maxminddb opened it, so it will say what is wrong on lookup
+        return cls(buffer, tree)
+
+    def close(self) -> None:
+        self.find = self._tree = None  # releases the buffer the tree holds
+        self._buffer.close()
 
 
 def _record_key(record: dict) -> tuple:

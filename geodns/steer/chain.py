@@ -72,8 +72,12 @@ class Decision:
 
 
 def run_chain(steered: Steered, ctx: Context) -> Decision:
+    """Run a steered record's chain for one client. The trace is kept only when `ctx.explain`
+    (a new location in a miss storm costs the chain run, not its description)."""
     family = ctx.family
-    start = tuple(c for c in steered.candidates if ctx.regions[c].addresses[family])
+    regions = ctx.regions
+    start = tuple([c for c in steered.candidates if regions[c].addresses[family]])
+    explain = ctx.explain
     trace: list[TraceStep] = []
     if not start:
         return Decision((), False, False, None, "no address of this family", ())
@@ -87,15 +91,17 @@ def run_chain(steered: Steered, ctx: Context) -> Decision:
         for weight, cands in branches:
             outcome = run(cands, ctx, step.params)
             notes.append(outcome.note)
-            if isinstance(outcome, Kept):
+            if type(outcome) is Kept:
                 new.append((weight, outcome.candidates))
             else:
                 new.extend((weight * w, c) for w, c in outcome.branches)
         branches = new
-        after = tuple(c for _, c in branches)
-        if after != (before,) and step.kind != "limit":
+        changed = len(new) != 1 or new[0][1] != before
+        if changed and step.kind != "limit":
             decided_by = step.kind  # limit only cuts what an earlier step ordered
-        trace.append(TraceStep(step.kind, before, after, notes[0] if len(set(notes)) == 1 else " | ".join(notes)))
+        if explain:
+            after = tuple(c for _, c in branches)
+            trace.append(TraceStep(step.kind, before, after, notes[0] if len(set(notes)) == 1 else " | ".join(notes)))
     failopen = False
     final: list[tuple[int, Candidates]] = []
     for weight, cands in branches:
@@ -110,12 +116,15 @@ def run_chain(steered: Steered, ctx: Context) -> Decision:
     merged: dict[Candidates, int] = {}
     for weight, cands in final:
         merged[cands] = merged.get(cands, 0) + weight
-    result = tuple(Branch(w, cands, _addresses(cands, ctx)) for cands, w in merged.items())
-    answered = start + tuple(c for _, cands in final for c in cands if c not in start)
+    result = tuple([Branch(w, cands, _addresses(cands, ctx)) for cands, w in merged.items()])
     verdicts = ctx.verdicts
-    involved = [verdicts[t] for t in _targets(answered, ctx) if t in verdicts] if verdicts else []
-    degraded = failopen or any(not ctx.is_up(c) for c in start)
-    return Decision(result, failopen, degraded, earliest_change(involved), decided_by, tuple(trace))
+    until = None
+    if verdicts:
+        answered = start + tuple(c for _, cands in final for c in cands if c not in start)
+        until = earliest_change([verdicts[t] for t in _targets(answered, ctx) if t in verdicts])
+    region_up = ctx.region_up
+    degraded = failopen or not all([region_up.get(c, True) for c in start])
+    return Decision(result, failopen, degraded, until, decided_by, tuple(trace))
 
 
 def _targets(regions: Candidates, ctx: Context) -> list[str]:
@@ -126,8 +135,10 @@ def _targets(regions: Candidates, ctx: Context) -> list[str]:
 
 def _addresses(regions: Candidates, ctx: Context) -> tuple[IPAddress, ...]:
     """The endpoints of these regions that are up; a region whose endpoints are all down answers all of them."""
-    out: dict[IPAddress, None] = {}
     verdicts = ctx.verdicts
+    if len(regions) == 1 and not verdicts:
+        return ctx.regions[regions[0]].addresses[ctx.family]
+    out: dict[IPAddress, None] = {}
     for name in regions:
         info = ctx.regions[name]
         addresses = info.addresses[ctx.family]

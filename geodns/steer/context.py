@@ -21,10 +21,17 @@ class Client:
 
     address: IPAddress | None
     location: Location | None
-    network: IPNetwork | None
-    """The GeoIP network the address fell into (narrowed by CIDR rules); the ECS scope."""
+    prefix: int | None
+    """Prefix length of the GeoIP network the address fell into (narrowed by CIDR rules); the ECS scope."""
     source: str = "source address"
     """`ECS` or `source address`: what the address came from."""
+
+    @property
+    def network(self) -> IPNetwork | None:
+        """That network. Built on demand: constructing it costs more than a steering step."""
+        if self.address is None or self.prefix is None:
+            return None
+        return network_of(self.address, self.prefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,8 @@ class Context:
     utilisation: Mapping[str, float] = field(default_factory=dict)
     """Region -> load reported by its regional balancer (0..1)."""
     now: float = 0.0
+    explain: bool = True
+    """Whether steps write their notes (for `geodns query` and the trace); the answer path does not."""
 
     def is_up(self, region: str) -> bool:
         return self.region_up.get(region, True)

@@ -16,6 +16,8 @@ def geo_proximity(candidates: Candidates, ctx: Context, params: None = None) -> 
         scored.append((distance_km(client, info.vector) - info.region.bias_km, position, name))
     scored.sort()
     ordered = tuple(name for _, _, name in scored)
+    if not ctx.explain:
+        return Kept(ordered, "")
     note = ", ".join(f"{name} {km:.0f} km" for km, _, name in scored[:3])
     return Kept(ordered, f"nearest first: {note}")
 

@@ -5,10 +5,11 @@ from geodns.steer.outcome import Kept
 
 
 def healthy(candidates: Candidates, ctx: Context, params: None = None) -> Kept:
-    kept = tuple(c for c in candidates if ctx.is_up(c))
+    region_up = ctx.region_up
+    kept = tuple([c for c in candidates if region_up.get(c, True)])
+    if len(kept) == len(candidates):
+        return Kept(candidates, "all up")
     removed = [c for c in candidates if c not in kept]
-    if not removed:
-        return Kept(kept, "all up")
     reasons = []
     for region in removed:
         verdict = ctx.verdicts.get(region)

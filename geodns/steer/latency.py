@@ -18,5 +18,7 @@ def latency(candidates: Candidates, ctx: Context, params: tuple[float, str | Non
         return Kept(candidates, f"{matched}: no RTT for any candidate: keeping all")
     best = measured[0][0]
     kept = tuple(c for rtt, _, c in measured if rtt <= best + tolerance)
+    if not ctx.explain:
+        return Kept(kept, "")
     rtts = ", ".join(f"{c} {rtt:.0f} ms" for rtt, _, c in measured[:3])
     return Kept(kept, f"{matched}: {rtts}")

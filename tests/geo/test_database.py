@@ -12,6 +12,7 @@ from geodns.geo import GeoDatabase, GeoDatabaseError, Location
 from .mmdb_files import write_city_db, write_country_db, write_dbip_flat_db
 
 LONDON = dict(lat=51.5143, lon=-0.0912, country="GB", continent="EU", subdivision="ENG", city="London")
+PARIS = dict(lat=48.8566, lon=2.3522, country="FR", continent="EU", subdivision="IDF", city="Paris")
 GB = dict(lat=54.0, lon=-2.0, country="GB", continent="EU")
 CALIFORNIA = dict(lat=37.751, lon=-122.42, country="US", continent="NA", subdivision="CA", city="San Francisco")
 BERLIN = dict(lat=52.52, lon=13.405, country="DE", continent="EU", subdivision="DE-BE")
@@ -141,10 +142,17 @@ def test_flat_schema_in_an_ipv4_only_database(tmp_path):
     assert db.lookup("::1") == (None, 0)
 
 
-def test_same_place_shares_one_location_object(tmp_path):
-    path = write_city_db(tmp_path / "c.mmdb", {"81.2.69.0/24": LONDON, "81.2.70.0/24": LONDON})
+def test_one_record_is_one_key_and_one_location_object(tmp_path):
+    path = write_city_db(tmp_path / "c.mmdb", {"81.2.69.0/24": LONDON, "81.2.70.0/24": LONDON, "81.2.71.0/24": PARIS})
     db = GeoDatabase(str(path))
-    assert db.lookup("81.2.69.1")[0] is db.lookup("81.2.70.1")[0]
+    one, two = ipaddress.ip_address("81.2.69.1").packed, ipaddress.ip_address("81.2.69.200").packed
+    record, prefix = db.find(one)
+    assert (record, prefix) == db.find(two) and prefix == 24
+    assert db.location(record, one) is db.location(record, two) is db.lookup("81.2.69.7")[0]
+    # Another network at the same place: the same Location value (the answer cache keys by record).
+    assert db.lookup("81.2.70.1")[0] == db.lookup("81.2.69.1")[0]
+    assert db.find(ipaddress.ip_address("81.2.71.1").packed)[0] != record
+    assert db.find(ipaddress.ip_address("9.9.9.9").packed) == (None, db.lookup("9.9.9.9")[1])
 
 
 def test_changed_after_atomic_replace(tmp_path):

@@ -46,8 +46,7 @@ DOWN = Verdict(up=False, cause="3 of 3 observers: connect refused")
 
 def client(location: Location | None = None, address: str | None = None, prefix: int = 24) -> Client:
     addr = ip(address) if address else None
-    network = ipaddress.ip_network((addr, prefix), strict=False) if addr else None
-    return Client(addr, location, network)
+    return Client(addr, location, prefix if addr else None)
 
 
 def context(

@@ -1,0 +1,143 @@
+"""The C search-tree walk (`geodns.geo._tree`) against maxminddb's own lookups.
+
+Every record size the format has (24, 28, 32 bits) and both tree kinds (IPv4
+only, IPv6 with IPv4 under ::/96), written by mmdb-writer; then the bundled
+database. `find` must give maxminddb's prefix, and the same record key exactly
+when maxminddb finds the same record.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from pathlib import Path
+
+import maxminddb
+import pytest
+from mmdb_writer import MMDBWriter, TreeWriter
+from netaddr import IPSet
+
+from geodns.geo import GeoDatabase
+from geodns.geo.database import location_from_record
+
+_tree = pytest.importorskip("geodns.geo._tree", reason="the C extension is not built (pip install -e .)")
+
+BUNDLE = Path(__file__).resolve().parents[2] / "data" / "geoip-bundle.mmdb"
+
+
+def _write(path: Path, ip_version: int, record_size: int, seed: int = 7) -> Path:
+    """A database of 400 random networks, each its own record, written with `record_size`."""
+
+    class SizedTreeWriter(TreeWriter):
+        def _adjust_record_size(self) -> None:
+            super()._adjust_record_size()
+            self.record_size = record_size
+            self.data_offset = self.record_size * 2 / 8 * self._node_counter
+
+    rnd = random.Random(seed)
+    writer = MMDBWriter(ip_version=ip_version, database_type="GeoIP2-City", ipv4_compatible=ip_version == 6)
+    networks = []
+    for i in range(400):
+        if ip_version == 6 and i % 2:
+            net = ipaddress.IPv6Network((0x2000 << 112 | rnd.getrandbits(100) << 16, rnd.randint(20, 48)), strict=False)
+        else:
+            net = ipaddress.IPv4Network((rnd.getrandbits(32), rnd.randint(8, 28)), strict=False)
+        networks.append(net)
+    for i, net in enumerate(sorted(networks, key=lambda n: n.prefixlen)):
+        record = {
+            "country": {"iso_code": "GB", "names": {"en": "United Kingdom"}},
+            "location": {"latitude": float(i % 90), "longitude": float(i % 180)},
+            "city": {"names": {"en": f"City {i}"}},
+        }
+        writer.insert_network(IPSet([str(net)]), record)
+    SizedTreeWriter(writer.tree, writer._build_meta(), writer.int_type, writer.float_type).write(str(path))
+    return path
+
+
+def _addresses(ip_version: int, count: int, seed: int = 11) -> list[bytes]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(count):
+        if ip_version == 6 and i % 2:
+            out.append(ipaddress.IPv6Address(0x2000 << 112 | rnd.getrandbits(113)).packed)
+        else:
+            out.append(ipaddress.IPv4Address(rnd.getrandbits(32)).packed)
+    return out
+
+
+def _agrees(path: Path, addresses: list[bytes]) -> None:
+    db = GeoDatabase(str(path))
+    reader = maxminddb.open_database(str(path), maxminddb.MODE_MEMORY)
+    assert db._tree is not None, "the C walk is built but was not used"
+    seen: dict[object, object] = {}
+    located = 0
+    for packed in addresses:
+        text = str(ipaddress.ip_address(packed))
+        if packed[:2] == b"\x20\x02":
+            continue  # 6to4: tests/geo/test_database.py
+        try:
+            want, want_prefix = reader.get_with_prefix_len(text)
+        except ValueError:  # an IPv6 address in an IPv4-only database
+            want, want_prefix = None, 0
+        record, prefix = db.find(packed)
+        assert prefix == want_prefix, text
+        assert (record is None) == (want is None), text
+        if record is None:
+            continue
+        located += 1
+        # One record key per distinct record, and the same record for one key.
+        assert seen.setdefault(record, repr(want)) == repr(want), text
+        assert db.location(record, packed) == location_from_record(want), text
+        assert db.lookup(text) == (location_from_record(want), want_prefix)
+    assert located > 0
+
+
+@pytest.mark.parametrize("record_size", [24, 28, 32])
+@pytest.mark.parametrize("ip_version", [4, 6])
+def test_walk_agrees_with_maxminddb(tmp_path, record_size, ip_version):
+    path = _write(tmp_path / f"t{ip_version}-{record_size}.mmdb", ip_version, record_size)
+    assert maxminddb.open_database(str(path)).metadata().record_size == record_size
+    rnd = random.Random(3)
+    # Random addresses, and addresses inside the written networks' neighbourhoods.
+    addresses = _addresses(ip_version, 3000)
+    reader = maxminddb.open_database(str(path))
+    inside = []
+    for packed in addresses:
+        try:
+            if reader.get(str(ipaddress.ip_address(packed))) is not None:
+                inside.append(packed)
+        except ValueError:
+            pass
+    for packed in inside[:200]:
+        value = int.from_bytes(packed, "big") ^ rnd.getrandbits(8)
+        inside.append(value.to_bytes(len(packed), "big"))
+    _agrees(path, addresses + inside)
+
+
+def test_walk_agrees_on_the_bundled_database():
+    _agrees(BUNDLE, _addresses(6, 20000))
+
+
+def test_a_tree_larger_than_its_buffer_is_refused():
+    with pytest.raises(ValueError, match="larger than the file"):
+        _tree.Tree(bytes(60), 11, 24, 6)
+    with pytest.raises(ValueError, match="record size"):
+        _tree.Tree(bytes(60), 1, 20, 6)
+    tree = _tree.Tree(bytes(60), 10, 24, 4)  # all-zero nodes: every bit leads back to node 0
+    assert tree.find(bytes(4)) == (None, 32)
+    with pytest.raises(ValueError):
+        tree.find(b"\x01\x02\x03")
+    with pytest.raises(TypeError):
+        tree.find("1.2.3.4")
+
+
+def test_without_the_walk_lookups_decode_and_agree(tmp_path):
+    """The pure-Python path (no C compiler at install) gives the same places and prefixes."""
+    path = _write(tmp_path / "t.mmdb", 6, 24)
+    fast = GeoDatabase(str(path))
+    slow = GeoDatabase(str(path))
+    slow._tree = None
+    for packed in _addresses(6, 3000):
+        record, prefix = slow.find(packed)
+        assert prefix == fast.find(packed)[1]
+        assert slow.location(record, packed) == fast.location(fast.find(packed)[0], packed)
