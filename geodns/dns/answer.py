@@ -5,11 +5,11 @@ dict lookups and a patch; everything else runs on a cache miss:
 
 1. (qname, qtype) -> a prepared answer, or a marker saying the answer
    depends on the client (a steered name, or a CNAME to one);
-2. for those, (qname, qtype, client network) -> prepared answer and scope,
-   where the network is the GeoIP network the client fell into;
-3. on a miss there, the decision is shared by every network with the same
-   location (a miss storm of new networks costs one GeoIP lookup each, not a
-   steering run), unless a CIDR rule makes the address itself matter.
+2. for those, (qname, qtype, GeoIP record) -> prepared answer: one decision per
+   place, shared by every network in the database that has that record (a
+   miss storm of new networks costs a tree walk each, not a steering run).
+   The ECS scope is the matched network's prefix, never a fixed /24. When a
+   CIDR rule makes the address itself matter, the key is the network instead.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class _Dependent:
         self.key = key
         """The level-1 key as first stored: its name bytes are shared by the levels below."""
         self.name = name
-        """The query name in presentation form, for `resolve` on a level-3 miss."""
+        """The query name in presentation form, for `resolve` on a level-2 miss."""
         self.client_dependent = True
         self.deadline = None
 
@@ -93,7 +93,7 @@ def answer(snap: Snapshot, data: bytes, client: str, udp: bool = True, stats: St
 
 def _answer(snap: Snapshot, query: Query, client: str, udp: bool, stats: Stats, data: bytes = b"") -> bytes:
     if query.qclass != CLASS_IN:
-        # Before any cache level: levels 1-3 are keyed without the class (level 0 has it).
+        # Before any cache level: levels 1-2 are keyed without the class (level 0 has it).
         stats.answers[(_ERROR_LABELS[Rcode.REFUSED], query.qtype, udp)] += 1
         return rcode_response(query, Rcode.REFUSED)
     cache = snap.cache
@@ -187,43 +187,40 @@ def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, 
     edns = query.edns
     ecs = edns.ecs if edns is not None else None
     if ecs is not None and ecs.source:
-        # Straight from the ECS bytes: no ipaddress object unless steering runs (level 3).
+        # Straight from the ECS bytes: no ipaddress object unless steering runs.
         packed = ecs.address
         version, bits = (4, 32) if ecs.family == 1 else (6, 128)
         address, origin = None, "ECS"
     else:
         address, origin = client_address(query, source)
         packed, version, bits = address.packed, address.version, address.max_prefixlen
-    value = int.from_bytes(packed, "big")
     geo = snap.geo
-    # The level-2 key: the GeoIP network. Finding it is the one GeoIP read per query;
-    # the record is decoded on a level-3 miss only.
+    # Finding the GeoIP network is the one GeoIP read per query; the record is
+    # decoded only when steering runs (a level-2 miss).
     record, prefix = geo.find(packed) if geo is not None else (None, 0)
-    prefix, inside = narrow_int(value, bits, prefix, cache_narrowing(cache, czone, version))
-    # Flat tuple, and the name from the level-1 key (one bytes object shared by
-    # every entry of the name): ~100 bytes less per entry at 200k entries.
-    key2 = (key[0], key[1], version, value >> (bits - prefix), prefix)
-    hit = cache.get(key2)
-    now = _monotonic()
+    nets = cache_narrowing(cache, czone, version)
+    inside = False
+    if nets:
+        value = int.from_bytes(packed, "big")
+        prefix, inside = narrow_int(value, bits, prefix, nets)
+    # Level 2: one decision per GeoIP record (a place), shared by every network that
+    # has it; per network when a CIDR rule makes the address itself matter. The
+    # name bytes come from the level-1 key (one object shared by every entry of a name).
+    key2 = (key[0], key[1], version, value >> (bits - prefix), prefix) if inside else (key[0], key[1], "at", record)
+    prepared = cache.places.get(key2)
     by_source = origin != "ECS"
-    if hit is not None and (hit[0].deadline is None or hit[0].deadline >= now):
+    if prepared is not None and (prepared.deadline is None or prepared.deadline >= _monotonic()):
         stats.cache_hits += 1
-        return hit[0], hit[1], by_source
+        return prepared, prefix if prepared.client_dependent else None, by_source
     stats.cache_misses += 1
-    # Level 3: one decision per GeoIP record (a place), unless a CIDR rule makes the address matter.
-    key3 = key2 if inside else (key[0], key[1], "at", record)
-    prepared = cache.places.get(key3)
-    if prepared is None or (prepared.deadline is not None and prepared.deadline < now):
-        location = geo.location(record, packed) if geo is not None else None
-        if address is None:
-            address = ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
-        client = Client(address, location, prefix, origin)
-        res = resolve(snap, czone, name, query.qtype, lambda: client)
-        prepared = prepare_shared(cache, res, query.qname, query.qtype, query.qclass, czone.zone.origin)
-        cache.put_place(key3, prepared)
-    value2 = (prepared, prefix if prepared.client_dependent else None)
-    cache.put(key2, value2)
-    return prepared, value2[1], by_source
+    location = geo.location(record, packed) if geo is not None else None
+    if address is None:
+        address = ipaddress.IPv4Address(packed) if version == 4 else ipaddress.IPv6Address(packed)
+    client = Client(address, location, prefix, origin)
+    res = resolve(snap, czone, name, query.qtype, lambda: client)
+    prepared = prepare_shared(cache, res, query.qname, query.qtype, query.qclass, czone.zone.origin)
+    cache.put_place(key2, prepared)
+    return prepared, prefix if prepared.client_dependent else None, by_source
 
 
 def cache_narrowing(cache: AnswerCache, czone: CompiledZone, version: int) -> tuple[tuple[int, int], ...]:

@@ -1,8 +1,8 @@
 """The answer cache: prepared wire answers, per snapshot generation.
 
-Keyed by (qname, qtype, client network) where the network is the GeoIP
-network the client fell into (narrowed by CIDR rules) for answers that depend
-on the client, and None for those that do not. A value is a `Prepared`: one
+Keyed by (qname, qtype) for answers that do not depend on the client, and by
+(qname, qtype, GeoIP record) for those that do (by the client's network,
+narrowed by CIDR rules, where such a rule applies). A value is a `Prepared`: one
 or more wire answers (one per weighted branch) with ID 0 and no OPT record;
 `geodns.dns.wire.patch` finishes one per query. Bounded: the oldest entry
 goes first.
@@ -62,7 +62,7 @@ PACKET_CACHE = os.environ.get("GEODNS_PACKET_CACHE", "1") != "0"
 
 
 class AnswerCache:
-    """Levels 0-3 of the answer cache of one snapshot.
+    """Levels 0-2 of the answer cache of one snapshot.
 
     Level 0, `packets`, is an exact-query memo in front of the others (PowerDNS's
     packet cache): the UDP query bytes after the ID -> the answer after the ID.
@@ -73,8 +73,9 @@ class AnswerCache:
     in. A hit costs one slice, one dict lookup and one concatenation.
 
     Bounds, from `max_entries` (`--cache-size`, 200k): level 0 holds up to
-    max_entries answers, levels 1-2 half that, level 3 a quarter. The main
-    bench workload (100k client /24s: 83k GeoIP networks, 25k locations) fits.
+    max_entries answers, level 1 half that, level 2 (`places`) max_entries
+    decisions. The main bench workload (100k client /24s: 25k places) fits, and
+    a miss storm over the full city database (1M client /24s: 105k places) too.
     """
 
     __slots__ = ("_entries", "max_entries", "hits", "misses", "packets", "places", "bodies", "narrowing")
@@ -86,8 +87,8 @@ class AnswerCache:
         self.misses = 0
         self.packets: dict[bytes, PacketEntry] = {}
         self.places: dict[Hashable, Prepared] = {}
-        """Level 3, apart from the per-network entries so that a storm of new
-        networks does not evict the few thousand per-location decisions."""
+        """Level 2: one steering decision per GeoIP record (or per network where a
+        CIDR rule applies), kept apart from level 1."""
         self.bodies: dict[Hashable, Prepared] = {}
         """Wire bodies of steered answers by the branches chosen (see answer.prepare_shared)."""
         self.narrowing: dict[Hashable, tuple] = {}
@@ -100,7 +101,7 @@ class AnswerCache:
             _bounded_put(self.packets, key, value, self.max_entries)
 
     def put_place(self, key: Hashable, value: Prepared) -> None:
-        _bounded_put(self.places, key, value, max(1, self.max_entries // 4))
+        _bounded_put(self.places, key, value, max(1, self.max_entries))
 
     def put(self, key: Hashable, value: Prepared) -> None:
         _bounded_put(self._entries, key, value, max(1, self.max_entries // 2))
