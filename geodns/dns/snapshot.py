@@ -198,6 +198,12 @@ def narrow(
 
 def narrow_int(value: int, bits: int, prefix: int, nets: tuple[tuple[int, int], ...]) -> tuple[int, bool]:
     """`narrow` on integers: `nets` are (network, prefix) pairs, most specific first."""
+    for net, plen in nets:
+        shift = bits - (plen if plen < prefix else prefix)
+        if value >> shift == net >> shift:
+            break  # the scope network and this CIDR overlap: the rules below apply
+    else:
+        return prefix, False  # disjoint from every CIDR (nearly every client)
     inside = False
     for net, plen in nets:
         if value >> (bits - plen) == net >> (bits - plen):
