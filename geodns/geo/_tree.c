@@ -4,11 +4,13 @@
  * 4 us for a city record), but the DNS answer cache only needs to know which
  * record a client falls into and the prefix length of its network: networks
  * that share a record share its offset. This walks the tree in the mapped file
- * and returns the raw record value; the caller decodes a record (with
- * maxminddb) the first time it sees its value only.
+ * and returns the raw record value; the caller decodes a record the first time
+ * it sees its value only, with `record`, from the same mapping (a second
+ * mapping, maxminddb's, would double what RSS counts for the file).
  *
  *   Tree(buffer, node_count, record_size, ip_version)
  *   Tree.find(packed: bytes) -> (value | None, prefix)
+ *   Tree.record(value) -> the decoded record (dict, as maxminddb returns it)
  *
  * `packed` is an address in network byte order, 4 or 16 bytes. An IPv4
  * address in an IPv6 tree is looked up under ::/96, its prefix counted in IPv4
@@ -22,6 +24,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct {
     PyObject_HEAD
@@ -99,6 +102,229 @@ Tree_init(Tree *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+/* ---- Record decoding (the data section), so that one mapping serves both ----
+ *
+ * Types from the spec's "Data Section": pointer 1, string 2, double 3, bytes 4,
+ * uint16 5, uint32 6, map 7, int32 8, uint64 9, uint128 10, array 11, boolean
+ * 14, float 15. Decoded to what maxminddb returns (dict, list, str, int,
+ * float, bool, bytes). Every read is bounds-checked and nesting is limited,
+ * so a corrupt or hostile file raises ValueError instead of crashing.
+ */
+#define MAX_DEPTH 32
+
+typedef struct {
+    const unsigned char *data;   /* the data section */
+    Py_ssize_t size;
+} Section;
+
+static PyObject *decode_at(const Section *s, Py_ssize_t *pos, int depth);
+
+static int
+need(const Section *s, Py_ssize_t pos, Py_ssize_t n)
+{
+    if (pos < 0 || n < 0 || pos > s->size || n > s->size - pos) {
+        PyErr_SetString(PyExc_ValueError, "record runs past the data section");
+        return -1;
+    }
+    return 0;
+}
+
+static unsigned long long
+be(const unsigned char *p, Py_ssize_t n)
+{
+    unsigned long long v = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static PyObject *
+decode_at(const Section *s, Py_ssize_t *pos, int depth)
+{
+    if (depth > MAX_DEPTH) {
+        PyErr_SetString(PyExc_ValueError, "record nested too deeply");
+        return NULL;
+    }
+    if (need(s, *pos, 1) < 0)
+        return NULL;
+    unsigned char ctrl = s->data[(*pos)++];
+    int type = ctrl >> 5;
+    if (type == 1) { /* pointer: decode there, continue after the pointer here */
+        int size = (ctrl >> 3) & 0x3;
+        Py_ssize_t n = size + 1;
+        if (need(s, *pos, n) < 0)
+            return NULL;
+        unsigned long long base = ctrl & 0x7;
+        unsigned long long target;
+        const unsigned char *p = s->data + *pos;
+        if (size == 0)
+            target = (base << 8) | p[0];
+        else if (size == 1)
+            target = ((base << 16) | be(p, 2)) + 2048;
+        else if (size == 2)
+            target = ((base << 24) | be(p, 3)) + 526336;
+        else
+            target = be(p, 4);
+        *pos += n;
+        if (target >= (unsigned long long)s->size) {
+            PyErr_SetString(PyExc_ValueError, "pointer past the data section");
+            return NULL;
+        }
+        Py_ssize_t there = (Py_ssize_t)target;
+        return decode_at(s, &there, depth + 1);
+    }
+    if (type == 0) { /* extended */
+        if (need(s, *pos, 1) < 0)
+            return NULL;
+        type = 7 + s->data[(*pos)++];
+    }
+    Py_ssize_t size = ctrl & 0x1F;
+    if (size >= 29) {
+        Py_ssize_t extra = size - 28;
+        if (need(s, *pos, extra) < 0)
+            return NULL;
+        unsigned long long v = be(s->data + *pos, extra);
+        *pos += extra;
+        size = (Py_ssize_t)(extra == 1 ? 29 + v : extra == 2 ? 285 + v : 65821 + v);
+    }
+    const unsigned char *p;
+    switch (type) {
+    case 2: /* string */
+        if (need(s, *pos, size) < 0)
+            return NULL;
+        p = s->data + *pos;
+        *pos += size;
+        return PyUnicode_DecodeUTF8((const char *)p, size, "strict");
+    case 4: /* bytes */
+        if (need(s, *pos, size) < 0)
+            return NULL;
+        p = s->data + *pos;
+        *pos += size;
+        return PyBytes_FromStringAndSize((const char *)p, size);
+    case 3: { /* double */
+        if (size != 8 || need(s, *pos, 8) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "double of the wrong size");
+            return NULL;
+        }
+        unsigned long long bits = be(s->data + *pos, 8);
+        *pos += 8;
+        double d;
+        memcpy(&d, &bits, 8);
+        return PyFloat_FromDouble(d);
+    }
+    case 15: { /* float */
+        if (size != 4 || need(s, *pos, 4) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "float of the wrong size");
+            return NULL;
+        }
+        uint32_t bits = (uint32_t)be(s->data + *pos, 4);
+        *pos += 4;
+        float f;
+        memcpy(&f, &bits, 4);
+        return PyFloat_FromDouble((double)f);
+    }
+    case 5: case 6: case 9: case 10: { /* unsigned ints: 2, 4, 8, 16 bytes at most */
+        Py_ssize_t max = type == 5 ? 2 : type == 6 ? 4 : type == 9 ? 8 : 16;
+        if (size > max || need(s, *pos, size) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "integer too long");
+            return NULL;
+        }
+        p = s->data + *pos;
+        *pos += size;
+        return _PyLong_FromByteArray(p, (size_t)size, 0, 0);
+    }
+    case 8: { /* int32 */
+        if (size > 4 || need(s, *pos, size) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "int32 too long");
+            return NULL;
+        }
+        uint32_t v = (uint32_t)be(s->data + *pos, size);
+        *pos += size;
+        return PyLong_FromLong((long)(int32_t)v);
+    }
+    case 14: /* boolean: the value is the size */
+        if (size > 1) {
+            PyErr_SetString(PyExc_ValueError, "boolean larger than 1");
+            return NULL;
+        }
+        return PyBool_FromLong((long)size);
+    case 7: { /* map */
+        PyObject *map = PyDict_New();
+        if (map == NULL)
+            return NULL;
+        for (Py_ssize_t i = 0; i < size; i++) {
+            PyObject *key = decode_at(s, pos, depth + 1);
+            if (key == NULL) {
+                Py_DECREF(map);
+                return NULL;
+            }
+            if (!PyUnicode_Check(key)) {
+                Py_DECREF(key);
+                Py_DECREF(map);
+                PyErr_SetString(PyExc_ValueError, "map key is not a string");
+                return NULL;
+            }
+            PyObject *value = decode_at(s, pos, depth + 1);
+            if (value == NULL || PyDict_SetItem(map, key, value) < 0) {
+                Py_DECREF(key);
+                Py_XDECREF(value);
+                Py_DECREF(map);
+                return NULL;
+            }
+            Py_DECREF(key);
+            Py_DECREF(value);
+        }
+        return map;
+    }
+    case 11: { /* array */
+        if (size > s->size) {
+            PyErr_SetString(PyExc_ValueError, "array longer than the data section");
+            return NULL;
+        }
+        PyObject *list = PyList_New(size);
+        if (list == NULL)
+            return NULL;
+        for (Py_ssize_t i = 0; i < size; i++) {
+            PyObject *value = decode_at(s, pos, depth + 1);
+            if (value == NULL) {
+                Py_DECREF(list);
+                return NULL;
+            }
+            PyList_SET_ITEM(list, i, value);
+        }
+        return list;
+    }
+    default:
+        PyErr_Format(PyExc_ValueError, "unknown data type %d", type);
+        return NULL;
+    }
+}
+
+static PyObject *
+Tree_record(Tree *self, PyObject *arg)
+{
+    unsigned long long value = PyLong_AsUnsignedLongLong(arg);
+    if (value == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    const unsigned long long node_bytes = (unsigned long long)self->record_size / 4;
+    const unsigned long long tree_size = self->node_count * node_bytes;
+    if (value <= self->node_count || tree_size + 16 > (unsigned long long)self->buf.len) {
+        PyErr_SetString(PyExc_ValueError, "not a data pointer of this tree");
+        return NULL;
+    }
+    Section s = {(const unsigned char *)self->buf.buf + tree_size + 16, (Py_ssize_t)(self->buf.len - tree_size - 16)};
+    Py_ssize_t pos = (Py_ssize_t)(value - self->node_count - 16);
+    if (pos < 0 || pos >= s.size) {
+        PyErr_SetString(PyExc_ValueError, "data pointer past the data section");
+        return NULL;
+    }
+    return decode_at(&s, &pos, 0);
+}
+
 static PyObject *
 Tree_find(Tree *self, PyObject *arg)
 {
@@ -135,6 +361,7 @@ Tree_dealloc(Tree *self)
 
 static PyMethodDef Tree_methods[] = {
     {"find", (PyCFunction)Tree_find, METH_O, "find(packed) -> (record value | None, prefix length)"},
+    {"record", (PyCFunction)Tree_record, METH_O, "record(value) -> the decoded record a value from find() points to"},
     {NULL, NULL, 0, NULL},
 };
 

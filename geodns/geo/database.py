@@ -79,7 +79,9 @@ class FileIdentity:
 class GeoDatabase:
     """One opened GeoIP database file. Lookups are thread- and process-safe (read-only mmap)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, walk: bool = True):
+        """Open `path`. With `walk` (and the C extension built), lookups walk and decode the
+        file in one shared mapping of our own; otherwise maxminddb does it (slower)."""
         self.path = path
         try:
             self.identity = FileIdentity.of(path)
@@ -95,10 +97,16 @@ class GeoDatabase:
         # Decoding a record is the expensive part of a lookup; networks that
         # share a record (same place) share one Location object.
         self._locations: dict[Hashable, Location | None] = {}
-        self._tree = _SearchTree.open(path, meta)
+        self._tree = _SearchTree.open(path, meta) if walk else None
+        if self._tree is not None:
+            # One mapping of the file per process: a second one (maxminddb's) would make
+            # RSS count every page both touch twice, though they are the same pages.
+            self._reader.close()
+            self._reader = self._get = None
 
     def close(self) -> None:
-        self._reader.close()
+        if self._reader is not None:
+            self._reader.close()
         if self._tree is not None:
             self._tree.close()
 
@@ -161,6 +169,8 @@ class GeoDatabase:
             return self._locations[record]
         except KeyError:
             pass
+        if self._tree is not None:
+            return self._remember(record, self._tree.record(record))
         if len(packed) == 16 and packed[0] == 0x20 and packed[1] == 0x02:
             packed = packed[2:6]
         return self._remember(record, self._reader.get(_text(packed)))
@@ -187,6 +197,8 @@ class _SearchTree:
         self._tree = tree
         self.find = tree.find
         """find(packed) -> (record value | None, prefix length), as `GeoDatabase.lookup` counts it."""
+        self.record = tree.record
+        """record(value) -> the record `find` pointed to, decoded as maxminddb decodes it."""
 
     @classmethod
     def open(cls, path: str, meta: Any) -> _SearchTree | None:
@@ -206,7 +218,7 @@ class _SearchTree:
         return cls(buffer, tree)
 
     def close(self) -> None:
-        self.find = self._tree = None  # releases the buffer the tree holds
+        self.find = self.record = self._tree = None  # releases the buffer the tree holds
         self._buffer.close()
 
 

@@ -87,6 +87,7 @@ def _agrees(path: Path, addresses: list[bytes]) -> None:
         located += 1
         # One record key per distinct record, and the same record for one key.
         assert seen.setdefault(record, repr(want)) == repr(want), text
+        assert db._tree.record(record) == want, text
         assert db.location(record, packed) == location_from_record(want), text
         assert db.lookup(text) == (location_from_record(want), want_prefix)
     assert located > 0
@@ -131,12 +132,33 @@ def test_a_tree_larger_than_its_buffer_is_refused():
         tree.find("1.2.3.4")
 
 
+def test_a_corrupt_data_section_raises_instead_of_crashing():
+    # One node (24-bit records) whose both records point at data offset 0, then the
+    # 16-byte separator, then data. node_count 1: value 1 + 16 + offset.
+    node = (17).to_bytes(3, "big") * 2
+    for data, why in [
+        (bytes([0x20 | 0x07, 0xFF]), "pointer past the data section"),  # pointer, size 0, to 0x7FF
+        (bytes([0x5F, 0x01]), "past the data section"),  # a 29+ byte string cut short
+        (bytes([0xE1, 0x42, 0x61]), "past the data section"),  # a map whose key runs out
+        (bytes([0x00, 0x0C]), "unknown data type"),  # extended type 19
+        (bytes([0x20, 0x00]), "nested too deeply"),  # a pointer to itself
+        (bytes([0x1F, 0x04, 0xFF, 0xFF, 0xFF]), "array longer"),  # an array of ~16M items
+    ]:
+        tree = _tree.Tree(node + bytes(16) + data, 1, 24, 4)
+        value, _ = tree.find(bytes(4))
+        assert value == 17
+        with pytest.raises(ValueError, match=why):
+            tree.record(value)
+    with pytest.raises(ValueError, match="not a data pointer"):
+        _tree.Tree(node + bytes(16) + b"\x40", 1, 24, 4).record(1)
+
+
 def test_without_the_walk_lookups_decode_and_agree(tmp_path):
     """The pure-Python path (no C compiler at install) gives the same places and prefixes."""
     path = _write(tmp_path / "t.mmdb", 6, 24)
     fast = GeoDatabase(str(path))
-    slow = GeoDatabase(str(path))
-    slow._tree = None
+    slow = GeoDatabase(str(path), walk=False)
+    assert fast._tree is not None and slow._tree is None
     for packed in _addresses(6, 3000):
         record, prefix = slow.find(packed)
         assert prefix == fast.find(packed)[1]
