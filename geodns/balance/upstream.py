@@ -225,16 +225,21 @@ class Response:
                 except Disconnected:
                     break
         else:
-            left = self._left or 0
-            while left:
-                if not conn.buffer:
-                    await conn.wait_data(self._timeout)
-                data = bytes(conn.buffer[:left])
-                del conn.buffer[:left]
-                left -= len(data)
-                self._left = left
+            async for data in self._exactly(self._left or 0):
+                self._left -= len(data)
                 yield data
         self._finish()
+
+    async def _exactly(self, left: int) -> AsyncIterator[bytes]:
+        """The next `left` bytes of the body, as they arrive."""
+        conn = self._conn
+        while left:
+            if not conn.buffer:
+                await conn.wait_data(self._timeout)
+            data = bytes(conn.buffer[:left])
+            del conn.buffer[:left]
+            left -= len(data)
+            yield data
 
     async def _line(self) -> bytes:
         conn = self._conn
@@ -247,7 +252,6 @@ class Response:
         return line
 
     async def _dechunk(self) -> AsyncIterator[bytes]:
-        conn = self._conn
         while True:
             size_text = (await self._line()).split(b";", 1)[0].strip()
             try:
@@ -258,13 +262,7 @@ class Response:
                 while await self._line():  # trailers, up to the empty line
                     pass
                 return
-            left = size
-            while left:
-                if not conn.buffer:
-                    await conn.wait_data(self._timeout)
-                data = bytes(conn.buffer[:left])
-                del conn.buffer[:left]
-                left -= len(data)
+            async for data in self._exactly(size):
                 yield data
             if await self._line():
                 raise BadResponse("chunk not followed by CRLF")
