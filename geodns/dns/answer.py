@@ -22,7 +22,7 @@ import time
 from geodns.config.model import IPAddress
 from geodns.dns.cache import AnswerCache, Prepared
 from geodns.dns.resolve import Resolution, name_of, prepare, resolve
-from geodns.dns.snapshot import CompiledZone, Snapshot, narrow, narrow_int
+from geodns.dns.snapshot import CompiledZone, Snapshot, narrow_int
 from geodns.dns.stats import AnswerLabel, Stats, slot
 from geodns.dns.wire import (
     CLASS_IN,
@@ -176,7 +176,7 @@ def locate(snap: Snapshot, czone: CompiledZone, address: IPAddress, source: str)
     """Where the client is, and the network the answer may be shared with (its ECS scope)."""
     geo = snap.geo
     location, prefix = geo.lookup(address) if geo is not None else (None, 0)
-    prefix, inside = narrow(address, prefix, czone.narrowing[address.version])
+    prefix, inside = narrow_int(int(address), address.max_prefixlen, prefix, czone.narrowing_ints[address.version])
     return Client(address, location, prefix, source), inside
 
 
@@ -198,7 +198,7 @@ def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, 
     # Finding the GeoIP network is the one GeoIP read per query; the record is
     # decoded only when steering runs (a level-2 miss).
     record, prefix = geo.find(packed) if geo is not None else (None, 0)
-    nets = cache_narrowing(cache, czone, version)
+    nets = czone.narrowing_ints[version]
     inside = False
     if nets:
         value = int.from_bytes(packed, "big")
@@ -221,16 +221,6 @@ def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, 
     prepared = prepare_shared(cache, res, query.qname, query.qtype, query.qclass, czone.zone.origin)
     cache.put_place(key2, prepared)
     return prepared, prefix if prepared.client_dependent else None, by_source
-
-
-def cache_narrowing(cache: AnswerCache, czone: CompiledZone, version: int) -> tuple[tuple[int, int], ...]:
-    """The zone's narrowing CIDRs as (network int, prefix) pairs, computed once per snapshot."""
-    nk = (czone.zone.origin, version)
-    nets = cache.narrowing.get(nk)
-    if nets is None:
-        nets = tuple((int(n.network_address), n.prefixlen) for n in czone.narrowing[version])
-        cache.narrowing[nk] = nets
-    return nets
 
 
 def prepare_shared(cache: AnswerCache, res: Resolution, qname: bytes, qtype: int, qclass: int, origin: str) -> Prepared:

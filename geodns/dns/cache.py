@@ -78,7 +78,7 @@ class AnswerCache:
     a miss storm over the full city database (1M client /24s: 105k places) too.
     """
 
-    __slots__ = ("_entries", "max_entries", "hits", "misses", "packets", "places", "bodies", "narrowing")
+    __slots__ = ("_entries", "max_entries", "hits", "misses", "packets", "places", "bodies")
 
     def __init__(self, max_entries: int = 200_000):
         self._entries: dict[Hashable, Prepared] = {}
@@ -91,7 +91,6 @@ class AnswerCache:
         CIDR rule applies), kept apart from level 1."""
         self.bodies: dict[Hashable, Prepared] = {}
         """Wire bodies of steered answers by the branches chosen (see answer.prepare_shared)."""
-        self.narrowing: dict[Hashable, tuple] = {}
 
     def get(self, key: Hashable) -> Prepared | None:
         return self._entries.get(key)

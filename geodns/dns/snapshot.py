@@ -36,6 +36,8 @@ class CompiledZone:
     latency: LatencyTable | None
     narrowing: Mapping[int, tuple[IPNetwork, ...]]
     """CIDRs used by rules and tables, per IP version: an answer's scope never spans their edge."""
+    narrowing_ints: Mapping[int, tuple[tuple[int, int], ...]]
+    """The same CIDRs as (network, prefix length) integers, the form `narrow_int` takes per query."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,7 @@ def compile_zone(zone: Zone, verdicts: Verdicts, latency: LatencyTable | None) -
         region_up=region_up,
         latency=latency,
         narrowing=narrowing,
+        narrowing_ints={v: _as_ints(nets) for v, nets in narrowing.items()},
     )
 
 
@@ -192,8 +195,11 @@ def narrow(
     the answer may depend on the address itself, not only on its location).
     The rule itself is `narrow_int`, which the hot path calls directly.
     """
-    nets = tuple((int(n.network_address), n.prefixlen) for n in networks)
-    return narrow_int(int(address), address.max_prefixlen, prefix, nets)
+    return narrow_int(int(address), address.max_prefixlen, prefix, _as_ints(networks))
+
+
+def _as_ints(networks: tuple[IPNetwork, ...]) -> tuple[tuple[int, int], ...]:
+    return tuple((int(n.network_address), n.prefixlen) for n in networks)
 
 
 def narrow_int(value: int, bits: int, prefix: int, nets: tuple[tuple[int, int], ...]) -> tuple[int, bool]:

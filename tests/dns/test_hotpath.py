@@ -14,7 +14,7 @@ import pytest
 
 from geodns.control.controller import Controller
 from geodns.dns import cache as cache_mod
-from geodns.dns.answer import answer, cache_narrowing, narrow_int
+from geodns.dns.answer import answer, narrow_int
 from geodns.dns.cache import AnswerCache
 from geodns.dns.snapshot import Snapshot, narrow
 from geodns.dns.stats import Stats
@@ -106,7 +106,7 @@ def test_integer_narrowing_follows_the_rule(controller):
         else:
             address = ipaddress.IPv6Address(rng.getrandbits(128))
         prefix = rng.randint(0, address.max_prefixlen)
-        ints = cache_narrowing(snap.cache, czone, address.version)
+        ints = czone.narrowing_ints[address.version]
         expected = _narrow_by_definition(address, prefix, czone.narrowing[address.version])
         assert narrow_int(int(address), address.max_prefixlen, prefix, ints) == expected, (address, prefix)
         assert narrow(address, prefix, czone.narrowing[address.version]) == expected
