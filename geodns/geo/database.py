@@ -158,8 +158,11 @@ class GeoDatabase:
             if key not in self._locations:
                 self._remember(key, record)
             return key, prefix
-        except TypeError:  # unhashable oddity in a foreign database: no memo
-            return ("record", id(record)), prefix
+        except TypeError:
+            # An unhashable oddity in a foreign database: key by the network itself (it has
+            # one record), never by id(), which a later record could reuse.
+            bits = len(packed) * 8
+            return ("network", bits, int.from_bytes(packed, "big") >> (bits - prefix), prefix), prefix
 
     def location(self, record: Hashable | None, packed: bytes) -> Location | None:
         """The place of a record `find` returned for the address `packed`."""

@@ -163,3 +163,18 @@ def test_without_the_walk_lookups_decode_and_agree(tmp_path):
         record, prefix = slow.find(packed)
         assert prefix == fast.find(packed)[1]
         assert slow.location(record, packed) == fast.location(fast.find(packed)[0], packed)
+
+
+def test_without_the_walk_an_unhashable_record_is_keyed_by_its_network(tmp_path):
+    """A foreign record whose place cannot be a dict key (a list for a latitude) gets its
+    network as key: one key per network, never shared with another record's network."""
+    writer = MMDBWriter(ip_version=6, database_type="odd", ipv4_compatible=True)
+    for cidr, country in (("81.2.69.0/24", "GB"), ("81.2.70.0/24", "FR")):
+        writer.insert_network(IPSet([cidr]), {"country": {"iso_code": country}, "location": {"latitude": [1], "longitude": 2.0}})
+    writer.to_db_file(str(tmp_path / "odd.mmdb"))
+    db = GeoDatabase(str(tmp_path / "odd.mmdb"), walk=False)
+    one, same, other = (ipaddress.ip_address(a).packed for a in ("81.2.69.1", "81.2.69.200", "81.2.70.1"))
+    assert db.find(one) == db.find(same)
+    assert db.find(one)[0] != db.find(other)[0]
+    assert db.location(db.find(one)[0], one).country == "GB"
+    assert db.location(db.find(other)[0], other).country == "FR"
