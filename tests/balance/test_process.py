@@ -30,6 +30,16 @@ def write(path: Path, backends: list[str], listen: str, admin: str, **extra) -> 
     path.write_text(yaml.safe_dump(data))
 
 
+def start_balancer(tmp_path: Path, backends: list[str], host: str, workers: int) -> tuple[subprocess.Popen, Path, str, str]:
+    """A `python -m geodns.balance` process on `host` in front of `backends`: (process, config, listen, admin)."""
+    listen, admin = f"{host}:{free_port(host)}", f"{host}:{free_port(host)}"
+    cfg = tmp_path / "region.yaml"
+    write(cfg, backends, listen, admin)
+    proc = subprocess.Popen([sys.executable, "-m", "geodns.balance", "--config", str(cfg), "--workers", str(workers)],
+                            stderr=subprocess.PIPE, text=True)
+    return proc, cfg, listen, admin
+
+
 async def wait_up(session: aiohttp.ClientSession, admin: str, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -56,12 +66,7 @@ def test_check_flag_names_file_and_field(tmp_path: Path) -> None:
 @pytest.mark.slow
 async def test_sighup_reload_drains_and_sigterm_finishes_in_flight(backends, tmp_path: Path) -> None:
     backs = await backends(2, first=30)
-    host = f"{NET}.3"
-    listen, admin = f"{host}:{free_port(host)}", f"{host}:{free_port(host)}"
-    cfg = tmp_path / "region.yaml"
-    write(cfg, [b.address for b in backs], listen, admin)
-    proc = subprocess.Popen([sys.executable, "-m", "geodns.balance", "--config", str(cfg), "--workers", "1"],
-                            stderr=subprocess.PIPE, text=True)
+    proc, cfg, listen, admin = start_balancer(tmp_path, [b.address for b in backs], f"{NET}.3", workers=1)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
             await wait_up(s, admin, proc)

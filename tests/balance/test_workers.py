@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,8 +14,8 @@ import pytest
 
 from geodns.balance.workers import merge_backends, merge_load, merge_metrics
 
-from .conftest import NET, free_port
-from .test_process import wait_up, write
+from .conftest import NET
+from .test_process import start_balancer, wait_up
 
 
 def load(**over):
@@ -75,12 +73,7 @@ def test_merge_metrics_sums_counters_and_maxes_gauges_of_the_same_thing() -> Non
 @pytest.mark.slow
 async def test_workers_spread_sum_drain_respawn_and_shut_down_gracefully(backends, tmp_path: Path) -> None:
     backs = await backends(2, first=50)
-    host = f"{NET}.4"
-    listen, admin = f"{host}:{free_port(host)}", f"{host}:{free_port(host)}"
-    cfg = tmp_path / "region.yaml"
-    write(cfg, [b.address for b in backs], listen, admin)
-    proc = subprocess.Popen([sys.executable, "-m", "geodns.balance", "--config", str(cfg), "--workers", "2"],
-                            stderr=subprocess.PIPE, text=True)
+    proc, _, listen, admin = start_balancer(tmp_path, [b.address for b in backs], f"{NET}.4", workers=2)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
             await wait_up(s, admin, proc)
