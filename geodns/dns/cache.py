@@ -70,7 +70,10 @@ class AnswerCache:
     and the ECS subnet exactly as sent, so a hit is the answer this very query
     would get; only answers that do not depend on the source address, have a
     single body (no per-query weighted pick) and came out of the normal path go
-    in. A hit costs one slice, one dict lookup and one concatenation.
+    in. A hit costs one slice, one dict lookup and one concatenation. An answer is
+    admitted on its second sighting only (a doorkeeper set of key hashes, as in
+    TinyLFU): in a miss storm no query repeats, and storing each answer cost time
+    and ~60 MB per worker for entries nothing ever hit.
 
     Bounds, from `max_entries` (`--cache-size`, 200k): level 0 holds up to
     max_entries answers, level 1 half that, level 2 (`places`) max_entries
@@ -78,7 +81,7 @@ class AnswerCache:
     a miss storm over the full city database (1M client /24s: 105k places) too.
     """
 
-    __slots__ = ("_entries", "max_entries", "hits", "misses", "packets", "places", "bodies")
+    __slots__ = ("_entries", "max_entries", "hits", "misses", "packets", "places", "bodies", "_seen")
 
     def __init__(self, max_entries: int = 200_000):
         self._entries: dict[Hashable, Prepared] = {}
@@ -86,6 +89,8 @@ class AnswerCache:
         self.hits = 0
         self.misses = 0
         self.packets: dict[bytes, PacketEntry] = {}
+        self._seen: set[int] = set()
+        """Hashes of level-0 keys seen once (a collision only admits an answer early)."""
         self.places: dict[Hashable, Prepared] = {}
         """Level 2: one steering decision per GeoIP record (or per network where a
         CIDR rule applies), kept apart from level 1."""
@@ -96,8 +101,16 @@ class AnswerCache:
         return self._entries.get(key)
 
     def put_packet(self, key: bytes, value: PacketEntry) -> None:
-        if PACKET_CACHE:
-            _bounded_put(self.packets, key, value, self.max_entries)
+        if not PACKET_CACHE:
+            return
+        seen = self._seen
+        mark = hash(key)
+        if mark not in seen:
+            if len(seen) >= self.max_entries:
+                seen.clear()
+            seen.add(mark)
+            return
+        _bounded_put(self.packets, key, value, self.max_entries)
 
     def put_place(self, key: Hashable, value: Prepared) -> None:
         _bounded_put(self.places, key, value, max(1, self.max_entries))

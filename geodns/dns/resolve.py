@@ -192,6 +192,7 @@ def _answer_node(
             utilisation=snap.utilisation,
             now=now if now is not None else time.time(),
             explain=explain,
+            memo=snap.steering,
         )
         decision = run_chain(node.steered, ctx)
         if decision.failopen:

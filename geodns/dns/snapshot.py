@@ -49,6 +49,9 @@ class Snapshot:
     utilisation: Mapping[str, float] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     cache: AnswerCache = field(default_factory=AnswerCache, compare=False)
+    steering: dict = field(default_factory=dict, compare=False)
+    """`geodns.steer.Context.memo`: steering outcomes that hold for this snapshot only (its
+    verdicts' bounds, its configuration's objects), never carried over with the cache."""
 
     def find_zone(self, name: str) -> CompiledZone | None:
         """The zone that is authoritative for a name (longest origin match)."""

@@ -71,25 +71,48 @@ class Decision:
         return tuple(seen)
 
 
+CLIENT_STEPS = frozenset({"geo_proximity", "geolocation", "latency"})
+"""The steps that read the client. What the others return depends only on their candidates
+and the snapshot (verdicts, utilisation, the zone), so `run_chain` may remember it."""
+
+MEMO_LIMIT = 10_000
+"""Entries in a `Context.memo` before it starts afresh (a chain has a few distinct paths;
+this bounds a pathological one)."""
+
+
 def run_chain(steered: Steered, ctx: Context) -> Decision:
     """Run a steered record's chain for one client. The trace is kept only when `ctx.explain`
-    (a new location in a miss storm costs the chain run, not its description)."""
+    (a new location in a miss storm costs the chain run, not its description).
+
+    With `ctx.memo` (the answer path's, one per snapshot), the steps that do not read the
+    client run once per set of candidates, and the decision is built once per path through
+    the chain: a new place then costs its client-reading steps and a few dict lookups.
+    """
     family = ctx.family
     regions = ctx.regions
     start = tuple([c for c in steered.candidates if regions[c].addresses[family]])
     explain = ctx.explain
+    memo = None if explain else ctx.memo
     trace: list[TraceStep] = []
     if not start:
         return Decision((), False, False, None, "no address of this family", ())
     branches: list[tuple[int, Candidates]] = [(1, start)]
     decided_by = "candidates"
     for step in steered.chain:
-        run = STEPS[step.kind]
+        kind = step.kind
+        run = STEPS[kind]
         before = branches[0][1]
         new: list[tuple[int, Candidates]] = []
         notes = []
+        remember = memo is not None and kind not in CLIENT_STEPS
         for weight, cands in branches:
-            outcome = run(cands, ctx, step.params)
+            if remember:
+                key = (id(step), cands)  # the step lives in the snapshot's config, as long as the memo
+                outcome = memo.get(key)
+                if outcome is None:
+                    outcome = _remember(memo, key, run(cands, ctx, step.params))
+            else:
+                outcome = run(cands, ctx, step.params)
             notes.append(outcome.note)
             if type(outcome) is Kept:
                 new.append((weight, outcome.candidates))
@@ -97,11 +120,32 @@ def run_chain(steered: Steered, ctx: Context) -> Decision:
                 new.extend((weight * w, c) for w, c in outcome.branches)
         branches = new
         changed = len(new) != 1 or new[0][1] != before
-        if changed and step.kind != "limit":
-            decided_by = step.kind  # limit only cuts what an earlier step ordered
+        if changed and kind != "limit":
+            decided_by = kind  # limit only cuts what an earlier step ordered
         if explain:
             after = tuple(c for _, c in branches)
-            trace.append(TraceStep(step.kind, before, after, notes[0] if len(set(notes)) == 1 else " | ".join(notes)))
+            trace.append(TraceStep(kind, before, after, notes[0] if len(set(notes)) == 1 else " | ".join(notes)))
+    if memo is not None:
+        path = (id(steered), family, decided_by, tuple(branches))
+        decision = memo.get(path)
+        if decision is None:
+            decision = _remember(memo, path, _decide(steered, ctx, start, branches, decided_by, trace))
+        return decision
+    return _decide(steered, ctx, start, branches, decided_by, trace)
+
+
+def _remember(memo: dict, key: tuple, value):
+    if len(memo) >= MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
+def _decide(
+    steered: Steered, ctx: Context, start: Candidates, branches: list[tuple[int, Candidates]], decided_by: str, trace: list[TraceStep]
+) -> Decision:
+    """The decision the chain's outcome makes: fail open where nothing is left, addresses, TTL bounds."""
+    family = ctx.family
     failopen = False
     final: list[tuple[int, Candidates]] = []
     for weight, cands in branches:

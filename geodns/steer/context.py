@@ -15,7 +15,13 @@ Candidates = tuple[str, ...]
 """Region names, in preference order."""
 
 
-@dataclass(frozen=True, slots=True)
+# Client and Context are built once per steering run (every new place in a cache-miss
+# storm): plain slotted dataclasses, like the query types in geodns.dns.wire, because
+# frozen ones pay object.__setattr__ per field (~7x slower for Context's ten). No step
+# may change them.
+
+
+@dataclass(slots=True)
 class Client:
     """The client as steering sees it: the address it was located by, and where that is."""
 
@@ -40,6 +46,8 @@ class RegionInfo:
 
     region: Region
     vector: tuple[float, float, float]
+    bias_km: float
+    """The region's `bias_km`, at hand for geo_proximity."""
     addresses: Mapping[int, tuple[IPAddress, ...]]
     """IP version -> endpoint addresses of that family, in configured order."""
     endpoint_targets: Mapping[IPAddress, str] = field(default_factory=dict)
@@ -56,13 +64,14 @@ class RegionInfo:
         return cls(
             region=region,
             vector=unit_vector(region.latitude, region.longitude),
+            bias_km=region.bias_km,
             addresses={v: tuple(a) for v, a in by_family.items()},
             endpoint_targets=endpoint_targets,
             targets=(region.name, balancer_target(region.name), *endpoint_targets.values()),
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Context:
     client: Client
     regions: Mapping[str, RegionInfo]
@@ -79,6 +88,9 @@ class Context:
     now: float = 0.0
     explain: bool = True
     """Whether steps write their notes (for `geodns query` and the trace); the answer path does not."""
+    memo: dict | None = None
+    """Per snapshot, from the answer path: outcomes of the steps that do not read the client,
+    and whole decisions by the path to them (see `run_chain`). None: compute everything."""
 
     def is_up(self, region: str) -> bool:
         return self.region_up.get(region, True)

@@ -6,14 +6,17 @@ from dataclasses import dataclass
 
 from geodns.steer.context import Candidates
 
+# Built once per step of each steering run: plain slotted dataclasses, not frozen ones
+# (see Context); no one changes an outcome.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Kept:
     candidates: Candidates
     note: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Split:
     """The candidates split into weighted alternatives (one is picked per query)."""
 

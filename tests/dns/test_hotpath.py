@@ -131,15 +131,35 @@ CLIENTS = [("81.2.69.0", 24), ("8.8.8.0", 24), ("1.0.16.0", 24), ("2001:db8::", 
                                    "nope.gslb.example.test", "WWW.gslb.example.test"])
 @pytest.mark.parametrize("qtype", [1, 28, 16, 255])
 def test_level0_hits_equal_fresh_answers(controller, qname, qtype):
-    """Each query answered by a fresh snapshot (no cache) equals its repeat (a level-0 hit)."""
+    """Each query answered by a fresh snapshot (no cache) equals its repeats: the second is
+    admitted to level 0, the third is a level-0 hit."""
     for client in CLIENTS:
         for source in ("127.0.0.1", "81.2.69.160"):
             data = query(0x1234, qname, qtype, ecs=client)
             snap = fresh(controller)
             first = answer(snap, data, source, True, Stats())
-            again = answer(snap, query(0x4321, qname, qtype, ecs=client), source, True, Stats())
-            assert again[:2] == b"\x43\x21"
-            assert first[2:] == again[2:]
+            assert not snap.cache.packets  # seen once: not admitted
+            answers = [answer(snap, query(0x4321, qname, qtype, ecs=client), source, True, Stats()) for _ in range(2)]
+            for again in answers:
+                assert again[:2] == b"\x43\x21"
+                assert first[2:] == again[2:]
+            entry = snap.cache.packets.get(data[2:])
+            if entry is not None:  # admitted (answers that depend on the source never are)
+                assert entry[0] == first[2:]
+                assert answer(snap, data, source, True, Stats())[2:] == first[2:]
+
+
+def test_level0_admits_on_the_second_sighting(controller):
+    snap = fresh(controller)
+    data = query(7, ecs=("81.2.69.0", 24))
+    first = answer(snap, data, "127.0.0.1", True, Stats())
+    assert not snap.cache.packets
+    answer(snap, data, "127.0.0.1", True, Stats())
+    assert list(snap.cache.packets) == [data[2:]]
+    assert snap.cache.packets[data[2:]][0] == first[2:]
+    other = query(7, ecs=("8.8.8.0", 24))
+    answer(snap, other, "127.0.0.1", True, Stats())
+    assert len(snap.cache.packets) == 1
 
 
 def test_level0_does_not_cross_source_addresses(controller):
