@@ -166,54 +166,60 @@ def parse_query(data: bytes) -> Query:
 
     The shape nearly every resolver sends (one question, nothing or one OPT
     record holding nothing or one well-formed ECS option, no trailing bytes) is
-    read in one pass; anything else, valid or not, goes to the full parser,
-    which decides and names every error. tests/dns/test_hotpath.py checks the
-    two agree.
+    read in one pass, in C where `geodns.dns._scan` is built; anything else,
+    valid or not, goes to the full parser, which decides and names every error.
+    tests/dns/test_hotpath.py checks the three agree.
     """
+    query = _scan(data)
+    return query if query is not None else parse_query_full(data)
+
+
+def scan_common(data: bytes) -> Query | None:
+    """The common shape in one pass, or None for anything else (`_scan.c` does the same in C)."""
     n = len(data)
     if n < 17:
-        return parse_query_full(data)
+        return None
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     if qdcount != 1 or ancount or nscount or arcount > 1 or flags & 0xF800:  # QR or an opcode
-        return parse_query_full(data)
+        return None
     pos = 12
     while True:
         length = data[pos]
         if length == 0:
             break
         if length > 63:
-            return parse_query_full(data)
+            return None
         pos += length + 1
         if pos >= n or pos > 266:  # 255 bytes of name after the header
-            return parse_query_full(data)
+            return None
     end = pos + 5  # after the root label, QTYPE and QCLASS
     if end > n or pos - 11 > 255:
-        return parse_query_full(data)
+        return None
     qname = data[12 : pos + 1]
     qtype, qclass = _QTAIL.unpack_from(data, pos + 1)
     if arcount == 0:
         if end != n:
-            return parse_query_full(data)
+            return None
         return Query(qid, flags, qname, qtype, qclass, None, end)
     if end + 11 > n or data[end] != 0 or data[end + 1] != 0 or data[end + 2] != 41:
-        return parse_query_full(data)
+        return None
     _, _, payload, ttl, rdlen = _OPT_HEAD.unpack_from(data, end)
     if ttl & 0xFF0000 or end + 11 + rdlen != n:  # EDNS version > 0, or odd lengths
-        return parse_query_full(data)
+        return None
     ecs = None
     if rdlen:
         if rdlen < 8:
-            return parse_query_full(data)
+            return None
         code, optlen, family, source, scope = _ECS_HEAD.unpack_from(data, end + 11)
         nbytes = (source + 7) >> 3
         if code != 8 or optlen != rdlen - 4 or optlen != 4 + nbytes or scope:
-            return parse_query_full(data)
+            return None
         width = 4 if family == 1 else 16 if family == 2 else 0
         if not width or source > width * 8:
-            return parse_query_full(data)
+            return None
         address = data[end + 19 :]
         if source & 7 and address[-1] & _NO_TRAILING_BITS[source & 7]:
-            return parse_query_full(data)
+            return None
         ecs = ECSOption(family, source, 0, address + bytes(width - nbytes))
     return Query(qid, flags, qname, qtype, qclass, Edns(max(payload, 512), 0, bool(ttl & DO), ecs), end)
 
@@ -391,3 +397,12 @@ def patch(body: bytes, query: Query, scope: int | None, udp: bool) -> bytes:
             + opt
         )
     return b"".join((_ID_FLAGS.pack(query.id, flags), body[4:10], _U16.pack(arcount), query.qname, body[qend - 4 :], opt))
+
+
+try:
+    from geodns.dns import _scan as _c_scan
+except ImportError:  # not built (no compiler at install): the same rules in Python
+    _scan = scan_common
+else:
+    _c_scan.bind(Query, Edns, ECSOption)
+    _scan = _c_scan.scan

@@ -18,7 +18,12 @@ from geodns.dns.answer import answer, narrow_int
 from geodns.dns.cache import AnswerCache
 from geodns.dns.snapshot import Snapshot, narrow
 from geodns.dns.stats import Stats
-from geodns.dns.wire import Ignore, WireError, parse_query, parse_query_full
+from geodns.dns.wire import Ignore, WireError, parse_query, parse_query_full, scan_common
+
+try:
+    from geodns.dns._scan import scan as c_scan
+except ImportError:  # the extension is optional; the Python scan is then the only one
+    c_scan = None
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,6 +79,9 @@ def test_fast_parser_agrees_with_the_full_one_on_mutations():
     ]
     for data in seeds:
         assert parse_query(data) == parse_query_full(data)
+        assert scan_common(data) == parse_query_full(data)  # all of them are the common shape
+        if c_scan is not None:
+            assert c_scan(data) == parse_query_full(data)
     for _ in range(30_000):
         data = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 3)):
@@ -87,6 +95,36 @@ def test_fast_parser_agrees_with_the_full_one_on_mutations():
         data = bytes(data)
         if not data:
             continue
+        assert parsed(parse_query, data) == parsed(parse_query_full, data), data.hex()
+        common = scan_common(data)
+        if c_scan is not None:
+            assert c_scan(data) == common, data.hex()
+        if common is not None:
+            assert common == parse_query_full(data), data.hex()
+
+
+def test_c_scan_reads_odd_but_common_queries_like_python():
+    """Edges of the common shape: /0 and /32 and /128 sources, trailing-bit rules, payloads under
+    512, the DO bit, a 255-byte name, and a name one byte too long."""
+    if c_scan is None:
+        pytest.skip("geodns.dns._scan is not built")
+    long_name = ".".join(["a" * 63] * 3 + ["b" * 61])  # 253 characters: 255 bytes on the wire
+    cases = [
+        query(1, ecs=("81.2.69.7", 32)),
+        query(2, ecs=("2001:db8::1", 128), qtype=28),
+        query(3, ecs=("2001:db8::", 0), qtype=28),
+        query(4, ecs=("10.0.0.0", 7)),
+        query(5, payload=100),
+        query(6, qname=long_name),
+        query(7, qname=long_name + "x"),
+        query(8, ecs=("81.2.69.0", 24))[:-1],
+        query(9, ecs=("81.2.69.0", 24)) + b"\0",
+    ]
+    do = bytearray(query(10, ecs=("81.2.69.0", 24)))
+    do[len(do) - 15] |= 0x80  # the DO bit: the third byte of the OPT TTL, before RDLEN and the 11-byte option
+    cases.append(bytes(do))
+    for data in cases:
+        assert c_scan(data) == scan_common(data), data.hex()
         assert parsed(parse_query, data) == parsed(parse_query_full, data), data.hex()
 
 
