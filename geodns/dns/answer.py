@@ -19,9 +19,9 @@ import logging
 import socket
 import time
 
-from geodns.config.model import IPAddress
-from geodns.dns.cache import AnswerCache, Prepared
-from geodns.dns.resolve import Resolution, name_of, prepare, resolve
+from geodns.config.model import IPAddress, Node
+from geodns.dns.cache import Prepared
+from geodns.dns.resolve import Resolution, name_of, prepare, resolve, steer
 from geodns.dns.snapshot import CompiledZone, Snapshot, narrow_int
 from geodns.dns.stats import AnswerLabel, Stats, slot
 from geodns.dns.wire import (
@@ -36,6 +36,7 @@ from geodns.dns.wire import (
     rcode_response,
 )
 from geodns.steer import Client
+from geodns.steer.chain import remember
 
 _NO_STATS = Stats()
 """Where counts go when the caller keeps none (tests, explain)."""
@@ -49,10 +50,13 @@ _failures = 0
 class _Dependent:
     """Level-1 cache marker: the answer for this name depends on the client."""
 
-    __slots__ = ("czone", "client_dependent", "deadline", "key", "name")
+    __slots__ = ("czone", "client_dependent", "deadline", "key", "name", "node")
 
-    def __init__(self, czone: CompiledZone, key: tuple, name: str):
+    def __init__(self, czone: CompiledZone, key: tuple, name: str, node: Node | None = None):
         self.czone = czone
+        self.node = node
+        """The steered node when the name is itself steered (A/AAAA, no CNAME): a level-2
+        miss then runs its chain (`steer`) without going through `resolve`."""
         self.key = key
         """The level-1 key as first stored: its name bytes are shared by the levels below."""
         self.name = name
@@ -138,7 +142,8 @@ def _first_level(snap: Snapshot, query: Query, key: tuple, client: str, stats: S
     probe_client = _Probe()
     res = resolve(snap, czone, name, query.qtype, probe_client)
     if probe_client.used:
-        entry = _Dependent(czone, key, name)
+        direct = res.steered_node is not None and not res.answer and res.steered_owner == name and query.qtype in (1, 28)
+        entry = _Dependent(czone, key, name, res.steered_node if direct else None)
     else:
         entry = prepare(res, query.qname, query.qtype, query.qclass, czone.zone.origin)
         stats.cache_misses += 1
@@ -217,33 +222,39 @@ def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, 
     if address is None:
         address = ipaddress.IPv4Address(packed) if version == 4 else ipaddress.IPv6Address(packed)
     client = Client(address, location, prefix, origin)
-    res = resolve(snap, czone, name, query.qtype, lambda: client)
-    prepared = prepare_shared(cache, res, query.qname, query.qtype, query.qclass, czone.zone.origin)
+    if entry.node is not None:
+        res = steer(snap, czone, entry.node, name, query.qtype, client)
+    else:
+        res = resolve(snap, czone, name, query.qtype, lambda: client)
+    prepared = prepare_shared(snap, res, query.qname, query.qtype, query.qclass, czone.zone.origin)
     cache.put_place(key2, prepared)
     return prepared, prefix if prepared.client_dependent else None, by_source
 
 
-def prepare_shared(cache: AnswerCache, res: Resolution, qname: bytes, qtype: int, qclass: int, origin: str) -> Prepared:
-    """`prepare()`, with the wire bodies of a steered answer shared by every decision that picks the same branches.
+def prepare_shared(snap: Snapshot, res: Resolution, qname: bytes, qtype: int, qclass: int, origin: str) -> Prepared:
+    """`prepare()`, with the wire bodies of a steered answer shared by every place that gets the same decision.
 
     A steered name has a handful of distinct answers (one per region or set of
-    regions) but thousands of locations; building each with dnslib took as long
-    as the steering itself. Only plain steered answers (no CNAME in front, no
-    authority or additional records) are shared; scope and deadline stay per decision.
+    regions) but thousands of places; building each with dnslib took as long
+    as the steering itself. `run_chain` returns one Decision object per path
+    through the chain in a snapshot, so the bodies are found by that object
+    (kept in the entry, so that its id cannot be reused while the entry lives).
+    Only plain steered answers (no CNAME in front, no authority or additional
+    records) are shared; a decision that expires gets its own deadline.
     """
     decision = res.decision
     if decision is None or res.answer or res.authority or res.additional or not res.aa or res.rcode:
         return prepare(res, qname, qtype, qclass, origin)
-    bkey = (
-        qname.lower(), qtype, qclass, origin, res.steered_owner, res.steered_ttl, decision.decided_by,
-        decision.failopen, tuple((b.weight, b.regions, b.addresses) for b in decision.branches),
-    )
-    shared = cache.bodies.get(bkey)
-    if shared is None:
-        built = prepare(res, qname, qtype, qclass, origin)
-        if len(cache.bodies) < 10_000:
-            cache.bodies[bkey] = built
-        return built
+    memo = snap.steering
+    key = ("bodies", id(decision), qname.lower(), qtype, qclass, res.steered_ttl)
+    hit = memo.get(key)
+    if hit is not None and hit[0] is decision:
+        shared = hit[1]
+    else:
+        shared = prepare(res, qname, qtype, qclass, origin)
+        remember(memo, key, (decision, shared))
+    if res.deadline is None and shared.deadline is None:
+        return shared
     client = res.client
     return Prepared(
         shared.bodies,

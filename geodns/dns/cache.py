@@ -81,7 +81,7 @@ class AnswerCache:
     a miss storm over the full city database (1M client /24s: 105k places) too.
     """
 
-    __slots__ = ("_entries", "max_entries", "hits", "misses", "packets", "places", "bodies", "_seen")
+    __slots__ = ("_entries", "max_entries", "hits", "misses", "packets", "places", "_seen")
 
     def __init__(self, max_entries: int = 200_000):
         self._entries: dict[Hashable, Prepared] = {}
@@ -94,8 +94,6 @@ class AnswerCache:
         self.places: dict[Hashable, Prepared] = {}
         """Level 2: one steering decision per GeoIP record (or per network where a
         CIDR rule applies), kept apart from level 1."""
-        self.bodies: dict[Hashable, Prepared] = {}
-        """Wire bodies of steered answers by the branches chosen (see answer.prepare_shared)."""
 
     def get(self, key: Hashable) -> Prepared | None:
         return self._entries.get(key)

@@ -54,6 +54,8 @@ class Resolution:
     decision: Decision | None = None
     """Set when a steered node answered: its branches replace the steered RRset."""
     steered_owner: str = ""
+    steered_node: Node | None = None
+    """The steered node that answered (the query name's own, or a wildcard's)."""
     steered_ttl: int = 0
     client: Client | None = None
     deadline: float | None = None
@@ -179,40 +181,7 @@ def _answer_node(
         _glue(czone, ns.values, res)
         return
     if node.steered is not None and qtype in (QType.A, QType.AAAA, QType.ANY):
-        client = locate()
-        family = 6 if qtype == QType.AAAA else 4
-        ctx = Context(
-            client=client,
-            regions=czone.regions,
-            region_up=czone.region_up,
-            verdicts=snap.verdicts,
-            family=family,
-            default=node.steered.default,
-            latency=czone.latency,
-            utilisation=snap.utilisation,
-            now=now if now is not None else time.time(),
-            explain=explain,
-            memo=snap.steering,
-        )
-        decision = run_chain(node.steered, ctx)
-        if decision.failopen:
-            # Once per cache entry (answers are cached per network and snapshot), not per query.
-            log.warning(
-                "FAIL-OPEN name=%s type=%s every candidate is down; answering %s",
-                owner, QTYPE.get(qtype), " | ".join(",".join(b.regions) for b in decision.branches),
-            )
-        if decision.branches:
-            res.decision = decision
-            res.client = client
-            res.steered_owner = owner
-            ttl = node.ttl
-            if decision.degraded and node.steered.failover_ttl is not None:
-                ttl = min(ttl, node.steered.failover_ttl)
-            if decision.until is not None:
-                remaining = decision.until - ctx.now
-                ttl = max(1, min(ttl, int(remaining))) if remaining > 0 else min(ttl, 1)
-                res.deadline = time.monotonic() + max(0.5, min(remaining, ttl))
-            res.steered_ttl = ttl
+        if _steer(snap, czone, node, owner, qtype, locate(), res, now, explain):
             return
         if qtype != QType.ANY:
             _negative(czone, res, Rcode.NOERROR)
@@ -228,6 +197,64 @@ def _answer_node(
                 return  # ANY: the first RRset (RFC 8482)
     if not found:
         _negative(czone, res, Rcode.NOERROR)
+
+
+def steer(snap: Snapshot, czone: CompiledZone, node: Node, owner: str, qtype: int, client: Client) -> Resolution:
+    """What `resolve` answers to A or AAAA at a steered node, for a query name that is the
+    node itself (no CNAME, no delegation): the answer path calls this on a new place."""
+    res = Resolution()
+    if not _steer(snap, czone, node, owner, qtype, client, res, None, False):
+        _negative(czone, res, Rcode.NOERROR)
+    return res
+
+
+def _steer(
+    snap: Snapshot,
+    czone: CompiledZone,
+    node: Node,
+    owner: str,
+    qtype: int,
+    client: Client,
+    res: Resolution,
+    now: float | None,
+    explain: bool,
+) -> bool:
+    """Run the node's chain for the client into `res`; False when no branch has an address of the family."""
+    ctx = Context(
+        client=client,
+        regions=czone.regions,
+        region_up=czone.region_up,
+        verdicts=snap.verdicts,
+        family=6 if qtype == QType.AAAA else 4,
+        default=node.steered.default,
+        latency=czone.latency,
+        utilisation=snap.utilisation,
+        now=now if now is not None else time.time(),
+        explain=explain,
+        memo=snap.steering,
+    )
+    decision = run_chain(node.steered, ctx)
+    if decision.failopen:
+        # Once per cache entry (answers are cached per place and snapshot), not per query.
+        log.warning(
+            "FAIL-OPEN name=%s type=%s every candidate is down; answering %s",
+            owner, QTYPE.get(qtype), " | ".join(",".join(b.regions) for b in decision.branches),
+        )
+    if not decision.branches:
+        return False
+    res.decision = decision
+    res.client = client
+    res.steered_owner = owner
+    res.steered_node = node
+    ttl = node.ttl
+    if decision.degraded and node.steered.failover_ttl is not None:
+        ttl = min(ttl, node.steered.failover_ttl)
+    if decision.until is not None:
+        remaining = decision.until - ctx.now
+        ttl = max(1, min(ttl, int(remaining))) if remaining > 0 else min(ttl, 1)
+        res.deadline = time.monotonic() + max(0.5, min(remaining, ttl))
+    res.steered_ttl = ttl
+    return True
 
 
 def _negative(czone: CompiledZone, res: Resolution, rcode: int) -> None:

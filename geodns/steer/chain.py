@@ -104,13 +104,13 @@ def run_chain(steered: Steered, ctx: Context) -> Decision:
         before = branches[0][1]
         new: list[tuple[int, Candidates]] = []
         notes = []
-        remember = memo is not None and kind not in CLIENT_STEPS
+        reuse = memo is not None and kind not in CLIENT_STEPS
         for weight, cands in branches:
-            if remember:
+            if reuse:
                 key = (id(step), cands)  # the step lives in the snapshot's config, as long as the memo
                 outcome = memo.get(key)
                 if outcome is None:
-                    outcome = _remember(memo, key, run(cands, ctx, step.params))
+                    outcome = remember(memo, key, run(cands, ctx, step.params))
             else:
                 outcome = run(cands, ctx, step.params)
             notes.append(outcome.note)
@@ -129,12 +129,13 @@ def run_chain(steered: Steered, ctx: Context) -> Decision:
         path = (id(steered), family, decided_by, tuple(branches))
         decision = memo.get(path)
         if decision is None:
-            decision = _remember(memo, path, _decide(steered, ctx, start, branches, decided_by, trace))
+            decision = remember(memo, path, _decide(steered, ctx, start, branches, decided_by, trace))
         return decision
     return _decide(steered, ctx, start, branches, decided_by, trace)
 
 
-def _remember(memo: dict, key: tuple, value):
+def remember(memo: dict, key: tuple, value):
+    """Store in a `Context.memo`, starting afresh at MEMO_LIMIT entries."""
     if len(memo) >= MEMO_LIMIT:
         memo.clear()
     memo[key] = value
