@@ -120,7 +120,10 @@ def _answer(snap: Snapshot, query: Query, client: str, udp: bool, stats: Stats, 
         body = prepared.bodies[index]
         stats.count((prepared.meta[index], query.qtype, udp))
     else:
-        stat_slot = slot((prepared.meta[0], query.qtype, udp))
+        mark = query.qtype << 1 | udp
+        stat_slot = prepared.slots.get(mark)
+        if stat_slot is None:
+            stat_slot = prepared.slots[mark] = slot((prepared.meta[0], query.qtype, udp))
         stats.counts[stat_slot] += 1
     edns = query.edns
     if edns is not None and edns.ecs is not None:

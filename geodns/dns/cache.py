@@ -18,7 +18,7 @@ from collections.abc import Hashable
 class Prepared:
     """Ready-made answers for one cache key."""
 
-    __slots__ = ("body", "bodies", "_turns", "schedule", "scope", "deadline", "labels", "client_dependent", "meta")
+    __slots__ = ("body", "bodies", "_turns", "schedule", "scope", "deadline", "labels", "client_dependent", "meta", "slots")
 
     def __init__(
         self,
@@ -44,6 +44,9 @@ class Prepared:
         self.client_dependent = client_dependent
         self.meta = meta or [None] * len(bodies)
         """Per body: its `AnswerLabel` for metrics."""
+        self.slots: dict[int, int] = {}
+        """qtype << 1 | udp -> `stats.slot` of the single body's (label, qtype, transport) key,
+        filled on first use: hashing that key costs ~1 us, looking it up here 0.05."""
 
     def pick(self) -> int:
         """Index of the body to answer with (round robin over the weighted schedule)."""
