@@ -14,7 +14,8 @@
  *
  * `packed` is an address in network byte order, 4 or 16 bytes. An IPv4
  * address in an IPv6 tree is looked up under ::/96, its prefix counted in IPv4
- * bits, as maxminddb does. The value is the record's data pointer (> node_count),
+ * bits, as maxminddb does; a 6to4 address (2002::/16) by the IPv4 address it
+ * embeds, its prefix 16 + the IPv4 prefix. The value is the record's data pointer (> node_count),
  * None when the database has no data for the address. Format:
  * https://maxmind.github.io/MaxMind-DB/ ("Search Tree Section").
  *
@@ -338,6 +339,11 @@ Tree_find(Tree *self, PyObject *arg)
     int depth;
     if (len == 4) {
         value = walk(self, self->ipv4_start, ip, 32, &depth);
+    } else if (len == 16 && ip[0] == 0x20 && ip[1] == 0x02) {
+        /* 6to4 (2002::/16): located by the IPv4 address it embeds, as gdnsd does; the
+         * prefix counts the 16 bits of 2002::/16 too (GeoDatabase.find documents it). */
+        value = walk(self, self->ipv4_start, ip + 2, 32, &depth);
+        depth += 16;
     } else if (len == 16) {
         if (self->ip_version == 4)
             return Py_BuildValue("Oi", Py_None, 0);  /* an IPv6 address in an IPv4-only database */

@@ -99,6 +99,9 @@ class GeoDatabase:
         self._locations: dict[Hashable, Location | None] = {}
         self._tree = _SearchTree.open(path, meta) if walk else None
         if self._tree is not None:
+            # The C walk does all of find(), 6to4 included: call it without a Python frame
+            # (find runs on every query that is not a level-0 hit).
+            self.find = self._tree.find
             # One mapping of the file per process: a second one (maxminddb's) would make
             # RSS count every page both touch twice, though they are the same pages.
             self._reader.close()
@@ -108,6 +111,7 @@ class GeoDatabase:
         if self._reader is not None:
             self._reader.close()
         if self._tree is not None:
+            del self.find  # it holds the tree, which holds the mapping
             self._tree.close()
 
     def changed(self) -> bool:
