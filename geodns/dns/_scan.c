@@ -1,4 +1,4 @@
-/* The common shape of a DNS query, read in C.
+/* The common shape of a DNS query, read in C, and its answer patched in C.
  *
  * `geodns.dns.wire.parse_query` reads the shape nearly every resolver sends
  * (one question, no answer or authority records, nothing or one OPT record
@@ -9,11 +9,16 @@
  *
  *   bind(Query, Edns, ECSOption)   the classes to build (geodns.dns.wire's)
  *   scan(data: bytes) -> Query | None
+ *   patch(body: bytes, query: Query, scope: int | None, udp: bool) -> bytes
  *
  * None means "not the common shape": the caller runs the full parser, so this
  * never raises for bad input. The rules are exactly the Python fast path's in
  * wire.py (`_scan_common`); tests/dns/test_hotpath.py checks the three
  * parsers agree on valid, mutated and random packets.
+ *
+ * `patch` is wire.patch_python's byte assembly (ID, RD/CD, the question as
+ * sent, our OPT with the ECS echo, truncation to the question with TC) in one
+ * allocation; tests/dns/test_hotpath.py compares the two byte for byte.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -124,9 +129,169 @@ build:
     return PyObject_CallFunction(Query, "IIy#IINn", qid, flags, (const char *)d + 12, pos + 1 - 12, qtype, qclass, edns, end);
 }
 
+#define OUR_PAYLOAD 1232
+#define MAX_UDP 4096
+
+static PyObject *s_id, *s_flags, *s_qname, *s_question_end, *s_edns, *s_payload, *s_do, *s_ecs, *s_family, *s_source, *s_address;
+
+static int
+long_attr(PyObject *obj, PyObject *name, long *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static PyObject *
+patch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "patch(body, query, scope, udp)");
+        return NULL;
+    }
+    PyObject *body = args[0], *query = args[1], *scope_obj = args[2];
+    int udp = PyObject_IsTrue(args[3]);
+    if (udp < 0)
+        return NULL;
+    const unsigned char *b;
+    Py_ssize_t blen;
+    if (PyBytes_Check(body)) {
+        b = (const unsigned char *)PyBytes_AS_STRING(body);
+        blen = PyBytes_GET_SIZE(body);
+    } else if (PyByteArray_Check(body)) { /* dnslib's pack() */
+        b = (const unsigned char *)PyByteArray_AS_STRING(body);
+        blen = PyByteArray_GET_SIZE(body);
+    } else {
+        PyErr_SetString(PyExc_TypeError, "body is not bytes");
+        return NULL;
+    }
+    if (blen < 12) {
+        PyErr_SetString(PyExc_ValueError, "body is not a DNS message");
+        return NULL;
+    }
+    long qid, qflags, qend, scope = 0;
+    if (long_attr(query, s_id, &qid) < 0 || long_attr(query, s_flags, &qflags) < 0 || long_attr(query, s_question_end, &qend) < 0)
+        return NULL;
+    if (scope_obj != Py_None) {
+        scope = PyLong_AsLong(scope_obj);
+        if (scope == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    if (qend < 16 || qend > blen) {
+        PyErr_SetString(PyExc_ValueError, "question_end outside the body");
+        return NULL;
+    }
+    PyObject *qname = PyObject_GetAttr(query, s_qname);
+    if (qname == NULL)
+        return NULL;
+    if (!PyBytes_Check(qname)) {
+        Py_DECREF(qname);
+        PyErr_SetString(PyExc_TypeError, "qname is not bytes");
+        return NULL;
+    }
+    PyObject *edns = PyObject_GetAttr(query, s_edns);
+    if (edns == NULL) {
+        Py_DECREF(qname);
+        return NULL;
+    }
+    /* Our OPT record: root, type 41, our payload, extended flags (DO), then the ECS echo. */
+    unsigned char opt[11 + 8 + 16];
+    Py_ssize_t optlen = 0;
+    long limit = 512;
+    unsigned arcount = ((unsigned)b[10] << 8) | b[11];
+    PyObject *result = NULL, *ecs = NULL, *address = NULL;
+    if (edns != Py_None) {
+        long payload, family = 0, source = 0;
+        if (long_attr(edns, s_payload, &payload) < 0)
+            goto done;
+        int do_bit = 0;
+        PyObject *d = PyObject_GetAttr(edns, s_do);
+        if (d == NULL || (do_bit = PyObject_IsTrue(d)) < 0) {
+            Py_XDECREF(d);
+            goto done;
+        }
+        Py_DECREF(d);
+        ecs = PyObject_GetAttr(edns, s_ecs);
+        if (ecs == NULL)
+            goto done;
+        Py_ssize_t nbytes = 0;
+        if (ecs != Py_None) {
+            if (long_attr(ecs, s_family, &family) < 0 || long_attr(ecs, s_source, &source) < 0)
+                goto done;
+            address = PyObject_GetAttr(ecs, s_address);
+            if (address == NULL)
+                goto done;
+            nbytes = (source + 7) >> 3;
+            if (!PyBytes_Check(address) || source < 0 || nbytes > PyBytes_GET_SIZE(address) || nbytes > 16) {
+                PyErr_SetString(PyExc_ValueError, "ECS address shorter than its source prefix");
+                goto done;
+            }
+        }
+        opt[0] = 0;
+        opt[1] = 0; opt[2] = 41;
+        opt[3] = OUR_PAYLOAD >> 8; opt[4] = OUR_PAYLOAD & 0xFF;
+        opt[5] = 0; opt[6] = 0; opt[7] = do_bit ? 0x80 : 0; opt[8] = 0;
+        if (ecs == Py_None) {
+            opt[9] = 0; opt[10] = 0;
+            optlen = 11;
+        } else {
+            Py_ssize_t rdlen = 8 + nbytes;
+            opt[9] = (unsigned char)(rdlen >> 8); opt[10] = (unsigned char)rdlen;
+            opt[11] = 0; opt[12] = 8;
+            opt[13] = (unsigned char)((4 + nbytes) >> 8); opt[14] = (unsigned char)(4 + nbytes);
+            opt[15] = (unsigned char)(family >> 8); opt[16] = (unsigned char)family;
+            opt[17] = (unsigned char)source; opt[18] = (unsigned char)scope;
+            memcpy(opt + 19, PyBytes_AS_STRING(address), nbytes);
+            optlen = 19 + nbytes;
+        }
+        limit = payload < MAX_UDP ? payload : MAX_UDP;
+        arcount += 1;
+    }
+    unsigned flags = ((((unsigned)b[2] << 8) | b[3]) | ((unsigned)qflags & 0x0110)) & 0xFFFF;
+    const Py_ssize_t nlen = PyBytes_GET_SIZE(qname);
+    const unsigned char *name = (const unsigned char *)PyBytes_AS_STRING(qname);
+    if (udp && blen + optlen > limit) {
+        /* Too big for the client's UDP size: the header and question with TC, and our OPT. */
+        result = PyBytes_FromStringAndSize(NULL, 12 + nlen + 4 + optlen);
+        if (result == NULL)
+            goto done;
+        unsigned char *o = (unsigned char *)PyBytes_AS_STRING(result);
+        flags |= 0x0200;
+        o[0] = (unsigned char)(qid >> 8); o[1] = (unsigned char)qid;
+        o[2] = (unsigned char)(flags >> 8); o[3] = (unsigned char)flags;
+        o[4] = 0; o[5] = 1; o[6] = 0; o[7] = 0; o[8] = 0; o[9] = 0;
+        o[10] = 0; o[11] = optlen ? 1 : 0;
+        memcpy(o + 12, name, nlen);
+        memcpy(o + 12 + nlen, b + qend - 4, 4);
+        memcpy(o + 16 + nlen, opt, optlen);
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, 12 + nlen + (blen - (qend - 4)) + optlen);
+    if (result == NULL)
+        goto done;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(result);
+    o[0] = (unsigned char)(qid >> 8); o[1] = (unsigned char)qid;
+    o[2] = (unsigned char)(flags >> 8); o[3] = (unsigned char)flags;
+    memcpy(o + 4, b + 4, 6);
+    o[10] = (unsigned char)(arcount >> 8); o[11] = (unsigned char)arcount;
+    memcpy(o + 12, name, nlen);
+    memcpy(o + 12 + nlen, b + qend - 4, blen - (qend - 4));
+    memcpy(o + 12 + nlen + blen - (qend - 4), opt, optlen);
+done:
+    Py_XDECREF(address);
+    Py_XDECREF(ecs);
+    Py_DECREF(edns);
+    Py_DECREF(qname);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS, "bind(Query, Edns, ECSOption): the classes scan() builds"},
     {"scan", scan, METH_O, "scan(data) -> Query, or None when the query is not of the common shape"},
+    {"patch", (PyCFunction)(void (*)(void))patch, METH_FASTCALL, "patch(body, query, scope, udp) -> the answer to this query"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -135,5 +300,11 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", "The common 
 PyMODINIT_FUNC
 PyInit__scan(void)
 {
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(s_id, "id"); INTERN(s_flags, "flags"); INTERN(s_qname, "qname");
+    INTERN(s_question_end, "question_end"); INTERN(s_edns, "edns"); INTERN(s_payload, "payload");
+    INTERN(s_do, "do"); INTERN(s_ecs, "ecs"); INTERN(s_family, "family"); INTERN(s_source, "source");
+    INTERN(s_address, "address");
+#undef INTERN
     return PyModule_Create(&module);
 }

@@ -371,8 +371,9 @@ def rcode_response(query: Query, rcode: Rcode, aa: bool = False) -> bytes:
     return _HEADER.pack(query.id, flags, 1, 0, 0, 1 if opt else 0) + question + opt
 
 
-def patch(body: bytes, query: Query, scope: int | None, udp: bool) -> bytes:
-    """A prepared answer (ID 0, no OPT) made into the answer to this query.
+def patch_python(body: bytes, query: Query, scope: int | None, udp: bool) -> bytes:
+    """A prepared answer (ID 0, no OPT) made into the answer to this query (`patch`; `_scan.c`
+    does the same in C where it is built).
 
     Patches the ID, copies RD and CD, puts back the question's letter case,
     appends our OPT (with the ECS echo and its scope), and truncates to the
@@ -403,6 +404,8 @@ try:
     from geodns.dns import _scan as _c_scan
 except ImportError:  # not built (no compiler at install): the same rules in Python
     _scan = scan_common
+    patch = patch_python
 else:
     _c_scan.bind(Query, Edns, ECSOption)
     _scan = _c_scan.scan
+    patch = _c_scan.patch

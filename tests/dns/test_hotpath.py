@@ -16,9 +16,18 @@ from geodns.control.controller import Controller
 from geodns.dns import cache as cache_mod
 from geodns.dns.answer import answer, narrow_int
 from geodns.dns.cache import AnswerCache
+from geodns.dns.resolve import prepare, resolve
 from geodns.dns.snapshot import Snapshot, narrow
 from geodns.dns.stats import Stats
-from geodns.dns.wire import Ignore, WireError, parse_query, parse_query_full, scan_common
+from geodns.dns.wire import (
+    Ignore,
+    WireError,
+    parse_query,
+    parse_query_full,
+    patch_python,
+    scan_common,
+)
+from geodns.steer import Client
 
 try:
     from geodns.dns._scan import scan as c_scan
@@ -238,3 +247,46 @@ def test_tcp_never_uses_level0(controller):
     data = query(9, ecs=("81.2.69.0", 24), payload=512)
     answer(snap, data, "127.0.0.1", False, Stats())
     assert not snap.cache.packets
+
+
+def test_c_patch_gives_the_python_bytes(controller):
+    """Every prepared body of the example zone, patched for queries with and without EDNS,
+    IPv4/IPv6 ECS of several lengths, DO, small payloads (truncation), both transports."""
+    if c_scan is None:
+        pytest.skip("geodns.dns._scan is not built")
+    from geodns.dns._scan import patch as c_patch
+
+    snap = fresh(controller)
+    bodies = []
+    qname = "www.gslb.example.test"  # the queries' name: a body's question is the query's
+    czone = snap.find_zone(qname)
+    for qtype in (1, 28, 16, 15, 2, 6, 255):  # steered answers, NODATA with the SOA, ANY
+        res = resolve(snap, czone, qname, qtype, lambda: Client(None, None, None))
+        bodies.extend(prepare(res, name(qname), qtype, 1, czone.zone.origin).bodies)
+    bodies.append(bodies[0] + bytes(600))  # over 512 bytes: the truncated form (TC) for UDP
+    queries = [
+        query(0xBEEF, "WWW.gslb.Example.test", qtype, ecs=ecs, edns=edns, flags=flags, payload=payload)
+        for qtype in (1, 28)
+        for ecs in (None, ("81.2.69.0", 24), ("81.2.69.7", 32), ("10.0.0.0", 7), ("0.0.0.0", 0),
+                    ("2001:db8:1200::", 40), ("2001:db8::1", 128))
+        for edns in (True, False)
+        for flags in (0, 0x0110)
+        for payload in (512, 1232, 65535)
+        if edns or ecs is None
+    ]
+    checked = 0
+    for body in bodies:
+        for data in queries:
+            q = parse_query(data)
+            for scope in (None, 0, 24):
+                for udp in (True, False):
+                    assert c_patch(body, q, scope, udp) == patch_python(body, q, scope, udp), (body, data)
+                    checked += 1
+    assert checked > 1000
+    truncated = c_patch(bodies[-1], parse_query(query(1, edns=False)), None, True)
+    assert truncated[2] & 0x02 and truncated == patch_python(bodies[-1], parse_query(query(1, edns=False)), None, True)
+    do = bytearray(query(10, ecs=("81.2.69.0", 24)))
+    do[len(do) - 15] |= 0x80
+    q = parse_query(bytes(do))
+    assert q.edns.do
+    assert c_patch(bodies[0], q, 24, True) == patch_python(bodies[0], q, 24, True)
