@@ -11,6 +11,7 @@
  *   Tree(buffer, node_count, record_size, ip_version)
  *   Tree.find(packed: bytes) -> (value | None, prefix)
  *   Tree.record(value) -> the decoded record (dict, as maxminddb returns it)
+ *   Tree.place(value) -> the fields of its Location, or None (see below)
  *
  * `packed` is an address in network byte order, 4 or 16 bytes. An IPv4
  * address in an IPv6 tree is looked up under ::/96, its prefix counted in IPv4
@@ -139,6 +140,68 @@ be(const unsigned char *p, Py_ssize_t n)
     return v;
 }
 
+/* A pointer's target, for the pointer whose control byte is at `*pos`; `*pos` moves past it. */
+static int
+pointer_at(const Section *s, Py_ssize_t *pos, Py_ssize_t *target)
+{
+    unsigned char ctrl = s->data[(*pos)++];
+    int size = (ctrl >> 3) & 0x3;
+    Py_ssize_t n = size + 1;
+    if (need(s, *pos, n) < 0)
+        return -1;
+    unsigned long long base = ctrl & 0x7;
+    unsigned long long t;
+    const unsigned char *p = s->data + *pos;
+    if (size == 0)
+        t = (base << 8) | p[0];
+    else if (size == 1)
+        t = ((base << 16) | be(p, 2)) + 2048;
+    else if (size == 2)
+        t = ((base << 24) | be(p, 3)) + 526336;
+    else
+        t = be(p, 4);
+    *pos += n;
+    if (t >= (unsigned long long)s->size) {
+        PyErr_SetString(PyExc_ValueError, "pointer past the data section");
+        return -1;
+    }
+    *target = (Py_ssize_t)t;
+    return 0;
+}
+
+/* The type and size of the (non-pointer) value at `*pos`; `*pos` moves to its payload. */
+static int
+head_at(const Section *s, Py_ssize_t *pos, int *type_out, Py_ssize_t *size_out)
+{
+    if (need(s, *pos, 1) < 0)
+        return -1;
+    unsigned char ctrl = s->data[(*pos)++];
+    int type = ctrl >> 5;
+    if (type == 0) { /* extended */
+        if (need(s, *pos, 1) < 0)
+            return -1;
+        type = 7 + s->data[(*pos)++];
+    }
+    Py_ssize_t size = ctrl & 0x1F;
+    if (size >= 29) {
+        Py_ssize_t extra = size - 28;
+        if (need(s, *pos, extra) < 0)
+            return -1;
+        unsigned long long v = be(s->data + *pos, extra);
+        *pos += extra;
+        size = (Py_ssize_t)(extra == 1 ? 29 + v : extra == 2 ? 285 + v : 65821 + v);
+    }
+    *type_out = type;
+    *size_out = size;
+    return 0;
+}
+
+static int
+is_pointer(const Section *s, Py_ssize_t pos)
+{
+    return need(s, pos, 1) == 0 && (s->data[pos] >> 5) == 1;
+}
+
 static PyObject *
 decode_at(const Section *s, Py_ssize_t *pos, int depth)
 {
@@ -148,46 +211,16 @@ decode_at(const Section *s, Py_ssize_t *pos, int depth)
     }
     if (need(s, *pos, 1) < 0)
         return NULL;
-    unsigned char ctrl = s->data[(*pos)++];
-    int type = ctrl >> 5;
-    if (type == 1) { /* pointer: decode there, continue after the pointer here */
-        int size = (ctrl >> 3) & 0x3;
-        Py_ssize_t n = size + 1;
-        if (need(s, *pos, n) < 0)
+    if (is_pointer(s, *pos)) { /* decode there, continue after the pointer here */
+        Py_ssize_t there;
+        if (pointer_at(s, pos, &there) < 0)
             return NULL;
-        unsigned long long base = ctrl & 0x7;
-        unsigned long long target;
-        const unsigned char *p = s->data + *pos;
-        if (size == 0)
-            target = (base << 8) | p[0];
-        else if (size == 1)
-            target = ((base << 16) | be(p, 2)) + 2048;
-        else if (size == 2)
-            target = ((base << 24) | be(p, 3)) + 526336;
-        else
-            target = be(p, 4);
-        *pos += n;
-        if (target >= (unsigned long long)s->size) {
-            PyErr_SetString(PyExc_ValueError, "pointer past the data section");
-            return NULL;
-        }
-        Py_ssize_t there = (Py_ssize_t)target;
         return decode_at(s, &there, depth + 1);
     }
-    if (type == 0) { /* extended */
-        if (need(s, *pos, 1) < 0)
-            return NULL;
-        type = 7 + s->data[(*pos)++];
-    }
-    Py_ssize_t size = ctrl & 0x1F;
-    if (size >= 29) {
-        Py_ssize_t extra = size - 28;
-        if (need(s, *pos, extra) < 0)
-            return NULL;
-        unsigned long long v = be(s->data + *pos, extra);
-        *pos += extra;
-        size = (Py_ssize_t)(extra == 1 ? 29 + v : extra == 2 ? 285 + v : 65821 + v);
-    }
+    int type;
+    Py_ssize_t size;
+    if (head_at(s, pos, &type, &size) < 0)
+        return NULL;
     const unsigned char *p;
     switch (type) {
     case 2: /* string */
@@ -305,24 +338,311 @@ decode_at(const Section *s, Py_ssize_t *pos, int depth)
     }
 }
 
-static PyObject *
-Tree_record(Tree *self, PyObject *arg)
+/* The data section and the position a value from find() points to. */
+static int
+data_pointer(Tree *self, PyObject *arg, Section *s, Py_ssize_t *pos)
 {
     unsigned long long value = PyLong_AsUnsignedLongLong(arg);
     if (value == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
+        return -1;
     const unsigned long long node_bytes = (unsigned long long)self->record_size / 4;
     const unsigned long long tree_size = self->node_count * node_bytes;
     if (value <= self->node_count || tree_size + 16 > (unsigned long long)self->buf.len) {
         PyErr_SetString(PyExc_ValueError, "not a data pointer of this tree");
-        return NULL;
+        return -1;
     }
-    Section s = {(const unsigned char *)self->buf.buf + tree_size + 16, (Py_ssize_t)(self->buf.len - tree_size - 16)};
-    Py_ssize_t pos = (Py_ssize_t)(value - self->node_count - 16);
-    if (pos < 0 || pos >= s.size) {
+    s->data = (const unsigned char *)self->buf.buf + tree_size + 16;
+    s->size = (Py_ssize_t)(self->buf.len - tree_size - 16);
+    *pos = (Py_ssize_t)(value - self->node_count - 16);
+    if (*pos < 0 || *pos >= s->size) {
         PyErr_SetString(PyExc_ValueError, "data pointer past the data section");
-        return NULL;
+        return -1;
     }
+    return 0;
+}
+
+/* ---- A place without the record: the fields a Location is made of ----
+ *
+ * `record` builds every dict of a city record (~3 us), and location_from_record
+ * then reads seven fields out of them (~5 us); a cache-miss storm does this for
+ * every new place. `place` walks the record in place and returns those fields:
+ *
+ *   (latitude, longitude, continent code, country ISO code, first subdivision's
+ *    ISO code, its English name, the city's English name)
+ *
+ * raw (numbers as stored, strings, or None when absent), for
+ * geodns.geo.database to finish exactly as location_from_record does. It returns
+ * None, meaning "decode the record and use location_from_record", for anything
+ * that is not the plain GeoIP2 City shape: a flat (DB-IP) schema, no or an empty
+ * `country` (registered_country would apply), a field of an unexpected type, a
+ * key seen twice. So for any record `record` decodes, it never decides
+ * differently from the general path; tests/geo/test_tree.py checks it over
+ * every record of the test databases. (A corrupt record may still give fields
+ * where `record` refuses it: only the parts read are checked.)
+ */
+#define UNUSUAL 1 /* not the plain shape: the caller falls back */
+
+static int skip_at(const Section *s, Py_ssize_t *pos, int depth);
+
+/* Where the value at `pos` really is (a pointer's target, else `pos`). */
+static int
+deref(const Section *s, Py_ssize_t pos, Py_ssize_t *at)
+{
+    if (need(s, pos, 1) < 0)
+        return -1;
+    if (is_pointer(s, pos))
+        return pointer_at(s, &pos, at);
+    *at = pos;
+    return 0;
+}
+
+static int
+skip_at(const Section *s, Py_ssize_t *pos, int depth)
+{
+    if (depth > MAX_DEPTH) {
+        PyErr_SetString(PyExc_ValueError, "record nested too deeply");
+        return -1;
+    }
+    if (need(s, *pos, 1) < 0)
+        return -1;
+    if (is_pointer(s, *pos)) {
+        Py_ssize_t ignored;
+        return pointer_at(s, pos, &ignored);
+    }
+    int type;
+    Py_ssize_t size;
+    if (head_at(s, pos, &type, &size) < 0)
+        return -1;
+    switch (type) {
+    case 2: case 4: case 5: case 6: case 8: case 9: case 10:
+        break;
+    case 3:
+        size = 8;
+        break;
+    case 15:
+        size = 4;
+        break;
+    case 14:
+        size = 0;
+        break;
+    case 7:
+    case 11: {
+        Py_ssize_t items = type == 7 ? 2 * size : size;
+        if (items > s->size) {
+            PyErr_SetString(PyExc_ValueError, "container longer than the data section");
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < items; i++)
+            if (skip_at(s, pos, depth + 1) < 0)
+                return -1;
+        return 0;
+    }
+    default:
+        PyErr_Format(PyExc_ValueError, "unknown data type %d", type);
+        return -1;
+    }
+    if (need(s, *pos, size) < 0)
+        return -1;
+    *pos += size;
+    return 0;
+}
+
+/* The value at `pos` must be a container of `want` type (7 map, 11 array): its size, and
+ * `*items` at its first item. 0, UNUSUAL (another type), or -1 (error). */
+static int
+container_at(const Section *s, Py_ssize_t pos, int want, Py_ssize_t *items, Py_ssize_t *size)
+{
+    Py_ssize_t at;
+    int type;
+    if (deref(s, pos, &at) < 0 || head_at(s, &at, &type, size) < 0)
+        return -1;
+    if (type != want)
+        return UNUSUAL;
+    *items = at;
+    return 0;
+}
+
+/* The string at `pos` (following a pointer) as bytes in the mapping, or UNUSUAL. */
+static int
+string_at(const Section *s, Py_ssize_t pos, const char **text, Py_ssize_t *len)
+{
+    Py_ssize_t at;
+    int type;
+    if (deref(s, pos, &at) < 0 || head_at(s, &at, &type, len) < 0)
+        return -1;
+    if (type != 2)
+        return UNUSUAL;
+    if (need(s, at, *len) < 0)
+        return -1;
+    *text = (const char *)s->data + at;
+    return 0;
+}
+
+static int
+key_is(const char *text, Py_ssize_t len, const char *want)
+{
+    return (size_t)len == strlen(want) && memcmp(text, want, len) == 0;
+}
+
+/* In the map at `pos`, the position of the value of each key in `keys` (-1: absent).
+ * UNUSUAL when the value at `pos` is not a map, a key is not a string, or a wanted
+ * key appears twice. */
+static int
+lookup_keys(const Section *s, Py_ssize_t pos, const char *const *keys, int nkeys, Py_ssize_t *found, int depth)
+{
+    Py_ssize_t at, size;
+    int r = container_at(s, pos, 7, &at, &size);
+    if (r != 0)
+        return r;
+    for (int k = 0; k < nkeys; k++)
+        found[k] = -1;
+    if (size > s->size) {
+        PyErr_SetString(PyExc_ValueError, "map longer than the data section");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) {
+        const char *text;
+        Py_ssize_t len;
+        if ((r = string_at(s, at, &text, &len)) != 0)
+            return r;
+        if (skip_at(s, &at, depth + 1) < 0)
+            return -1;
+        for (int k = 0; k < nkeys; k++) {
+            if (key_is(text, len, keys[k])) {
+                if (found[k] >= 0)
+                    return UNUSUAL;
+                found[k] = at;
+            }
+        }
+        if (skip_at(s, &at, depth + 1) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* A string field, or None when absent; UNUSUAL when it is there but not a string. */
+static int
+optional_string(const Section *s, Py_ssize_t pos, PyObject **out)
+{
+    if (pos < 0) {
+        *out = Py_NewRef(Py_None);
+        return 0;
+    }
+    const char *text;
+    Py_ssize_t len;
+    int r = string_at(s, pos, &text, &len);
+    if (r != 0)
+        return r;
+    *out = PyUnicode_DecodeUTF8(text, len, "strict");
+    return *out == NULL ? -1 : 0;
+}
+
+/* names.en of the map at `pos` (absent map or names: None); UNUSUAL on other types. */
+static int
+english_name(const Section *s, Py_ssize_t pos, PyObject **out, int depth)
+{
+    static const char *const names_key[] = {"names"};
+    static const char *const en_key[] = {"en"};
+    Py_ssize_t names, en;
+    *out = NULL;
+    if (pos < 0)
+        return optional_string(s, -1, out);
+    int r = lookup_keys(s, pos, names_key, 1, &names, depth + 1);
+    if (r != 0)
+        return r;
+    if (names < 0)
+        return optional_string(s, -1, out);
+    if ((r = lookup_keys(s, names, en_key, 1, &en, depth + 2)) != 0)
+        return r;
+    return optional_string(s, en, out);
+}
+
+/* A coordinate as stored (double or float), None when absent; UNUSUAL for other types. */
+static int
+coordinate(const Section *s, Py_ssize_t pos, PyObject **out)
+{
+    if (pos < 0) {
+        *out = Py_NewRef(Py_None);
+        return 0;
+    }
+    Py_ssize_t at, size;
+    int type;
+    if (deref(s, pos, &at) < 0 || head_at(s, &at, &type, &size) < 0)
+        return -1;
+    if (type != 3 && type != 15)
+        return UNUSUAL;
+    *out = decode_at(s, &pos, 1);
+    return *out == NULL ? -1 : 0;
+}
+
+static PyObject *
+Tree_place(Tree *self, PyObject *arg)
+{
+    Section s;
+    Py_ssize_t pos;
+    if (data_pointer(self, arg, &s, &pos) < 0)
+        return NULL;
+    enum { COUNTRY, CONTINENT, SUBDIVISIONS, LOCATION, CITY, FLAT, NKEYS };
+    static const char *const top_keys[] = {"country", "continent", "subdivisions", "location", "city", "country_code"};
+    static const char *const iso_key[] = {"iso_code"};
+    static const char *const code_key[] = {"code"};
+    static const char *const coordinate_keys[] = {"latitude", "longitude"};
+    Py_ssize_t top[NKEYS], iso, code, coords[2] = {-1, -1}, sub_code = -1, first_sub = -1;
+    PyObject *f[7] = {NULL};
+    int r = lookup_keys(&s, pos, top_keys, NKEYS, top, 0);
+    if (r == 0 && (top[FLAT] >= 0 || top[COUNTRY] < 0))
+        r = UNUSUAL; /* the flat schema, or registered_country would apply */
+    if (r == 0) {
+        Py_ssize_t items, size;
+        r = container_at(&s, top[COUNTRY], 7, &items, &size);
+        if (r == 0 && size == 0)
+            r = UNUSUAL;
+    }
+    if (r == 0)
+        r = lookup_keys(&s, top[COUNTRY], iso_key, 1, &iso, 1);
+    if (r == 0)
+        r = optional_string(&s, iso, &f[3]);
+    if (r == 0 && top[CONTINENT] >= 0 && (r = lookup_keys(&s, top[CONTINENT], code_key, 1, &code, 1)) == 0)
+        r = optional_string(&s, code, &f[2]);
+    else if (r == 0)
+        f[2] = Py_NewRef(Py_None);
+    if (r == 0 && top[SUBDIVISIONS] >= 0) {
+        Py_ssize_t items, size;
+        r = container_at(&s, top[SUBDIVISIONS], 11, &items, &size);
+        if (r == 0 && size > 0)
+            first_sub = items;
+    }
+    if (r == 0 && first_sub >= 0 && (r = lookup_keys(&s, first_sub, iso_key, 1, &sub_code, 1)) == 0)
+        r = english_name(&s, first_sub, &f[5], 1);
+    if (r == 0)
+        r = optional_string(&s, sub_code, &f[4]);
+    if (r == 0 && f[5] == NULL)
+        f[5] = Py_NewRef(Py_None);
+    if (r == 0 && top[LOCATION] >= 0)
+        r = lookup_keys(&s, top[LOCATION], coordinate_keys, 2, coords, 1);
+    if (r == 0)
+        r = coordinate(&s, coords[0], &f[0]);
+    if (r == 0)
+        r = coordinate(&s, coords[1], &f[1]);
+    if (r == 0)
+        r = english_name(&s, top[CITY], &f[6], 1);
+    if (r != 0) {
+        for (int i = 0; i < 7; i++)
+            Py_XDECREF(f[i]);
+        if (r < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(NNNNNNN)", f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
+}
+
+static PyObject *
+Tree_record(Tree *self, PyObject *arg)
+{
+    Section s;
+    Py_ssize_t pos;
+    if (data_pointer(self, arg, &s, &pos) < 0)
+        return NULL;
     return decode_at(&s, &pos, 0);
 }
 
@@ -368,6 +688,7 @@ Tree_dealloc(Tree *self)
 static PyMethodDef Tree_methods[] = {
     {"find", (PyCFunction)Tree_find, METH_O, "find(packed) -> (record value | None, prefix length)"},
     {"record", (PyCFunction)Tree_record, METH_O, "record(value) -> the decoded record a value from find() points to"},
+    {"place", (PyCFunction)Tree_place, METH_O, "place(value) -> (lat, lon, continent, country, subdivision code, its name, city) or None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -160,7 +160,7 @@ class GeoDatabase:
         try:
             key = ("record", _record_key(record))
             if key not in self._locations:
-                self._remember(key, record)
+                self._remember(key, location_from_record(record))
             return key, prefix
         except TypeError:
             # An unhashable oddity in a foreign database: key by the network itself (it has
@@ -177,13 +177,15 @@ class GeoDatabase:
         except KeyError:
             pass
         if self._tree is not None:
-            return self._remember(record, self._tree.record(record))
+            fields = self._tree.place(record)
+            if fields is not None:  # the plain GeoIP2 City shape, read in place
+                return self._remember(record, location_from_fields(*fields))
+            return self._remember(record, _location_of(self._tree.record(record)))
         if len(packed) == 16 and packed[0] == 0x20 and packed[1] == 0x02:
             packed = packed[2:6]
-        return self._remember(record, self._reader.get(_text(packed)))
+        return self._remember(record, _location_of(self._reader.get(_text(packed))))
 
-    def _remember(self, key: Hashable, record: Any) -> Location | None:
-        location = location_from_record(record) if record and isinstance(record, dict) else None
+    def _remember(self, key: Hashable, location: Location | None) -> Location | None:
         if len(self._locations) >= LOCATION_MEMO:
             # Start afresh rather than grow: a miss storm over the full city database would
             # otherwise hold every one of its ~570k places in each worker (RSS over 250 MB).
@@ -206,6 +208,9 @@ class _SearchTree:
         """find(packed) -> (record value | None, prefix length), as `GeoDatabase.lookup` counts it."""
         self.record = tree.record
         """record(value) -> the record `find` pointed to, decoded as maxminddb decodes it."""
+        self.place = tree.place
+        """place(value) -> the raw fields of its Location (`location_from_fields`), or None
+        for a record of another shape (decode it with `record`)."""
 
     @classmethod
     def open(cls, path: str, meta: Any) -> _SearchTree | None:
@@ -225,7 +230,7 @@ class _SearchTree:
         return cls(buffer, tree)
 
     def close(self) -> None:
-        self.find = self.record = self._tree = None  # releases the buffer the tree holds
+        self.find = self.record = self.place = self._tree = None  # releases the buffer the tree holds
         self._buffer.close()
 
 
@@ -268,6 +273,29 @@ def _en(mapping: Any) -> str | None:
             name = names.get("en")
             return name if isinstance(name, str) else None
     return None
+
+
+def _location_of(record: Any) -> Location | None:
+    return location_from_record(record) if record and isinstance(record, dict) else None
+
+
+def location_from_fields(
+    latitude: Any, longitude: Any, continent: str | None, country: str | None,
+    subdivision_code: str | None, subdivision_name: str | None, city: str | None,
+) -> Location | None:
+    """`location_from_record` for a GeoIP2 City record whose fields `_tree.c`'s `place` read
+    in place (it only answers for records where the two cannot differ)."""
+    lat = _coordinate(latitude, 90)
+    lon = _coordinate(longitude, 180)
+    if lat is None or lon is None:
+        lat = lon = None
+    if continent is None and country:
+        continent = CONTINENT_OF_COUNTRY.get(country)
+    if country is None and lat is None:
+        return None
+    subdivision = f"{country}-{subdivision_code}".upper() if subdivision_code and country else None
+    # Positional: keyword arguments cost a frozen dataclass another 0.5 us here.
+    return Location(lat, lon, continent, country, subdivision, city, subdivision_name)
 
 
 def location_from_record(record: dict) -> Location | None:

@@ -18,7 +18,7 @@ from mmdb_writer import MMDBWriter, TreeWriter
 from netaddr import IPSet
 
 from geodns.geo import GeoDatabase
-from geodns.geo.database import location_from_record
+from geodns.geo.database import location_from_fields, location_from_record
 
 _tree = pytest.importorskip("geodns.geo._tree", reason="the C extension is not built (pip install -e .)")
 
@@ -183,3 +183,96 @@ def test_without_the_walk_an_unhashable_record_is_keyed_by_its_network(tmp_path)
     assert db.find(one)[0] != db.find(other)[0]
     assert db.location(db.find(one)[0], one).country == "GB"
     assert db.location(db.find(other)[0], other).country == "FR"
+
+
+ODD_RECORDS = [
+    # The plain GeoIP2 City shape, and every way a record can leave it.
+    {"continent": {"code": "EU", "names": {"en": "Europe"}}, "country": {"iso_code": "GB", "names": {"en": "United Kingdom"}},
+     "subdivisions": [{"iso_code": "ENG", "names": {"en": "England"}}, {"iso_code": "X"}],
+     "location": {"latitude": 51.5, "longitude": -0.12, "accuracy_radius": 50}, "city": {"names": {"en": "London", "de": "London"}},
+     "postal": {"code": "E1"}, "registered_country": {"iso_code": "GB"}},
+    {"country": {"iso_code": "US"}, "location": {"latitude": 40.0, "longitude": -74.0}},  # continent from the country
+    {"registered_country": {"iso_code": "FR"}, "location": {"latitude": 48.8, "longitude": 2.3}},  # no country
+    {"country": {}, "registered_country": {"iso_code": "DE"}},  # an empty country
+    {"country": {"names": {"en": "Nowhere"}}, "location": {"latitude": 1.0, "longitude": 2.0}},  # no iso_code
+    {"country": {"iso_code": "BR"}, "subdivisions": []},
+    {"country": {"iso_code": "BR"}, "subdivisions": [{"names": {"en": "São Paulo"}}]},  # a name, no code
+    {"country": {"iso_code": "BR"}, "subdivisions": ["SP"]},
+    {"country": {"iso_code": "CA"}, "location": {"latitude": 100.5, "longitude": 10.0}},  # out of range
+    {"country": {"iso_code": "CA"}, "location": {"latitude": float("nan"), "longitude": 10.0}},
+    {"country": {"iso_code": "CA"}, "location": {"latitude": 45.0}},  # half a coordinate
+    {"country": {"iso_code": "CA"}, "location": {"latitude": 45, "longitude": -75}},  # integers
+    {"country": {"iso_code": "CA"}, "location": [45.0, -75.0]},
+    {"country": {"iso_code": "CA"}, "continent": "NA"},
+    {"country": {"iso_code": "CA"}, "continent": {"code": 7}},
+    {"country": {"iso_code": 124}},
+    {"country": "CA"},
+    {"country": {"iso_code": ""}, "location": {"latitude": 1.0, "longitude": 1.0}},
+    {"country": {"iso_code": "JP"}, "city": {"names": {"ja": "東京"}}},
+    {"country": {"iso_code": "JP"}, "city": {"geoname_id": 1850147}},
+    {"country": {"iso_code": "JP"}, "city": {"names": {"en": 5}}},
+    {"country": {"iso_code": "JP"}, "city": "Tokyo"},
+    {"country": {"iso_code": "JP"}, "subdivisions": [{"iso_code": "13", "names": ["Tokyo"]}]},
+    {"country_code": "gb", "latitude": 51.5, "longitude": -0.1, "city": "London", "state1": "England"},  # DB-IP flat
+    {"location": {"latitude": 1.0, "longitude": 1.0}},  # nothing but coordinates
+    {},
+]
+
+
+def test_place_reads_exactly_what_location_from_record_reads(tmp_path):
+    """`place` answers only where it cannot differ from the general path, and then agrees."""
+    writer = MMDBWriter(ip_version=6, database_type="GeoIP2-City", ipv4_compatible=True)
+    for i, record in enumerate(ODD_RECORDS):
+        writer.insert_network(IPSet([f"10.0.{i}.0/24"]), record)
+    path = tmp_path / "odd.mmdb"
+    writer.to_db_file(str(path))
+    db = GeoDatabase(str(path))
+    reader = maxminddb.open_database(str(path))
+    read_in_place = 0
+    for i in range(len(ODD_RECORDS)):
+        packed = ipaddress.ip_address(f"10.0.{i}.1").packed
+        record, _ = db.find(packed)
+        want = reader.get(f"10.0.{i}.1")
+        expected = location_from_record(want) if want else None
+        fields = db._tree.place(record)
+        if fields is not None:
+            read_in_place += 1
+            assert location_from_fields(*fields) == expected, want
+        assert db.location(record, packed) == expected, want
+    assert read_in_place >= 6  # the plain ones, not only fallbacks
+
+
+def test_place_covers_the_bundled_database():
+    db = GeoDatabase(str(BUNDLE))
+    reader = maxminddb.open_database(str(BUNDLE))
+    seen, in_place = set(), 0
+    for packed in _addresses(6, 20000):
+        record, _ = db.find(packed)
+        if record is None or record in seen:
+            continue
+        seen.add(record)
+        fields = db._tree.place(record)
+        want = location_from_record(reader.get(str(ipaddress.ip_address(packed))))
+        assert fields is None or location_from_fields(*fields) == want
+        in_place += fields is not None
+    assert len(seen) > 100
+    assert in_place == len(seen)  # every DB-IP record has the plain shape
+
+
+def test_place_never_crashes_on_a_corrupt_data_section():
+    node = (17).to_bytes(3, "big") * 2
+    for data in (
+        bytes([0x20 | 0x07, 0xFF]), bytes([0x5F, 0x01]), bytes([0xE1, 0x42, 0x61]), bytes([0x00, 0x0C]),
+        bytes([0x20, 0x00]), bytes([0x1F, 0x04, 0xFF, 0xFF, 0xFF]),
+        bytes([0xE1, 0x47]) + b"country" + bytes([0xE1, 0x48]) + b"iso_code" + bytes([0x5F]),  # cut short
+        bytes([0xE1, 0x47]) + b"country" + bytes([0x20, 0x00]),  # a value pointing back at the record
+    ):
+        tree = _tree.Tree(node + bytes(16) + data, 1, 24, 4)
+        value, _ = tree.find(bytes(4))
+        try:
+            fields = tree.place(value)
+        except ValueError:
+            continue
+        # Reading only what it needs, place may get through a record that record() refuses
+        # as a whole (a loop elsewhere in it); it still answers a well-formed tuple or None.
+        assert fields is None or (len(fields) == 7 and location_from_fields(*fields) is None)
