@@ -51,7 +51,9 @@ class Snapshot:
     cache: AnswerCache = field(default_factory=AnswerCache, compare=False)
     steering: dict = field(default_factory=dict, compare=False)
     """`geodns.steer.Context.memo`: steering outcomes that hold for this snapshot only (its
-    verdicts' bounds, its configuration's objects), never carried over with the cache."""
+    verdicts' time bounds), never carried over with the cache. Keyed by the ids of the
+    configuration objects they came from; each entry holds its object, so no id is reused
+    while the entry lives."""
 
     def find_zone(self, name: str) -> CompiledZone | None:
         """The zone that is authoritative for a name (longest origin match)."""

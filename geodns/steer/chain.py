@@ -107,10 +107,14 @@ def run_chain(steered: Steered, ctx: Context) -> Decision:
         reuse = memo is not None and kind not in CLIENT_STEPS
         for weight, cands in branches:
             if reuse:
-                key = (id(step), cands)  # the step lives in the snapshot's config, as long as the memo
-                outcome = memo.get(key)
-                if outcome is None:
-                    outcome = remember(memo, key, run(cands, ctx, step.params))
+                # Keyed by id, holding the step itself: the id cannot be reused while the entry lives.
+                key = (id(step), cands)
+                hit = memo.get(key)
+                if hit is not None and hit[0] is step:
+                    outcome = hit[1]
+                else:
+                    outcome = run(cands, ctx, step.params)
+                    remember(memo, key, (step, outcome))
             else:
                 outcome = run(cands, ctx, step.params)
             notes.append(outcome.note)
@@ -127,19 +131,21 @@ def run_chain(steered: Steered, ctx: Context) -> Decision:
             trace.append(TraceStep(kind, before, after, notes[0] if len(set(notes)) == 1 else " | ".join(notes)))
     if memo is not None:
         path = (id(steered), family, decided_by, tuple(branches))
-        decision = memo.get(path)
-        if decision is None:
-            decision = remember(memo, path, _decide(steered, ctx, start, branches, decided_by, trace))
+        hit = memo.get(path)
+        if hit is not None and hit[0] is steered:
+            return hit[1]
+        decision = _decide(steered, ctx, start, branches, decided_by, trace)
+        remember(memo, path, (steered, decision))
         return decision
     return _decide(steered, ctx, start, branches, decided_by, trace)
 
 
-def remember(memo: dict, key: tuple, value):
-    """Store in a `Context.memo`, starting afresh at MEMO_LIMIT entries."""
+def remember(memo: dict, key: tuple, value: tuple) -> None:
+    """Store in a `Context.memo`, starting afresh at MEMO_LIMIT entries. Keys hold ids; each
+    value holds the object whose id is in its key, so that id is not reused while it lives."""
     if len(memo) >= MEMO_LIMIT:
         memo.clear()
     memo[key] = value
-    return value
 
 
 def _decide(
