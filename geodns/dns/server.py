@@ -18,9 +18,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from geodns.dns.answer import answer
+from geodns.dns.answer import answer, client_address, locate
+from geodns.dns.resolve import name_of, resolve
 from geodns.dns.snapshot import Snapshot
 from geodns.dns.stats import Stats
+from geodns.dns.wire import CLASS_IN, Query, Rcode, parse_query
 
 log = logging.getLogger("geodns.dns")
 querylog = logging.getLogger("geodns.query")
@@ -74,24 +76,28 @@ QUERY_LOG_SAMPLE = float(os.environ.get("GEODNS_QUERY_LOG_SAMPLE", "1") or 1)
 """Share of queries `--query-log` logs (`--query-log-sample`; workers inherit it by environment)."""
 
 
-def log_query(client: str, data: bytes, response: bytes | None, transport: str) -> None:
-    """One line per (sampled) query, only when asked (`--query-log`): who asked what, what they got."""
+def log_query(snap: Snapshot, client: str, data: bytes, response: bytes | None, transport: str) -> None:
+    """One line per (sampled) query, only when asked (`--query-log`): who asked what, what they
+    got, and why (`reason`: the step that decided a steered answer, the regions, the place)."""
     if QUERY_LOG_SAMPLE < 1.0 and random.random() >= QUERY_LOG_SAMPLE:
         return
     from dnslib import DNSRecord
 
-    from geodns.dns.resolve import name_of
-    from geodns.dns.wire import WireError, parse_query
-
     try:
         query = parse_query(data)
+    except Exception:  # noqa: BLE001 - logging must not fail on junk
+        query = None
+    what, why = "malformed", ""
+    if query is not None:
         what = f"name={name_of(query.qname)} type={query.qtype}"
         if query.edns is not None and query.edns.ecs is not None:
             ecs = query.edns.ecs
             fam = socket.AF_INET if ecs.family == 1 else socket.AF_INET6
             what += f" subnet={socket.inet_ntop(fam, ecs.address)}/{ecs.source}"
-    except (WireError, Exception):  # noqa: BLE001 - logging must not fail on junk
-        what = "malformed"
+        try:
+            why = " " + reason(snap, query, client)
+        except Exception:  # noqa: BLE001 - as above
+            why = " reason=unknown"
     rcode = response[3] & 0xF if response and len(response) > 3 else -1
     answer_text = "-"
     if response:
@@ -100,8 +106,38 @@ def log_query(client: str, data: bytes, response: bytes | None, transport: str) 
         except Exception:  # noqa: BLE001 - as above
             answer_text = "unparsed"
     querylog.info(
-        "query client=%s transport=%s %s rcode=%d answer=%s size=%d",
-        client, transport, what, rcode, answer_text, len(response or b""),
+        "query client=%s transport=%s %s rcode=%d answer=%s size=%d%s",
+        client, transport, what, rcode, answer_text, len(response or b""), why,
+    )
+
+
+def reason(snap: Snapshot, query: Query, client: str) -> str:
+    """Why a query got its answer, as key=value pairs: for a steered name the deciding step, the
+    regions of each branch, fail-open, the client's place and the network the answer covers;
+    otherwise what kind of answer it is. Resolves again (off the answer path, sampled)."""
+    if query.qclass != CLASS_IN:
+        return "reason=refused"
+    name = name_of(query.qname)
+    czone = snap.find_zone(name)
+    if czone is None:
+        return "reason=not-our-zone"
+    address, origin = client_address(query, client)
+    located, _ = locate(snap, czone, address, origin)
+    res = resolve(snap, czone, name, query.qtype, lambda: located)
+    decision = res.decision
+    if decision is None:
+        if res.rcode == Rcode.REFUSED:
+            return "reason=refused"
+        if not res.aa:
+            return "reason=referral"
+        if res.rcode == Rcode.NXDOMAIN:
+            return "reason=nxdomain"
+        return "reason=static" if res.answer else "reason=nodata"
+    regions = "|".join(",".join(b.regions) for b in decision.branches)
+    place = located.location.describe() if located.location is not None else "unknown"
+    return (
+        f"reason={decision.decided_by} regions={regions} failopen={str(decision.failopen).lower()} "
+        f'by={origin.replace(" ", "-")} network={located.network} place="{place}"'
     )
 
 
@@ -124,7 +160,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
         response = answer(self.ref.snapshot, data, addr[0], True, self.stats)
         self.stats.observe_latency(time.perf_counter() - started)
         if self.log_queries:
-            log_query(addr[0], data, response, "udp")
+            log_query(self.ref.snapshot, addr[0], data, response, "udp")
         if response is not None:
             self.transport.sendto(response, addr)
 
@@ -180,7 +216,7 @@ class BatchedUDP:
                 for data, addr in batch:
                     host = sockaddr_host(addr)
                     response = answer(snap, data, host, True, stats)
-                    log_query(host, data, response, "udp")
+                    log_query(snap, host, data, response, "udp")
                     if response is not None:
                         out.append((response, addr))
             else:
@@ -267,7 +303,7 @@ class TCPServer:
                 self._touch(writer)
                 response = answer(self.ref.snapshot, data, client, False, self.stats)
                 if self.log_queries:
-                    log_query(client, data, response, "tcp")
+                    log_query(self.ref.snapshot, client, data, response, "tcp")
                 if response is None:
                     continue
                 writer.write(struct.pack("!H", len(response)) + response)

@@ -1,5 +1,6 @@
 """The optional query log: one line per sampled query with client, subnet, name, type, rcode and answer."""
 
+import socket
 import subprocess
 import sys
 import time
@@ -67,3 +68,34 @@ def test_a_bad_sample_rate_is_refused():
         capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 2 and "--query-log-sample" in result.stderr
+
+
+def test_query_log_lines_say_why(tmp_path):
+    """`reason`: the deciding step, the regions, the client's place and the network the answer
+    covers for steered names; the kind of answer for the rest; 'malformed' for junk."""
+    proc, host, port, query, log = _serve(tmp_path, "--query-log")
+    try:
+        dns.query.udp(query, host, port=port, timeout=2)  # www, London by ECS
+        rules = dns.message.make_query("geo.gslb.example.test", "A", use_edns=0,
+                                       options=[dns.edns.ECSOption("198.51.100.0", 24)])
+        dns.query.udp(rules, host, port=port, timeout=2)
+        dns.query.udp(dns.message.make_query("gslb.example.test", "TXT"), host, port=port, timeout=2)
+        dns.query.udp(dns.message.make_query("nope.gslb.example.test", "A"), host, port=port, timeout=2)
+        dns.query.udp(dns.message.make_query("www.gslb.example.test", "A"), host, port=port, timeout=2)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"\x12\x34\x00\x00\x00\x02" + bytes(20), (host, port))  # two questions: FORMERR
+            sock.settimeout(2)
+            sock.recv(512)
+        time.sleep(0.3)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    lines = _lines(log)[-6:]
+    www, geo, txt, nope, by_source, junk = lines
+    assert "reason=geo_proximity regions=eu-west failopen=false by=ECS network=81.2.69.0/" in www
+    assert 'place="' in www and "GB" in www
+    assert "reason=geolocation regions=us-west" in geo and "network=198.51.100.0/24" in geo
+    assert txt.endswith("reason=static")
+    assert nope.endswith("reason=nxdomain")
+    assert "by=source-address" in by_source and "reason=" in by_source
+    assert "malformed" in junk and "reason" not in junk
