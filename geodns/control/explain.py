@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from dnslib import EDNS0, QTYPE, DNSRecord, EDNSOption
 
-from geodns.dns.answer import answer, locate
+from geodns.dns.answer import answer, locate, narrowing_of
 from geodns.dns.resolve import resolve
 from geodns.dns.snapshot import Snapshot
 from geodns.dns.wire import Rcode
@@ -95,7 +95,7 @@ def explain(snap: Snapshot, name: str, qtype: str, client: str) -> Explanation:
     czone = snap.find_zone(name)
     placed, network, steps, regions, failopen, decided_by = "not needed (the answer does not depend on the client)", None, (), (), False, None
     if czone is not None:
-        located, _ = locate(snap, czone, address, "ECS")
+        located, _ = locate(snap, czone, address, "ECS", narrowing_of(snap, czone, name, QTYPE.reverse[qtype]))
         res = resolve(snap, czone, name, QTYPE.reverse[qtype], lambda: located, explain=True)
         if res.decision is not None:
             loc = located.location

@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Mapping
 
 from geodns.config.model import IPAddress, Node
 from geodns.dns.cache import Prepared
@@ -50,13 +51,15 @@ _failures = 0
 class _Dependent:
     """Level-1 cache marker: the answer for this name depends on the client."""
 
-    __slots__ = ("czone", "client_dependent", "deadline", "key", "name", "node")
+    __slots__ = ("czone", "client_dependent", "deadline", "key", "name", "node", "nets")
 
     def __init__(self, czone: CompiledZone, key: tuple, name: str, node: Node | None = None):
         self.czone = czone
         self.node = node
         """The steered node when the name is itself steered (A/AAAA, no CNAME): a level-2
         miss then runs its chain (`steer`) without going through `resolve`."""
+        self.nets = narrowing(czone, node)
+        """IP version -> the CIDRs that may split this name's answers (see `narrowing`)."""
         self.key = key
         """The level-1 key as first stored: its name bytes are shared by the levels below."""
         self.name = name
@@ -145,13 +148,35 @@ def _first_level(snap: Snapshot, query: Query, key: tuple, client: str, stats: S
     probe_client = _Probe()
     res = resolve(snap, czone, name, query.qtype, probe_client)
     if probe_client.used:
-        direct = res.steered_node is not None and not res.answer and res.steered_owner == name and query.qtype in (1, 28)
-        entry = _Dependent(czone, key, name, res.steered_node if direct else None)
+        entry = _Dependent(czone, key, name, _direct_node(res, name, query.qtype))
     else:
         entry = prepare(res, query.qname, query.qtype, query.qclass, czone.zone.origin)
         stats.cache_misses += 1
     snap.cache.put(key, entry)
     return entry
+
+
+def _direct_node(res: Resolution, name: str, qtype: int) -> Node | None:
+    """The steered node when `name` is itself steered for this A/AAAA query (no CNAME in front)."""
+    if res.steered_node is not None and not res.answer and res.steered_owner == name and qtype in (1, 28):
+        return res.steered_node
+    return None
+
+
+def narrowing(czone: CompiledZone, node: Node | None) -> Mapping[int, tuple[tuple[int, int], ...]]:
+    """The CIDRs an answer's scope must not straddle: for a name that is itself steered, its own
+    chain's (another name's rule cannot change its answer); otherwise, through a CNAME or for
+    other types, the zone's."""
+    if node is not None:
+        return czone.narrowing_by_node.get(node.name, czone.narrowing_ints)
+    return czone.narrowing_ints
+
+
+def narrowing_of(snap: Snapshot, czone: CompiledZone, name: str, qtype: int) -> Mapping[int, tuple[tuple[int, int], ...]]:
+    """`narrowing` for a query as the answer path decides it (for `geodns query` and the query log)."""
+    probe = _Probe()
+    res = resolve(snap, czone, name, qtype, probe)
+    return narrowing(czone, _direct_node(res, name, qtype) if probe.used else None)
 
 
 class _Probe:
@@ -180,11 +205,15 @@ def client_address(query: Query, source: str) -> tuple[IPAddress, str]:
     return address, "source address"
 
 
-def locate(snap: Snapshot, czone: CompiledZone, address: IPAddress, source: str) -> tuple[Client, bool]:
-    """Where the client is, and the network the answer may be shared with (its ECS scope)."""
+def locate(
+    snap: Snapshot, czone: CompiledZone, address: IPAddress, source: str, nets: Mapping | None = None
+) -> tuple[Client, bool]:
+    """Where the client is, and the network the answer may be shared with (its ECS scope),
+    narrowed by `nets` (`narrowing_of` the query; the zone's CIDRs when not given)."""
     geo = snap.geo
     location, prefix = geo.lookup(address) if geo is not None else (None, 0)
-    prefix, inside = narrow_int(int(address), address.max_prefixlen, prefix, czone.narrowing_ints[address.version])
+    nets = czone.narrowing_ints if nets is None else nets
+    prefix, inside = narrow_int(int(address), address.max_prefixlen, prefix, nets[address.version])
     return Client(address, location, prefix, source), inside
 
 
@@ -206,7 +235,7 @@ def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, 
     # Finding the GeoIP network is the one GeoIP read per query; the record is
     # decoded only when steering runs (a level-2 miss).
     record, prefix = geo.find(packed) if geo is not None else (None, 0)
-    nets = czone.narrowing_ints[version]
+    nets = entry.nets[version]
     inside = False
     if nets:
         value = int.from_bytes(packed, "big")

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from geodns.dns.answer import answer, client_address, locate
+from geodns.dns.answer import answer, client_address, locate, narrowing_of
 from geodns.dns.resolve import name_of, resolve
 from geodns.dns.snapshot import Snapshot
 from geodns.dns.stats import Stats
@@ -122,7 +122,7 @@ def reason(snap: Snapshot, query: Query, client: str) -> str:
     if czone is None:
         return "reason=not-our-zone"
     address, origin = client_address(query, client)
-    located, _ = locate(snap, czone, address, origin)
+    located, _ = locate(snap, czone, address, origin, narrowing_of(snap, czone, name, query.qtype))
     res = resolve(snap, czone, name, query.qtype, lambda: located)
     decision = res.decision
     if decision is None:

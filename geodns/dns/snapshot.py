@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from geodns.config.model import IPNetwork, Node, RRset, Zone
+from geodns.config.model import IPNetwork, Node, RRset, Steered, Zone
 from geodns.dns.cache import AnswerCache
 from geodns.geo import GeoDatabase
 from geodns.steer import LatencyTable, RegionInfo, Verdict, Verdicts
@@ -38,6 +38,10 @@ class CompiledZone:
     """CIDRs used by rules and tables, per IP version: an answer's scope never spans their edge."""
     narrowing_ints: Mapping[int, tuple[tuple[int, int], ...]]
     """The same CIDRs as (network, prefix length) integers, the form `narrow_int` takes per query."""
+    narrowing_by_node: Mapping[str, Mapping[int, tuple[tuple[int, int], ...]]] = field(default_factory=dict)
+    """Per steered node (by its name): the CIDRs of its own chain only, as integers. A name
+    that is itself steered needs only these: another name's CIDR rule cannot change its
+    answer, so its scope need not stop at that rule's edge (nor its queries check it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,19 +119,14 @@ def compile_zone(zone: Zone, verdicts: Verdicts, latency: LatencyTable | None) -
     regions = {name: RegionInfo.of(region) for name, region in zone.regions.items()}
     region_up = {name: region_is_up(info, verdicts) for name, info in regions.items()}
     networks: list[IPNetwork] = []
-    for node in zone.nodes.values():
+    by_node: dict[str, Mapping[int, tuple[tuple[int, int], ...]]] = {}
+    for name, node in zone.nodes.items():
         if node.steered is None:
             continue
-        for step in node.steered.chain:
-            if step.kind == "geolocation":
-                for rule in step.params[0]:
-                    networks.extend(rule.networks)
-            if step.kind == "latency" and latency is not None:
-                networks.extend(latency.cidr_prefixes())
-    narrowing = {
-        4: tuple(sorted({n for n in networks if n.version == 4}, key=lambda n: -n.prefixlen)),
-        6: tuple(sorted({n for n in networks if n.version == 6}, key=lambda n: -n.prefixlen)),
-    }
+        own = _chain_cidrs(node.steered, latency)
+        networks.extend(own)
+        by_node[name] = {v: _as_ints(nets) for v, nets in _by_version(own).items()}
+    narrowing = _by_version(networks)
     return CompiledZone(
         zone=zone,
         nodes=nodes,
@@ -139,6 +138,7 @@ def compile_zone(zone: Zone, verdicts: Verdicts, latency: LatencyTable | None) -
         latency=latency,
         narrowing=narrowing,
         narrowing_ints={v: _as_ints(nets) for v, nets in narrowing.items()},
+        narrowing_by_node=by_node,
     )
 
 
@@ -201,6 +201,26 @@ def narrow(
     The rule itself is `narrow_int`, which the hot path calls directly.
     """
     return narrow_int(int(address), address.max_prefixlen, prefix, _as_ints(networks))
+
+
+def _chain_cidrs(steered: Steered, latency: LatencyTable | None) -> list[IPNetwork]:
+    """The CIDRs a chain's steps match clients against (geolocation rules, the latency table)."""
+    networks: list[IPNetwork] = []
+    for step in steered.chain:
+        if step.kind == "geolocation":
+            for rule in step.params[0]:
+                networks.extend(rule.networks)
+        if step.kind == "latency" and latency is not None:
+            networks.extend(latency.cidr_prefixes())
+    return networks
+
+
+def _by_version(networks: list[IPNetwork]) -> dict[int, tuple[IPNetwork, ...]]:
+    """Per IP version, distinct, most specific first (`narrow` stops at the first overlap)."""
+    return {
+        4: tuple(sorted({n for n in networks if n.version == 4}, key=lambda n: -n.prefixlen)),
+        6: tuple(sorted({n for n in networks if n.version == 6}, key=lambda n: -n.prefixlen)),
+    }
 
 
 def _as_ints(networks: tuple[IPNetwork, ...]) -> tuple[tuple[int, int], ...]:

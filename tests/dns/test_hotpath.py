@@ -290,3 +290,22 @@ def test_c_patch_gives_the_python_bytes(controller):
     q = parse_query(bytes(do))
     assert q.edns.do
     assert c_patch(bodies[0], q, 24, True) == patch_python(bodies[0], q, 24, True)
+
+
+def test_a_steered_name_is_narrowed_by_its_own_rules_only(controller):
+    """www (geo_proximity) has no CIDR of its own; geo has the partner /24; fast has the latency
+    table's prefixes; the zone's list is all of them, for CNAMEs and other types."""
+    from geodns.dns.answer import narrowing, narrowing_of
+
+    snap = controller.snapshot
+    czone = snap.find_zone("gslb.example.test")
+    for key, node in czone.zone.nodes.items():
+        assert key == node.name  # narrowing_by_node is keyed by what a Node calls itself
+    www, geo, fast = (czone.nodes[f"{n}.gslb.example.test"] for n in ("www", "geo", "fast"))
+    assert narrowing(czone, www) == {4: (), 6: ()}
+    assert narrowing(czone, geo)[4] == ((int(ipaddress.ip_address("198.51.100.0")), 24),)
+    assert (int(ipaddress.ip_address("81.2.69.0")), 24) in narrowing(czone, fast)[4]
+    zone_wide = set(czone.narrowing_ints[4])
+    assert set(narrowing(czone, geo)[4]) | set(narrowing(czone, fast)[4]) == zone_wide
+    assert narrowing_of(snap, czone, "www.gslb.example.test", 1) == {4: (), 6: ()}
+    assert narrowing_of(snap, czone, "www.gslb.example.test", 16) is czone.narrowing_ints  # not steered for TXT
