@@ -1,9 +1,12 @@
 """DNS wire format for the hot path: parse a query, patch a prepared answer.
 
-dnslib parses and builds messages in the general path (`geodns.dns.build`),
-but at ~40x the cost; here the header, the question and the OPT/ECS record are
-read by hand with `struct`, and every way a query can be malformed has a name
-that maps to an rcode (dnspython's habit).
+dnslib builds messages in the general path (`geodns.dns.resolve`), but at ~40x
+the cost; here the header, the question and the OPT/ECS record are read by
+hand, and every way a query can be malformed has a name that maps to an rcode
+(dnspython's habit). The common shape of a query is read, and a prepared
+answer patched, by `_scan.c` where it is built; `scan_common` and
+`patch_python` are the same rules in Python (tests/dns/test_hotpath.py keeps
+the two in step).
 """
 
 from __future__ import annotations
