@@ -48,6 +48,11 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    # And HUP: its default action ends the process. The workers answer before the rest of
+    # the node is up, so a reload asked for in between (a deploy tool that writes the zones
+    # and signals at once) stopped the node; now it is remembered and done once up.
+    hup_while_starting: list[bool] = []
+    loop.add_signal_handler(signal.SIGHUP, lambda: hup_while_starting.append(True))
     try:
         snapshot = controller.start()
     except ReloadFailed as exc:
@@ -109,6 +114,8 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
             controller.reload()
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if hup_while_starting:
+        on_hup()
     watcher = asyncio.create_task(controller.watch())
     from geodns.control.capacity import CapacityPoller, capacity_urls
 

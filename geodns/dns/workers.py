@@ -340,6 +340,9 @@ async def _worker(conn: Connection) -> int:
     loop.add_reader(conn.fileno(), on_message)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # A HUP to the whole process group (a closed terminal, `kill -HUP -PGID`) is the parent's
+    # to act on (it reloads and sends the new snapshot); its default action would end a worker.
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
     conn.send(("ready", os.getpid()))
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
