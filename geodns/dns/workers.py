@@ -62,6 +62,9 @@ class SnapshotState:
     geoip_path: str | None
     geoip_identity: Any
     """The file the parent opened (device, inode, size, mtime): a worker reopens only when it changes."""
+    geoip_source: str | None = None
+    """The parent's open descriptor of that file (`GeoDatabase.source`): what a worker opens, so
+    that it reads the parent's file even if the path has been given another one since."""
 
     @classmethod
     def of(cls, snap: Snapshot) -> SnapshotState:
@@ -75,6 +78,7 @@ class SnapshotState:
             cache_size=snap.cache.max_entries,
             geoip_path=geo.path if geo is not None else None,
             geoip_identity=geo.identity if geo is not None else None,
+            geoip_source=geo.source if geo is not None else None,
         )
 
 
@@ -266,7 +270,7 @@ class _Replica:
         self.ref: SnapshotRef | None = None
 
     def apply(self, state: SnapshotState) -> Snapshot:
-        from geodns.geo import GeoDatabase, GeoDatabaseError
+        from geodns.geo import GeoDatabaseError
 
         key = (state.geoip_path, state.geoip_identity)
         if state.geoip_path is None:
@@ -276,7 +280,7 @@ class _Replica:
             # have been replaced again since the parent opened it; if what is there now is
             # unreadable, keep serving the reader we have (as the parent does).
             try:
-                self.geo, self.geo_key = GeoDatabase(state.geoip_path), key
+                self.geo, self.geo_key = _open_geo(state), key
             except GeoDatabaseError as exc:
                 if self.geo is None:
                     raise
@@ -297,6 +301,20 @@ class _Replica:
         else:
             self.ref.snapshot = snapshot  # one reference swap, as in the parent
         return snapshot
+
+
+def _open_geo(state: SnapshotState):
+    """The parent's GeoIP file: through its descriptor when it has one (the path may name
+    another file by now: a worker starting while the file is replaced must not read that one,
+    nor fail the node on junk), else by path."""
+    from geodns.geo import GeoDatabase, GeoDatabaseError
+
+    if state.geoip_source is not None:
+        try:
+            return GeoDatabase(state.geoip_source)
+        except GeoDatabaseError as exc:  # the parent has closed it since: the path is all there is
+            log.debug("worker opens the GeoIP file by path: %s", exc)
+    return GeoDatabase(state.geoip_path)
 
 
 async def _worker(conn: Connection) -> int:

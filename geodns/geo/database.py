@@ -14,6 +14,7 @@ import math
 import mmap
 import os
 import socket
+import weakref
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,9 @@ class GeoDatabase:
         """Open `path`. With `walk` (and the C extension built), lookups walk and decode the
         file in one shared mapping of our own; otherwise maxminddb does it (slower)."""
         self.path = path
+        self.source: str | None = None
+        """`/proc/<our pid>/fd/<n>`: this very file, for worker processes to open even after the
+        path has been given another file (None where /proc is missing: they use the path)."""
         try:
             self.identity = FileIdentity.of(path)
             self._reader = maxminddb.open_database(path, maxminddb.MODE_AUTO)
@@ -97,7 +101,8 @@ class GeoDatabase:
         # Decoding a record is the expensive part of a lookup; networks that
         # share a record (same place) share one Location object.
         self._locations: dict[Hashable, Location | None] = {}
-        self._tree = _SearchTree.open(path, meta) if walk else None
+        self._keep_open(path)
+        self._tree = _SearchTree.open(self.source or path, meta) if walk else None
         if self._tree is not None:
             # The C walk does all of find(), 6to4 included: call it without a Python frame
             # (find runs on every query that is not a level-0 hit).
@@ -106,6 +111,20 @@ class GeoDatabase:
             # RSS count every page both touch twice, though they are the same pages.
             self._reader.close()
             self._reader = self._get = None
+
+    def _keep_open(self, path: str) -> None:
+        """Hold a descriptor of the file we opened, if it is still the one at `path`."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        st = os.fstat(fd)
+        source = f"/proc/{os.getpid()}/fd/{fd}"
+        if FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != self.identity or not os.path.exists(source):
+            os.close(fd)  # replaced already (the workers then use the path), or no /proc
+            return
+        self.source = source
+        weakref.finalize(self, os.close, fd)
 
     def close(self) -> None:
         if self._reader is not None:

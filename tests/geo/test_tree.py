@@ -276,3 +276,20 @@ def test_place_never_crashes_on_a_corrupt_data_section():
         # Reading only what it needs, place may get through a record that record() refuses
         # as a whole (a loop elsewhere in it); it still answers a well-formed tuple or None.
         assert fields is None or (len(fields) == 7 and location_from_fields(*fields) is None)
+
+
+def test_source_is_the_opened_file_even_after_the_path_names_another(tmp_path):
+    """Workers open `GeoDatabase.source` (the parent's descriptor): replacing the file at the
+    path, with another database or with junk, does not change what it opens."""
+    path = _write(tmp_path / "a.mmdb", 6, 24, seed=1)
+    db = GeoDatabase(str(path))
+    assert db.source is not None and db.source.startswith("/proc/")
+    packed = _addresses(6, 1)[0]
+    before = db.find(packed)
+    other = _write(tmp_path / "b.mmdb", 6, 24, seed=2)
+    other.replace(path)
+    again = GeoDatabase(db.source)
+    assert again.identity == db.identity and again.find(packed) == before
+    (tmp_path / "junk").write_bytes(b"junk" * 100)
+    (tmp_path / "junk").replace(path)
+    assert GeoDatabase(db.source).identity == db.identity

@@ -167,11 +167,9 @@ def test_replaced_database_is_reopened_without_a_restart(server_factory, tmp_pat
 def test_unreadable_replacement_keeps_the_old_database(server_factory, tmp_path):
     path = tmp_path / "city.mmdb"
     city_db(path, SINGAPORE)
-    # One process: with a worker pool the node answers as soon as one worker is up, and a
-    # worker still opening the file when junk replaces it fails the node's start (each worker
-    # opens the file by path; see bench/RESULTS.md "What is left"). This test is about the
-    # watcher refusing the junk, which is the parent's either way.
-    server = server_factory(geoip=path, workers=False, extra=("--workers", "1"))
+    # With workers (the default), the node answers as soon as one is up; one still starting
+    # when the junk arrives must open the parent's file (its descriptor), not the junk.
+    server = server_factory(geoip=path)
     assert addresses(ask(server, fqdn("www"), "A", subnet="203.0.113.0/24")) == ["192.0.2.40"]
     junk = tmp_path / "junk.tmp"
     junk.write_bytes(b"this is not a MaxMind DB" * 100)
