@@ -302,8 +302,9 @@ def location_from_fields(
     latitude: Any, longitude: Any, continent: str | None, country: str | None,
     subdivision_code: str | None, subdivision_name: str | None, city: str | None,
 ) -> Location | None:
-    """`location_from_record` for a GeoIP2 City record whose fields `_tree.c`'s `place` read
-    in place (it only answers for records where the two cannot differ)."""
+    """A GeoIP2 City record's Location from its raw fields: what `location_from_record` reads
+    out of the decoded record, and `_tree.c`'s `place` reads in the mapping (it answers only
+    for records where the two cannot differ)."""
     lat = _coordinate(latitude, 90)
     lon = _coordinate(longitude, 180)
     if lat is None or lon is None:
@@ -335,30 +336,11 @@ def location_from_record(record: dict) -> Location | None:
     country = country_rec.get("iso_code") if isinstance(country_rec, dict) else None
     continent_rec = record.get("continent")
     continent = continent_rec.get("code") if isinstance(continent_rec, dict) else None
-    if continent is None and country:
-        continent = CONTINENT_OF_COUNTRY.get(country)
-    subdivision = subdivision_name = None
+    code = subdivision_name = None
     subs = record.get("subdivisions")
     if isinstance(subs, list) and subs and isinstance(subs[0], dict):
         code = subs[0].get("iso_code")
-        if code and country:
-            subdivision = f"{country}-{code}".upper()
         subdivision_name = _en(subs[0])
     location = record.get("location")
-    lat = lon = None
-    if isinstance(location, dict):
-        lat = _coordinate(location.get("latitude"), 90)
-        lon = _coordinate(location.get("longitude"), 180)
-    if lat is None or lon is None:
-        lat = lon = None
-    if country is None and lat is None:
-        return None
-    return Location(
-        latitude=lat,
-        longitude=lon,
-        continent=continent,
-        country=country,
-        subdivision=subdivision,
-        city=_en(record.get("city")),
-        subdivision_name=subdivision_name,
-    )
+    lat, lon = (location.get("latitude"), location.get("longitude")) if isinstance(location, dict) else (None, None)
+    return location_from_fields(lat, lon, continent, country, code, subdivision_name, _en(record.get("city")))
