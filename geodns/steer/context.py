@@ -46,8 +46,6 @@ class RegionInfo:
 
     region: Region
     vector: tuple[float, float, float]
-    bias_km: float
-    """The region's `bias_km`, at hand for geo_proximity."""
     addresses: Mapping[int, tuple[IPAddress, ...]]
     """IP version -> endpoint addresses of that family, in configured order."""
     endpoint_targets: Mapping[IPAddress, str] = field(default_factory=dict)
@@ -64,7 +62,6 @@ class RegionInfo:
         return cls(
             region=region,
             vector=unit_vector(region.latitude, region.longitude),
-            bias_km=region.bias_km,
             addresses={v: tuple(a) for v, a in by_family.items()},
             endpoint_targets=endpoint_targets,
             targets=(region.name, balancer_target(region.name), *endpoint_targets.values()),

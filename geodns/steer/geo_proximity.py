@@ -1,8 +1,6 @@
 """`geo_proximity`: nearest region first, by great-circle distance minus bias."""
 
-from math import acos
-
-from geodns.geo import EARTH_RADIUS_KM, unit_vector
+from geodns.geo import distance_km, unit_vector
 from geodns.steer.context import Candidates, Context
 from geodns.steer.outcome import Kept
 
@@ -11,16 +9,12 @@ def geo_proximity(candidates: Candidates, ctx: Context, params: None = None) -> 
     location = ctx.client.location
     if location is None or not location.has_coordinates:
         return unlocated(candidates, ctx)
-    x, y, z = unit_vector(location.latitude, location.longitude)
+    client = unit_vector(location.latitude, location.longitude)
     regions = ctx.regions
     scored = []
     for position, name in enumerate(candidates):
-        # distance_km inlined: this runs for every new place a client is seen at.
         info = regions[name]
-        a, b, c = info.vector
-        dot = x * a + y * b + z * c
-        km = EARTH_RADIUS_KM * acos(-1.0 if dot < -1.0 else 1.0 if dot > 1.0 else dot)
-        scored.append((km - info.bias_km, position, name))
+        scored.append((distance_km(client, info.vector) - info.region.bias_km, position, name))
     scored.sort()
     ordered = tuple([name for _, _, name in scored])
     if not ctx.explain:
