@@ -27,6 +27,10 @@
 
 static PyObject *Query, *Edns, *ECSOption;
 
+/* The longest name on the wire, root label included (RFC 1035 3.1; wire.MAX_NAME). A longer
+ * question is not the common shape: the full parser answers it FORMERR. */
+#define MAX_NAME 255
+
 static const unsigned char NO_TRAILING_BITS[8] = {0xFF, 0x7F, 0x3F, 0x1F, 0x0F, 0x07, 0x03, 0x01};
 
 static unsigned
@@ -74,11 +78,11 @@ scan(PyObject *module, PyObject *arg)
         if (length > 63)
             Py_RETURN_NONE;
         pos += length + 1;
-        if (pos >= n || pos > 266) /* 255 bytes of name after the header */
+        if (pos >= n || pos - 11 > MAX_NAME) /* the root label at pos makes the name pos - 11 bytes */
             Py_RETURN_NONE;
     }
     const Py_ssize_t end = pos + 5; /* after the root label, QTYPE and QCLASS */
-    if (end > n || pos - 11 > 255)
+    if (end > n || pos - 11 > MAX_NAME)
         Py_RETURN_NONE;
     unsigned qtype = u16(d + pos + 1), qclass = u16(d + pos + 3);
     PyObject *edns = Py_None;

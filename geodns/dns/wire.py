@@ -66,6 +66,9 @@ OUR_PAYLOAD = 1232
 """The UDP payload size we advertise (DNS flag day 2020)."""
 MAX_UDP = 4096
 """The largest UDP answer we send, whatever the client advertises."""
+MAX_NAME = 255
+"""The longest name on the wire, its length bytes and the root label included (RFC 1035 3.1);
+`_scan.c` leaves a longer question to the full parser, which answers it FORMERR."""
 
 
 # The three query types below are built per query: plain (not frozen) slotted
@@ -155,8 +158,8 @@ def read_name(data: bytes, offset: int, allow_pointers: bool) -> int:
         if length & 0xC0:
             raise FormErr("unknown label type")
         total += length + 1
-        if total > 255:
-            raise FormErr("name longer than 255 bytes")
+        if total >= MAX_NAME:  # with the root label still to come (RFC 1035 section 3.1)
+            raise FormErr(f"name longer than {MAX_NAME} bytes")
         offset += length + 1
 
 
@@ -193,10 +196,10 @@ def scan_common(data: bytes) -> Query | None:
         if length > 63:
             return None
         pos += length + 1
-        if pos >= n or pos > 266:  # 255 bytes of name after the header
+        if pos >= n or pos - 11 > MAX_NAME:  # the root label at pos makes the name pos - 11 bytes
             return None
     end = pos + 5  # after the root label, QTYPE and QCLASS
-    if end > n or pos - 11 > 255:
+    if end > n or pos - 11 > MAX_NAME:
         return None
     qname = data[12 : pos + 1]
     qtype, qclass = _QTAIL.unpack_from(data, pos + 1)

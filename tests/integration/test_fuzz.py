@@ -11,9 +11,11 @@ import dns.flags
 import dns.message
 import dns.rcode
 import pytest
+from fuzzing import long_name, mutate
+from fuzzing import seeds as parser_seeds
 
 from . import wirebuild as wb
-from .dnsutil import addresses, fqdn, make, read_framed, tcp, udp
+from .dnsutil import addresses, fqdn, make, raw_tcp, raw_udp, read_framed, tcp, udp
 
 SEED = 20261126
 UDP_PACKETS = 6000
@@ -53,36 +55,7 @@ def corpus() -> list[bytes]:
         + wb.question(fqdn("www"))
         + b"\xc0\x27\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
     )
-    return seeds
-
-
-def mutate(rng: random.Random, seeds: list[bytes]) -> bytes:
-    choice = rng.random()
-    if choice < 0.1:
-        return rng.randbytes(rng.randrange(0, 600))
-    data = bytearray(rng.choice(seeds))
-    for _ in range(rng.randrange(1, 6)):
-        op = rng.randrange(7)
-        if op == 0 and data:  # flip a bit
-            i = rng.randrange(len(data))
-            data[i] ^= 1 << rng.randrange(8)
-        elif op == 1 and data:  # set a byte
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        elif op == 2 and data:  # truncate
-            del data[rng.randrange(len(data)) :]
-        elif op == 3:  # insert junk
-            i = rng.randrange(len(data) + 1)
-            data[i:i] = rng.randbytes(rng.randrange(1, 40))
-        elif op == 4 and len(data) >= 12:  # a random count
-            i = rng.choice((4, 6, 8, 10))
-            data[i : i + 2] = struct.pack("!H", rng.choice((0, 1, 2, 3, 255, 0xFFFF)))
-        elif op == 5 and len(data) >= 4:  # random header flags, QR mostly clear
-            data[2] = rng.randrange(256) & (0x7F if rng.random() < 0.8 else 0xFF)
-            data[3] = rng.randrange(256)
-        elif op == 6:  # append a random resource record
-            data += rng.randbytes(rng.randrange(0, 30))
-    # keep the ID as a sequence number so answers can be matched
-    return bytes(data)
+    return seeds + parser_seeds()  # every shape the parsers know (tests/fuzzing.py)
 
 
 def check_response(response: bytes, sent: bytes) -> None:
@@ -110,6 +83,10 @@ def numbered(rng: random.Random, seeds: list[bytes], n: int) -> list[bytes]:
             p = struct.pack("!H", i) + p[2:]
         out.append(p)
     return out
+
+
+def rcode_of_wire(response: bytes) -> int:
+    return struct.unpack_from("!H", response, 2)[0] & 0xF
 
 
 def assert_still_answers(server) -> None:
@@ -213,4 +190,35 @@ def test_response_flood_is_never_answered(fuzz_server):
             s.sendto(r.to_wire(), (fuzz_server.host, fuzz_server.port))
         with pytest.raises(TimeoutError):
             s.recv(4096)
+    assert_still_answers(fuzz_server)
+
+
+@pytest.mark.parametrize("over", ["udp", "tcp"])
+def test_a_name_of_256_octets_or_more_is_formerr(fuzz_server, over):
+    """RFC 1035 3.1: 255 octets at most, length bytes and root included. 255 is read (and
+    REFUSED: not our zone), 256 and more are FORMERR, with and without EDNS, never SERVFAIL."""
+    send = raw_udp if over == "udp" else raw_tcp
+    for octets, want in (
+        (255, dns.rcode.REFUSED),
+        (256, dns.rcode.FORMERR),
+        (257, dns.rcode.FORMERR),
+        (400, dns.rcode.FORMERR),
+    ):
+        for additional in ((), (wb.opt_rr(),)):
+            sent = struct.pack("!HHHHHH", octets, 0x0100, 1, 0, 0, len(additional)) + long_name(
+                octets
+            )
+            sent += struct.pack("!HH", 1, 1) + b"".join(additional)
+            response = send(fuzz_server, sent)
+            assert response is not None, (octets, over)
+            assert response[:2] == sent[:2] and response[2] & 0x81 == 0x81  # our ID, QR, RD echoed
+            assert rcode_of_wire(response) == want, (octets, additional, response.hex())
+    # A name that runs to 255 octets in the zone is ours (NXDOMAIN, not REFUSED).
+    suffix = wb.name_wire(fqdn("www"))
+    inside = long_name(255 - len(suffix) + 1)[:-1] + suffix
+    assert len(inside) == 255
+    response = send(
+        fuzz_server, struct.pack("!HHHHHH", 7, 0, 1, 0, 0, 0) + inside + b"\x00\x01\x00\x01"
+    )
+    assert rcode_of_wire(response) == dns.rcode.NXDOMAIN, response.hex()
     assert_still_answers(fuzz_server)
