@@ -86,7 +86,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     names = sum(len(z.nodes) for z in config.zones)
     steered = sum(1 for z in config.zones for n in z.nodes.values() if n.steered)
     for zone in config.zones:
-        print(f"{zone.source}: zone {zone.origin}: {len(zone.regions)} regions, {len(zone.nodes)} names")
+        signed = ""
+        if zone.dnssec is not None:
+            keys = ", ".join(f"key {k.tag} (algorithm {k.algorithm})" for k in zone.dnssec.keys if k.signing)
+            signed = f"; signed: {keys}"
+        print(f"{zone.source}: zone {zone.origin}: {len(zone.regions)} regions, {len(zone.nodes)} names{signed}")
     print(f"OK: {len(config.zones)} zone(s), {names} names ({steered} steered)")
     return 0
 
@@ -168,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("reload", "geodns.control.client", "re-read zones and the GeoIP file on a running server"),
         ("agent", "geodns.health.agent", "checker-only node: probe and exchange, serve no DNS"),
         ("balance", "geodns.balance.cli", "the regional HTTP load balancer"),
+        ("keys", "geodns.dnssec.cli", "DNSSEC zone keys: generate, ds, list, state"),
     ):
         p = sub.add_parser(name, help=text)
         if module == "geodns.control.client":
