@@ -21,6 +21,7 @@ from geodns.config._yaml import DuplicateKey, LineList, LineMap, load_yaml
 from geodns.config.model import (
     SOA,
     Check,
+    Dnssec,
     Endpoint,
     IPNetwork,
     NameServer,
@@ -267,7 +268,7 @@ def load_zones(path: str | Path) -> list[Zone]:
 
 # --- the zone document ---------------------------------------------------------------
 
-_ZONE_KEYS = ("zone", "ttl", "soa", "nameservers", "ns_ttl", "regions", "records", "latency_table")
+_ZONE_KEYS = ("zone", "ttl", "soa", "nameservers", "ns_ttl", "regions", "records", "latency_table", "dnssec")
 
 
 def _zone(ctx: _Ctx, doc: Any, file: str) -> Zone | None:
@@ -291,6 +292,7 @@ def _zone(ctx: _Ctx, doc: Any, file: str) -> Zone | None:
         if value is not None:
             latency_table = str(Path(file).parent / value)
     nodes = _records(ctx, doc.get("records") or LineMap(), origin, regions, ttl or DEFAULT_TTL, doc)
+    dnssec = _dnssec(ctx, doc["dnssec"], origin, file) if "dnssec" in doc else None
     if soa is None or ttl is None or ns_ttl is None:
         return None
     return Zone(
@@ -303,7 +305,31 @@ def _zone(ctx: _Ctx, doc: Any, file: str) -> Zone | None:
         regions=regions,
         nodes=nodes,
         latency_table=latency_table,
+        dnssec=dnssec,
     )
+
+
+def _dnssec(ctx: _Ctx, spec: Any, origin: str, file: str) -> Dnssec | None:
+    """`dnssec: {keys: DIR}`: the key files must be readable, of this zone, and one must sign."""
+    if not _check_keys(ctx, spec, "dnssec", ("keys",), ("keys",)) or "keys" not in spec:
+        return None
+    value = _str(ctx, spec, "keys", "dnssec.keys")
+    if value is None:
+        return None
+    from geodns.dnssec.keys import KeyFileError, load
+
+    directory = Path(file).parent / value
+    line = _line(spec, "keys")
+    try:
+        keys = load(origin, directory)
+    except KeyFileError as exc:
+        ctx.error(line, "dnssec.keys", str(exc))
+        return None
+    if not any(k.signing for k in keys):
+        found = f"{len(keys)} key(s), none active" if keys else "no key files"
+        ctx.error(line, "dnssec.keys", f"{directory}: {found} for {origin or '.'} (geodns keys generate {origin or '.'} --dir {value})")
+        return None
+    return Dnssec(str(directory), keys)
 
 
 _SOA_FIELDS = ("mname", "rname", "serial", "refresh", "retry", "expire", "minimum", "ttl")

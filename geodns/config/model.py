@@ -128,6 +128,16 @@ class NameServer:
 
 
 @dataclass(frozen=True, slots=True)
+class Dnssec:
+    """A signed zone's settings (`dnssec:` in its file)."""
+
+    keys_dir: str
+    """The key directory, resolved relative to the zone file."""
+    keys: tuple[Any, ...] = ()
+    """Every key of the zone found there (`geodns.dnssec.keys.Key`), read and checked by the loader."""
+
+
+@dataclass(frozen=True, slots=True)
 class Zone:
     origin: str
     """Absolute, lower case, without the trailing dot."""
@@ -141,3 +151,5 @@ class Zone:
     nodes: dict[str, Node] = field(hash=False)
     latency_table: str | None = None
     """Path of the latency table file, resolved relative to the zone file."""
+    dnssec: Dnssec | None = None
+    """Set when the zone is signed (answers to queries with DO carry RRSIGs)."""
