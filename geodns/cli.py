@@ -99,8 +99,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     import json
 
     from geodns.control.controller import Controller, ReloadFailed
-    from geodns.control.explain import explain
+    from geodns.control.explain import Explanation, explain
 
+    if args.admin:
+        return _query_node(args, Explanation)
     controller = Controller(args.zones, _geoip_arg(args), args.state)
     try:
         snapshot = controller.start()
@@ -114,6 +116,27 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(f"geodns query: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result.as_dict(), indent=2) if args.json else result.text())
+    return 0
+
+
+def _query_node(args: argparse.Namespace, explanation: type) -> int:
+    """`geodns query --admin`: the running node's answer and reasons (its live verdicts and load)."""
+    import json
+    import urllib.parse
+
+    from geodns.control.client import AdminError, call
+
+    query = urllib.parse.urlencode({"name": args.name, "client": args.client, "type": args.type})
+    try:
+        doc = call(args, "GET", f"/v1/explain?{query}")
+        result = explanation.from_dict(doc)
+    except AdminError as exc:
+        print(f"geodns query: {exc}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError):
+        print(f"geodns query: {args.admin} did not answer a /v1/explain document", file=sys.stderr)
+        return 2
+    print(json.dumps(doc, indent=2) if args.json else result.text())
     return 0
 
 
@@ -162,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client", required=True, help="client IP address (as if sent in ECS)")
     p.add_argument("--type", default="A")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--admin", default=None, metavar="ADDR:PORT", help="ask this running node's admin API (its live health verdicts and balancer load) instead of loading the zones here")
+    p.add_argument("--token", default=None, help="with --admin from outside loopback: bearer token (default: $GEODNS_ADMIN_TOKEN)")
     _add_sources(p)
     p.set_defaults(func=cmd_query)
 

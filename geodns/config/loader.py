@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from geodns.config._yaml import DuplicateKey, LineList, LineMap, load_yaml
 from geodns.config.model import (
+    BALANCER_STATUS_KINDS,
     SOA,
     Check,
     Dnssec,
@@ -449,7 +451,7 @@ def _region(ctx: _Ctx, name: str, spec: LineMap, field: str) -> Region | None:
     weight = _int(ctx, spec, "weight", f"{field}.weight", 0, 65535) if "weight" in spec else 1
     min_healthy = _int(ctx, spec, "min_healthy", f"{field}.min_healthy", 0, 65535) if "min_healthy" in spec else 1
     check = _check(ctx, spec["check"], f"{field}.check") if "check" in spec else None
-    balancer = _check(ctx, spec["balancer"], f"{field}.balancer") if "balancer" in spec else None
+    balancer = _check(ctx, spec["balancer"], f"{field}.balancer", balancer=True) if "balancer" in spec else None
     capacity_url = _str(ctx, spec, "capacity_url", f"{field}.capacity_url") if "capacity_url" in spec else None
     if min_healthy is not None and endpoints and min_healthy > len(endpoints):
         ctx.error(_line(spec, "min_healthy"), f"{field}.min_healthy", f"{min_healthy} is more than the {len(endpoints)} endpoints")
@@ -476,8 +478,35 @@ _CHECK_KEYS = (
 )
 
 
-def _check(ctx: _Ctx, spec: Any, field: str) -> Check | None:
-    if not _check_keys(ctx, spec, field, _CHECK_KEYS, ("type",)):
+_POOL_CHECK_KEYS = ("type", "url", "verify_tls", "interval", "timeout", "jitter", "fall", "rise", "observers")
+_POOL_KEYS = {
+    "haproxy": (("backend", "min_up", "capacity"), ("url", "backend")),
+    "nginx": (("capacity",), ("url", "capacity")),
+    "envoy": (("cluster", "min_up", "capacity"), ("url", "cluster")),
+}
+"""Per balancer status type: its own keys, and the required ones."""
+
+
+def _url(ctx: _Ctx, container: Any, key: Any, field: str) -> str | None:
+    value = _str(ctx, container, key, field)
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
+        ctx.error(_line(container, key), field, f"{value!r} is not an http:// or https:// URL")
+        return None
+    return value
+
+
+def _check(ctx: _Ctx, spec: Any, field: str, balancer: bool = False) -> Check | None:
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    pool = balancer and kind in BALANCER_STATUS_KINDS
+    own, required = _POOL_KEYS[kind] if pool else ((), ("type",))
+    if not _check_keys(ctx, spec, field, _POOL_CHECK_KEYS + own if pool else _CHECK_KEYS, required):
         return None
     values: dict[str, Any] = {}
     ok = True
@@ -491,11 +520,19 @@ def _check(ctx: _Ctx, spec: Any, field: str) -> Check | None:
             else:
                 values[attr or key] = value
 
-    kind = spec.get("type")
-    if kind not in ("http", "https", "tcp", "dns", "exec"):
-        ctx.error(_line(spec, "type"), f"{field}.type", f"{kind!r} is not one of http, https, tcp, dns, exec")
+    kinds = ("http", "https", "tcp", "dns", "exec", *(BALANCER_STATUS_KINDS if balancer else ()))
+    if kind not in kinds:
+        where = " (haproxy, nginx and envoy read a balancer's status: only under a region's balancer:)" \
+            if kind in BALANCER_STATUS_KINDS else ""
+        ctx.error(_line(spec, "type"), f"{field}.type", f"{kind!r} is not one of {', '.join(kinds)}{where}")
         return None
     values["kind"] = kind
+    if pool:
+        take("url", _url)
+        take("backend", _str, attr="pool")
+        take("cluster", _str, attr="pool")
+        take("min_up", _int, 0, 100_000)
+        take("capacity", _int, 1, 1_000_000_000)
     take("host", _str)
     take("port", _int, 1, 65535)
     take("path", _str)

@@ -13,13 +13,17 @@ from typing import Any
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+BALANCER_STATUS_KINDS = ("haproxy", "nginx", "envoy")
+"""Check types, for a region's `balancer:` only, that read the balancer's own status page."""
+
 
 @dataclass(frozen=True, slots=True)
 class Check:
     """An active health check, as configured on a region or an endpoint."""
 
     kind: str
-    """`http`, `https`, `tcp`, `dns` or `exec`."""
+    """`http`, `https`, `tcp`, `dns` or `exec`; for a region's `balancer:` also `haproxy`,
+    `nginx` or `envoy` (read the balancer's own status page, `geodns.health.lbstatus`)."""
     host: str | None = None
     """Address to probe; None: the endpoint's own address."""
     port: int | None = None
@@ -41,6 +45,15 @@ class Check:
     rise: int = 2
     observers: int | None = None
     """Limit the endpoint to k of the N observers (None: every node probes)."""
+    url: str | None = None
+    """haproxy/nginx/envoy: the status page (CSV stats or metrics, stub_status, /clusters?format=json)."""
+    pool: str | None = None
+    """haproxy: the backend (`backend:`); envoy: the cluster (`cluster:`) whose servers count."""
+    min_up: int = 1
+    """haproxy/envoy: the check is down when fewer of the pool's servers are up."""
+    capacity: int | None = None
+    """nginx: connections it can hold (utilisation = active / capacity); haproxy/envoy: overrides
+    the limits they report (server maxconn, circuit breakers)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from geodns.control.controller import Controller, ReloadFailed, load_admin_state
 from geodns.control.explain import explain
 from geodns.control.metrics import CONTENT_TYPE, StatsSource, node_registry, region_counts, render
 from geodns.dns.snapshot import Snapshot
+from geodns.health.plan import balancer_target
 from geodns.steer.verdict import endpoint_target
 
 log = logging.getLogger("geodns.admin")
@@ -269,6 +270,9 @@ def status_document(state: AdminState) -> dict[str, Any]:
         entry["share"] = shares["regions"].get(name, 0.0)
         any_zone = next(z for z in snap.zones.values() if name in z.regions)
         entry["cause"] = region_cause(snap, any_zone.regions[name].region, entry["up"])
+        entry["capacity"] = {"utilisation": c.utilisation.get(name), "detail": c.capacity_notes.get(name)}
+        b = snap.verdicts.get(balancer_target(name))
+        entry["balancer"] = None if b is None else {"up": b.up, "cause": b.cause}
     geo = c.geo
     doc: dict[str, Any] = {
         "now": time.time(),

@@ -119,6 +119,10 @@ def format_status(doc: dict[str, Any]) -> str:
         share = f"{100 * r.get('share', 0):.0f}%"
         why = f"drained: {r['drained']}" if r.get("drained") else r.get("cause", "")
         lines.append(f"{name:<16} {state:<9} {share:>6}  {why}")
+        if r.get("balancer"):
+            lines.append(f"  balancer {'up' if r['balancer']['up'] else 'DOWN'}: {r['balancer']['cause']}")
+        if (r.get("capacity") or {}).get("detail"):
+            lines.append(f"  load: {r['capacity']['detail']}")
         for e in r.get("endpoints", []):
             estate = "drained" if e.get("drained") else ("up" if e["up"] else "down")
             lines.append(f"  {e['address']:<30} {estate:<8} {e.get('cause') or ''}".rstrip())

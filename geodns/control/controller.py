@@ -95,6 +95,8 @@ class Controller:
     admin_verdicts: dict[str, Verdict] = field(default_factory=dict)
     health_verdicts: dict[str, Verdict] = field(default_factory=dict)
     utilisation: dict[str, float] = field(default_factory=dict)
+    capacity_notes: dict[str, str] = field(default_factory=dict)
+    """Region -> what its balancer's latest load report said (the capacity poller's, for the status page)."""
     generation: int = 0
     ref: SnapshotRef | None = None
     reload_failures: int = 0

@@ -51,6 +51,16 @@ class Explanation:
             "decided_by": self.decided_by,
         }
 
+    @classmethod
+    def from_dict(cls, doc: dict) -> Explanation:
+        """The inverse of `as_dict` (an admin API's /v1/explain answer)."""
+        return cls(
+            name=doc["name"], qtype=doc["type"], client=doc["client"], placed=doc["placed"],
+            network=doc.get("network"), zone=doc.get("zone"), steps=tuple(doc.get("steps") or ()),
+            rcode=doc["rcode"], records=tuple(doc.get("answer") or ()), regions=tuple(doc.get("regions") or ()),
+            failopen=bool(doc.get("failopen")), decided_by=doc.get("decided_by"),
+        )
+
     def text(self) -> str:
         lines = [f"{self.name} {self.qtype} for client {self.client}"]
         lines.append(f"  client placed: {self.placed}")

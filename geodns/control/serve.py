@@ -117,9 +117,10 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
     if hup_while_starting:
         on_hup()
     watcher = asyncio.create_task(controller.watch())
-    from geodns.control.capacity import CapacityPoller, capacity_urls
+    from geodns.control.capacity import CapacityPoller, capacity_sources
 
-    poller = CapacityPoller(lambda: capacity_urls(controller.config.zones), controller.set_utilisation)
+    poller = CapacityPoller(lambda: capacity_sources(controller.config.zones), controller.set_utilisation)
+    controller.capacity_notes = poller.notes
     capacity_task = asyncio.create_task(poller.run())
     geo = controller.geo
     log.info(

@@ -42,7 +42,8 @@ class ProbeKey:
     def label(self) -> str:
         """Stable across nodes: the same config gives the same label."""
         c = self.check
-        return f"{c.kind}|{self.address}|{c.host}|{c.port}|{c.path}|{c.qname}|{' '.join(c.command)}"
+        label = f"{c.kind}|{self.address}|{c.host}|{c.port}|{c.path}|{c.qname}|{' '.join(c.command)}"
+        return label if c.url is None else f"{label}|{c.url}|{c.pool}"
 
 
 @dataclass(frozen=True, slots=True)

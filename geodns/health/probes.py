@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from geodns.config.model import Check
+from geodns.health.lbstatus import POOL_KINDS, probe_pool
 
 __all__ = ["ProbeResult", "probe", "probe_session", "probe_target", "DEFAULT_PORTS"]
 
@@ -205,3 +206,4 @@ async def _exec(
 
 
 _RUNNERS = {"http": _http, "https": _http, "tcp": _tcp, "dns": _dns, "exec": _exec}
+_RUNNERS.update(dict.fromkeys(POOL_KINDS, probe_pool))  # a balancer's own status page

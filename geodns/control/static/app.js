@@ -59,6 +59,8 @@ function drawRegions(doc) {
     for (const e of r.endpoints) {
       if (!e.up) why.append(el("div", { class: "muted" }, `${e.address}: ${e.drained ? "drained" : "down"} ${e.cause || ""}`));
     }
+    if (r.balancer) why.append(el("div", { class: "muted" }, `balancer ${r.balancer.up ? "up" : "down"}: ${r.balancer.cause}`));
+    if (r.capacity && r.capacity.detail) why.append(el("div", { class: "muted" }, `load: ${r.capacity.detail}`));
     body.append(el("tr", { "data-region": r.name, "data-state": state },
       el("td", {}, r.name),
       el("td", {}, el("span", { class: "state state-" + state }, state)),
