@@ -429,10 +429,13 @@ async def read_pool(check: Check, session: aiohttp.ClientSession, timeout: float
     async with session.get(URL(check.url, encoded=True), **kwargs) as resp:
         if resp.status != 200:
             raise StatusUnreadable(f"{check.kind}: HTTP {resp.status} from {check.url}")
-        body = await resp.content.read(BODY_LIMIT + 1)
-    if len(body) > BODY_LIMIT:
-        raise StatusUnreadable(f"{check.kind}: status page larger than {BODY_LIMIT} bytes")
-    return parse_status(check, body.decode("utf-8", errors="replace"))
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > BODY_LIMIT:
+                raise StatusUnreadable(f"{check.kind}: status page larger than {BODY_LIMIT} bytes")
+            chunks.append(chunk)
+    return parse_status(check, b"".join(chunks).decode("utf-8", errors="replace"))
 
 
 async def probe_pool(
