@@ -298,6 +298,12 @@ def status_document(state: AdminState) -> dict[str, Any]:
             target: {"region": t.get("region"), "verdict": t.get("verdict"), "observers": t.get("observers", {})}
             for target, t in health.get("targets", {}).items()
         }
+        for name, entry in regions.items():
+            # The live verdict: its cause says what the balancer reports now, while a
+            # snapshot is only republished when some up/down state changes.
+            live = (health.get("targets", {}).get(balancer_target(name)) or {}).get("verdict")
+            if live:
+                entry["balancer"] = {"up": live.get("up", True), "cause": live.get("cause", "")}
     return doc
 
 

@@ -114,6 +114,8 @@ class PoolStatus:
             return "no load figure"
         used = _num(self.in_use - self.queued)
         queued = f" + {_num(self.queued)} queued" if self.queued else ""
+        if self.up == 0:
+            return f"{used} {self.unit}{queued}, no server up to take them"
         if not self.limit:
             return f"{used} {self.unit}{queued}, no limit known (set capacity:)"
         return f"{used} {self.unit}{queued} of {_num(self.limit)} ({self.utilisation:.0%})"
@@ -160,8 +162,10 @@ def _haproxy_status(pool: str, servers: list[tuple[str, str, int, int | None, in
     sessions = sum(s[2] for s in servers)
     queued = sum(s[4] for s in servers) + (backend[2] if backend else 0)
     limits = [s[3] for s in up]
-    if up and all(limit for limit in limits):
-        limit: float | None = float(sum(limits))  # type: ignore[arg-type]
+    if servers and not up:
+        limit: float | None = None  # a pool with nothing up has no room, whatever fullconn says
+    elif up and all(limit for limit in limits):
+        limit = float(sum(limits))  # type: ignore[arg-type]
     elif backend is not None and backend[1]:
         # Servers without maxconn: the backend's own limit (fullconn) is what is left.
         limit = float(backend[1])
