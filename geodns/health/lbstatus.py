@@ -150,7 +150,9 @@ def _int_field(row: dict[str, str], key: str) -> int | None:
     try:
         number = int(value)
     except ValueError:
-        raise StatusUnreadable(f"haproxy: field {key}={value[:20]!r} is not a number") from None
+        number = -1
+    if number < 0:
+        raise StatusUnreadable(f"haproxy: field {key}={value[:20]!r} is not a count")
     return number
 
 
@@ -238,7 +240,7 @@ def parse_haproxy_prometheus(text: str, backend: str) -> PoolStatus:
             value = float(raw)
         except ValueError:
             continue
-        if not math.isfinite(value):
+        if not math.isfinite(value) or value < 0:
             continue
         server = labels.get("server")
         if name == "haproxy_server_status" and server is not None:
@@ -407,15 +409,22 @@ def _missing(balancer: str, what: str, name: str, known: set[str]) -> str:
 # --- the reading, and the probe -------------------------------------------------------
 
 def parse_status(check: Check, text: str) -> PoolStatus:
-    """The pool a `balancer:` check of type haproxy, nginx or envoy names, from its page."""
-    if check.kind == "haproxy":
-        status = parse_haproxy(text, check.pool or "")
-    elif check.kind == "envoy":
-        status = parse_envoy_clusters(text, check.pool or "")
-    elif check.kind == "nginx":
-        status = parse_nginx_stub_status(text)
-    else:
-        raise StatusUnreadable(f"{check.kind!r} is not a balancer status check")
+    """The pool a `balancer:` check of type haproxy, nginx or envoy names, from its page.
+    Whatever the page holds, the outcome is a PoolStatus or StatusUnreadable."""
+    try:
+        if check.kind == "haproxy":
+            status = parse_haproxy(text, check.pool or "")
+        elif check.kind == "envoy":
+            status = parse_envoy_clusters(text, check.pool or "")
+        elif check.kind == "nginx":
+            status = parse_nginx_stub_status(text)
+        else:
+            raise StatusUnreadable(f"{check.kind!r} is not a balancer status check")
+    except StatusUnreadable:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError, OverflowError, csv.Error) as exc:
+        # A page of the right kind in a shape nobody documented (a field of the wrong type).
+        raise StatusUnreadable(f"{check.kind}: unreadable status page ({type(exc).__name__}: {str(exc)[:80]})") from None
     return status.with_capacity(check.capacity)
 
 

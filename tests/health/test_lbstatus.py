@@ -6,6 +6,7 @@ data/README.md); the probe tests serve them from a real aiohttp server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def test_haproxy_errors_say_what_is_wrong():
     with pytest.raises(StatusUnreadable, match="not CSV stats"):
         parse_haproxy_csv("pxname,svname\n", "www")
     bad = HAPROXY_CSV.replace("www,s1,0,0,2,", "www,s1,0,0,lots,", 1)
-    with pytest.raises(StatusUnreadable, match="scur='lots' is not a number"):
+    with pytest.raises(StatusUnreadable, match="scur='lots' is not a count"):
         parse_haproxy_csv(bad, "www")
 
 
@@ -146,6 +147,38 @@ def test_stated_capacity_overrides_the_balancers_limits():
     s = parse_status(check, HAPROXY_CSV)
     assert (s.in_use, s.limit) == (5.0, 50.0)
     assert isinstance(s, PoolStatus) and s.utilisation == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("kind, page, pool", [
+    ("haproxy", HAPROXY_CSV, "www"), ("haproxy", HAPROXY_PROM, "www"),
+    ("nginx", NGINX, None), ("envoy", ENVOY_HANDLER, "fake_cluster"), ("envoy", ENVOY_REQUEST, "test_cluster"),
+])
+def test_any_damage_to_a_page_is_a_reading_or_a_refusal(kind, page, pool):
+    """Cut, spliced, retyped or bloated pages: a PoolStatus or StatusUnreadable, nothing else."""
+    import random
+
+    rng = random.Random(f"{kind}{pool}{len(page)}")
+    check = Check(kind=kind, url="http://x/", pool=pool, capacity=100 if kind == "nginx" else None)
+    junk = ["", "\x00", ",", "\n", '"', "{", "}", "[", "]", "-1", "1e999", "NaN", "null", "true", '"x"', "9" * 400, "[" * 5000, "\ufffd"]
+    for _ in range(400):
+        text = page
+        for _ in range(rng.randint(1, 4)):
+            at, cut = rng.randrange(len(text) + 1), rng.randint(0, 40)
+            text = text[:at] + rng.choice(junk) + text[at + cut:]
+        try:
+            s = parse_status(check, text)
+        except StatusUnreadable:
+            continue
+        assert isinstance(s, PoolStatus)
+        assert s.utilisation is None or s.utilisation >= 0
+    if kind == "envoy":  # every field of the right name holding the wrong type
+        doc = json.loads(page)
+        host = doc["cluster_statuses"][0]["host_statuses"][0]
+        for key, value in [("stats", 5), ("health_status", [1]), ("address", "1.2.3.4"), ("stats", [{"name": "rq_active", "value": {}}])]:
+            bent = json.loads(json.dumps(doc))
+            bent["cluster_statuses"][0]["host_statuses"][0] = {**host, key: value}
+            with contextlib.suppress(StatusUnreadable):
+                parse_status(check, json.dumps(bent))
 
 
 # --- the probe, over HTTP ---------------------------------------------------------------
