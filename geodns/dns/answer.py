@@ -36,6 +36,7 @@ from geodns.dns.wire import (
     patch,
     rcode_response,
 )
+from geodns.dnssec.zone import COMPACT_OK, SIGNED, echo_co, signed_key
 from geodns.steer import Client
 from geodns.steer.chain import remember
 
@@ -105,6 +106,8 @@ def _answer(snap: Snapshot, query: Query, client: str, udp: bool, stats: Stats, 
         return rcode_response(query, Rcode.REFUSED)
     cache = snap.cache
     key = (query.qname.lower(), query.qtype)
+    if snap.signed and query.edns is not None and query.edns.do:
+        key = signed_key(key, data, query)
     entry = cache.get(key)
     if entry is None or (entry.deadline is not None and entry.deadline < _monotonic()):
         entry = _first_level(snap, query, key, client, stats)
@@ -134,6 +137,8 @@ def _answer(snap: Snapshot, query: Query, client: str, udp: bool, stats: Stats, 
         # (RFC 7871 7.2.1); a source prefix of 0 asks us not to use it at all.
         scope = scope if edns.ecs.source else 0
     response = patch(body, query, scope, udp)
+    if key[1] & COMPACT_OK:
+        response = echo_co(response)
     if udp and data and body is prepared.body and not by_source:
         # Same query bytes, same answer until the deadline: level 0 may serve it.
         cache.put_packet(data[2:], (response[2:], prepared.deadline, stat_slot))
@@ -149,6 +154,8 @@ def _first_level(snap: Snapshot, query: Query, key: tuple, client: str, stats: S
     res = resolve(snap, czone, name, query.qtype, probe_client)
     if probe_client.used:
         entry = _Dependent(czone, key, name, _direct_node(res, name, query.qtype))
+    elif key[1] & SIGNED and czone.signer is not None:
+        entry = czone.signer.prepare(res, query.qname, query.qtype, query.qclass, bool(key[1] & COMPACT_OK))
     else:
         entry = prepare(res, query.qname, query.qtype, query.qclass, czone.zone.origin)
         stats.cache_misses += 1
@@ -258,7 +265,10 @@ def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, 
         res = steer(snap, czone, entry.node, name, query.qtype, client)
     else:
         res = resolve(snap, czone, name, query.qtype, lambda: client)
-    prepared = prepare_shared(snap, res, query.qname, query.qtype, query.qclass, czone.zone.origin)
+    if key[1] & SIGNED and czone.signer is not None:
+        prepared = czone.signer.prepare(res, query.qname, query.qtype, query.qclass, bool(key[1] & COMPACT_OK))
+    else:
+        prepared = prepare_shared(snap, res, query.qname, query.qtype, query.qclass, czone.zone.origin)
     cache.put_place(key2, prepared)
     return prepared, prefix if prepared.client_dependent else None, by_source
 

@@ -12,6 +12,7 @@ import ipaddress
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from geodns.config.model import IPNetwork, Node, RRset, Steered, Zone
 from geodns.dns.cache import AnswerCache
@@ -42,6 +43,8 @@ class CompiledZone:
     """Per steered node (by its name): the CIDRs of its own chain only, as integers. A name
     that is itself steered needs only these: another name's CIDR rule cannot change its
     answer, so its scope need not stop at that rule's edge (nor its queries check it)."""
+    signer: Any = None
+    """`geodns.dnssec.zone.ZoneSigner` when the zone has `dnssec:`; None otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,8 @@ class Snapshot:
     verdicts' time bounds), never carried over with the cache. Keyed by the ids of the
     configuration objects they came from; each entry holds its object, so no id is reused
     while the entry lives."""
+    signed: bool = False
+    """Some zone is signed: queries with DO get answer-cache keys of their own (`answer`)."""
 
     def find_zone(self, name: str) -> CompiledZone | None:
         """The zone that is authoritative for a name (longest origin match)."""
@@ -127,6 +132,11 @@ def compile_zone(zone: Zone, verdicts: Verdicts, latency: LatencyTable | None) -
         networks.extend(own)
         by_node[name] = {v: _as_ints(nets) for v, nets in _by_version(own).items()}
     narrowing = _by_version(networks)
+    signer = None
+    if zone.dnssec is not None:
+        from geodns.dnssec.zone import ZoneSigner  # here: the signer builds on geodns.dns.resolve
+
+        signer = ZoneSigner(zone, nodes, frozenset(existing), zone.dnssec.keys)
     return CompiledZone(
         zone=zone,
         nodes=nodes,
@@ -139,6 +149,7 @@ def compile_zone(zone: Zone, verdicts: Verdicts, latency: LatencyTable | None) -
         narrowing=narrowing,
         narrowing_ints={v: _as_ints(nets) for v, nets in narrowing.items()},
         narrowing_by_node=by_node,
+        signer=signer,
     )
 
 
@@ -172,6 +183,7 @@ def build_snapshot(
         verdicts=dict(verdicts),
         utilisation=utilisation,
         cache=cache if cache is not None else AnswerCache(cache_size),
+        signed=any(cz.signer is not None for cz in compiled.values()),
     )
 
 

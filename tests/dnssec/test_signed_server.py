@@ -1,0 +1,239 @@
+"""A signed zone served by the real server over UDP and TCP, every signature checked by dnspython.
+
+The example zone plus `dnssec: {keys: keys}`; a second node with the same key
+files, and the unsigned example zone beside it to show that queries without
+DO get exactly the answers they get today.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.dnssec
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from geodns.dnssec import keys as zkeys
+from tests.integration.conftest import REPO, Server, running
+from tests.integration.dnsutil import make, tcp, udp
+
+ZONE = "gslb.example.test"
+ORIGIN = dns.name.from_text(ZONE + ".")
+
+
+def signed_zones(tmp: Path, key: zkeys.Key | None = None) -> tuple[Path, zkeys.Key]:
+    zones = tmp / "zones"
+    zones.mkdir(parents=True)
+    shutil.copy(REPO / "data" / "latency.yaml", tmp / "latency.yaml")
+    text = (REPO / "zones" / "example.yaml").read_text().replace("../data/latency.yaml", "../latency.yaml")
+    (zones / "example.yaml").write_text(text + "\ndnssec:\n  keys: ../keys\n")
+    key = key or zkeys.generate(ZONE)
+    zkeys.write(key, tmp / "keys")
+    return zones, key
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory) -> Iterator[tuple[Server, Server, Server, zkeys.Key]]:
+    """Two signed nodes (same key files) and one serving the unsigned example zone."""
+    zones, key = signed_zones(tmp_path_factory.mktemp("signed-1"))
+    zones2, _ = signed_zones(tmp_path_factory.mktemp("signed-2"), key)
+    with running(tmp_path_factory.mktemp("s1"), zones=zones) as one, running(
+        tmp_path_factory.mktemp("s2"), zones=zones2
+    ) as two, running(tmp_path_factory.mktemp("plain")) as plain:
+        yield one, two, plain, key
+        assert one.alive() and two.alive(), one.log_text() + two.log_text()
+
+
+@pytest.fixture(scope="module")
+def server(nodes) -> Server:
+    return nodes[0]
+
+
+@pytest.fixture(scope="module")
+def keyring(server) -> dict:
+    reply = udp(server, make(ZONE + ".", "DNSKEY", do=True))
+    dnskey = reply.find_rrset(reply.answer, ORIGIN, dns.rdataclass.IN, dns.rdatatype.DNSKEY)
+    return {ORIGIN: dnskey}
+
+
+def validated(reply: dns.message.Message, keyring: dict, unsigned: tuple = ()) -> list[tuple[str, str]]:
+    """Validate every RRset of the answer and authority sections against its RRSIG; returns
+    (owner, type) of each; `unsigned` lists the types that may come without one (a referral's NS)."""
+    seen = []
+    for section in (reply.answer, reply.authority, reply.additional):
+        sigs = {(r.name, r[0].type_covered): r for r in section if r.rdtype == dns.rdatatype.RRSIG}
+        for rrset in section:
+            if rrset.rdtype in (dns.rdatatype.RRSIG, dns.rdatatype.OPT):
+                continue
+            sig = sigs.get((rrset.name, rrset.rdtype))
+            if sig is None:
+                assert dns.rdatatype.to_text(rrset.rdtype) in unsigned or section is reply.additional, rrset
+                continue
+            dns.dnssec.validate(rrset, sig, keyring)
+            assert sig.ttl == rrset.ttl and sig[0].original_ttl == rrset.ttl, (sig, rrset)
+            seen.append((rrset.name.to_text(), dns.rdatatype.to_text(rrset.rdtype)))
+    return seen
+
+
+def test_apex_keys_validate_and_cds_matches_the_ds(server, keyring, nodes) -> None:
+    key = nodes[3]
+    reply = udp(server, make(ZONE + ".", "DNSKEY", do=True))
+    assert reply.flags & dns.flags.AA and reply.ednsflags & dns.flags.DO
+    assert validated(reply, keyring) == [(ZONE + ".", "DNSKEY")]
+    for rdtype in ("CDS", "CDNSKEY"):
+        reply = udp(server, make(ZONE + ".", rdtype, do=True))
+        assert validated(reply, keyring) == [(ZONE + ".", rdtype)]
+    cds = reply = udp(server, make(ZONE + ".", "CDS", do=True)).answer[0]
+    assert cds[0].to_wire() == zkeys.ds_rdata(key)
+
+
+def test_steered_answer_is_signed_with_its_own_ttl(server, keyring) -> None:
+    reply = udp(server, make(f"www.{ZONE}.", "A", do=True, subnet="81.2.69.0/24"))
+    a = reply.find_rrset(reply.answer, dns.name.from_text(f"www.{ZONE}."), dns.rdataclass.IN, dns.rdatatype.A)
+    assert [r.address for r in a] == ["192.0.2.30"] and a.ttl == 30
+    assert validated(reply, keyring) == [(f"www.{ZONE}.", "A")]
+    assert reply.options[0].scopelen > 0  # still an ECS answer
+    other = udp(server, make(f"www.{ZONE}.", "A", do=True, subnet="8.8.8.0/24"))
+    assert [r.address for r in other.answer[0]] == ["192.0.2.20"]
+    validated(other, keyring)
+
+
+def test_without_do_the_answers_are_byte_for_byte_the_unsigned_ones(nodes) -> None:
+    signed, _, plain, _ = nodes
+    for name, rdtype, subnet in (
+        (f"www.{ZONE}.", "A", "81.2.69.0/24"),
+        (f"api.{ZONE}.", "A", None),
+        (f"nope.{ZONE}.", "A", None),
+        (f"mail.{ZONE}.", "TXT", None),
+        (f"legacy.{ZONE}.", "A", None),
+        (f"x.cdn.{ZONE}.", "A", None),
+        (ZONE + ".", "DNSKEY", None),
+    ):
+        query = make(name, rdtype, subnet=subnet, edns=0, qid=4321)
+        wire = query.to_wire()
+        import socket
+
+        answers = []
+        for srv in (signed, plain):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(3)
+                s.sendto(wire, (srv.host, srv.port))
+                answers.append(s.recv(65535))
+        assert answers[0] == answers[1], (name, rdtype)
+
+
+def test_nonexistent_name_is_a_compact_answer(server, keyring) -> None:
+    name = f"nope.{ZONE}."
+    reply = udp(server, make(name, "A", do=True))
+    assert reply.rcode() == dns.rcode.NOERROR and not reply.answer
+    nsec = reply.find_rrset(reply.authority, dns.name.from_text(name), dns.rdataclass.IN, dns.rdatatype.NSEC)
+    assert nsec[0].next == dns.name.from_text("\\000." + name)
+    assert nsec[0].to_text().split()[1:] == ["RRSIG", "NSEC", "NXNAME"]
+    assert sorted(validated(reply, keyring)) == [(ZONE + ".", "SOA"), (name, "NSEC")]
+    # CO set: the real rcode, and CO echoed (RFC 9824 4).
+    query = make(name, "A", do=True)
+    query.ednsflags |= 0x4000
+    reply = udp(server, query)
+    assert reply.rcode() == dns.rcode.NXDOMAIN and reply.ednsflags & 0x4000
+    assert reply.find_rrset(reply.authority, dns.name.from_text(name), dns.rdataclass.IN, dns.rdatatype.NSEC)
+    # An explicit NXNAME query is a format error (RFC 9824 3.5).
+    assert udp(server, make(name, 128, do=True)).rcode() == dns.rcode.FORMERR
+
+
+def test_missing_type_lists_the_types_that_exist(server, keyring) -> None:
+    name = f"mail.{ZONE}."
+    reply = udp(server, make(name, "TXT", do=True))
+    assert reply.rcode() == dns.rcode.NOERROR and not reply.answer
+    nsec = reply.find_rrset(reply.authority, dns.name.from_text(name), dns.rdataclass.IN, dns.rdatatype.NSEC)
+    assert nsec[0].to_text().split()[1:] == ["A", "AAAA", "RRSIG", "NSEC"]
+    assert sorted(validated(reply, keyring)) == [(ZONE + ".", "SOA"), (name, "NSEC")]
+    # A steered name: its types come from its regions' endpoints; the asked type is never listed.
+    reply = udp(server, make(f"www.{ZONE}.", "MX", do=True))
+    nsec = reply.find_rrset(reply.authority, dns.name.from_text(f"www.{ZONE}."), dns.rdataclass.IN, dns.rdatatype.NSEC)
+    assert nsec[0].to_text().split()[1:] == ["A", "AAAA", "RRSIG", "NSEC"]
+    # The apex lists its keys.
+    reply = udp(server, make(ZONE + ".", "A", do=True))
+    nsec = reply.find_rrset(reply.authority, ORIGIN, dns.rdataclass.IN, dns.rdatatype.NSEC)
+    for t in ("NS", "SOA", "MX", "TXT", "DNSKEY", "CDS", "CDNSKEY", "CAA"):
+        assert t in nsec[0].to_text().split()
+    validated(reply, keyring)
+
+
+def test_cname_chain_and_wildcard(server, keyring) -> None:
+    reply = udp(server, make(f"api.{ZONE}.", "A", do=True, subnet="81.2.69.0/24"))
+    assert validated(reply, keyring) == [(f"api.{ZONE}.", "CNAME"), (f"app.{ZONE}.", "CNAME"), (f"www.{ZONE}.", "A")]
+    reply = udp(server, make(f"x.cdn.{ZONE}.", "A", do=True))
+    sig = next(r for r in reply.answer if r.rdtype == dns.rdatatype.RRSIG)
+    assert sig[0].labels == 4  # cdn.gslb.example.test: the wildcard's, not the query name's 5
+    nsec = next(r for r in reply.authority if r.rdtype == dns.rdatatype.NSEC)
+    assert validated(reply, keyring) == [(f"x.cdn.{ZONE}.", "A"), (nsec.name.to_text(), "NSEC")]
+    # The NSEC proves x.cdn itself does not exist: it covers it, and nothing else of the zone.
+    assert nsec.name < dns.name.from_text(f"x.cdn.{ZONE}.") < nsec[0].next
+    assert nsec[0].next == dns.name.from_text(f"\\000.x.cdn.{ZONE}.")
+
+
+def test_delegation_is_unsigned_with_a_signed_nsec_proving_no_ds(server, keyring) -> None:
+    reply = udp(server, make(f"www.legacy.{ZONE}.", "A", do=True))
+    assert not reply.flags & dns.flags.AA
+    assert not any(r.rdtype == dns.rdatatype.RRSIG and r[0].type_covered == dns.rdatatype.NS for r in reply.authority)
+    nsec = reply.find_rrset(reply.authority, dns.name.from_text(f"legacy.{ZONE}."), dns.rdataclass.IN, dns.rdatatype.NSEC)
+    assert nsec[0].to_text().split()[1:] == ["NS", "RRSIG", "NSEC"]
+    assert validated(reply, keyring, unsigned=("NS",)) == [(f"legacy.{ZONE}.", "NSEC")]
+    # The DS query at the cut is ours: NODATA, the same NSEC.
+    reply = udp(server, make(f"legacy.{ZONE}.", "DS", do=True))
+    assert reply.flags & dns.flags.AA and not reply.answer
+    assert sorted(validated(reply, keyring)) == [(ZONE + ".", "SOA"), (f"legacy.{ZONE}.", "NSEC")]
+
+
+def test_small_buffer_truncates_and_tcp_carries_it_whole(server, keyring) -> None:
+    query = make(f"big.{ZONE}.", "TXT", do=True, payload=1232)
+    reply = udp(server, query)
+    assert reply.flags & dns.flags.TC and not reply.answer and reply.ednsflags & dns.flags.DO
+    whole = tcp(server, query)
+    assert not whole.flags & dns.flags.TC
+    assert validated(whole, keyring) == [(f"big.{ZONE}.", "TXT")]
+    # Fits in 512 octets unsigned, not signed: the DO query alone is truncated, TCP has it all.
+    name = f"{'a' * 60}.cdn.{ZONE}."
+    assert not udp(server, make(name, "A", edns=0, payload=512)).flags & dns.flags.TC
+    cut = udp(server, make(name, "A", do=True, payload=512))
+    assert cut.flags & dns.flags.TC and not cut.answer and not cut.authority
+    whole = tcp(server, make(name, "A", do=True, payload=512))
+    assert len(whole.to_wire()) > 512
+    assert [t for _n, t in validated(whole, keyring)] == ["A", "NSEC"]
+
+
+def test_two_nodes_sign_the_same_rrset_the_same_way(nodes) -> None:
+    one, two, _, _ = nodes
+    for name, rdtype, subnet in ((f"www.{ZONE}.", "A", "81.2.69.0/24"), (f"nope.{ZONE}.", "A", None), (ZONE + ".", "DNSKEY", None)):
+        query = make(name, rdtype, do=True, subnet=subnet)
+        sigs = [
+            sorted(r.to_text() for r in udp(srv, query).answer + udp(srv, query).authority if r.rdtype == dns.rdatatype.RRSIG)
+            for srv in (one, two)
+        ]
+        assert sigs[0] and sigs[0] == sigs[1], name
+
+
+def test_health_capped_ttl_is_the_rrsig_ttl(tmp_path: Path) -> None:
+    """us-east down: `failover` answers us-west with its failover_ttl (10), and so does its RRSIG
+    (bytes in, bytes out through the sans-I/O answer(), with the verdict set directly)."""
+    from geodns.config import load_zones
+    from geodns.dns.answer import answer
+    from geodns.dns.snapshot import build_snapshot
+    from geodns.steer import Verdict
+
+    zones, key = signed_zones(tmp_path)
+    loaded = load_zones(zones)
+    keyring = {ORIGIN: dns.rrset.from_text(ORIGIN, 3600, "IN", "DNSKEY", zkeys.dnskey_text(key).split(" IN DNSKEY ")[1])}
+    name = f"failover.{ZONE}."
+    for verdicts, ttl, address in (({}, 30, "192.0.2.10"), ({"us-east": Verdict(up=False)}, 10, "192.0.2.20")):
+        snap = build_snapshot(1, loaded, None, verdicts)
+        reply = dns.message.from_wire(answer(snap, make(name, "A", do=True).to_wire(), "127.0.0.1"))
+        assert [r.address for r in reply.answer[0]] == [address] and reply.answer[0].ttl == ttl
+        assert validated(reply, keyring) == [(name, "A")]
