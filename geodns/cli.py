@@ -60,6 +60,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     state = None if args.state == "none" else (args.state or DEFAULT_STATE)
     if state:
         Path(state).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        rrl, rrl_flags = _rrl_flags(args)
+    except ValueError as exc:
+        print(f"geodns serve: {exc}", file=sys.stderr)
+        return 2
     controller = Controller(args.zones, _geoip_arg(args), state, cache_size=args.cache_size)
     options = ServeOptions(
         listens=listens,
@@ -68,8 +73,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         node_file=args.node,
         workers=workers,
         query_log=args.query_log,
+        rrl=rrl,
+        rrl_flags=rrl_flags,
     )
     return run(controller, options)
+
+
+_RRL_FLAGS = ("rate", "slip", "window", "ipv4_prefix", "ipv6_prefix", "exempt", "log_only", "slots", "share")
+
+
+def _rrl_flags(args: argparse.Namespace):
+    """The `--rrl-*` flags given, as settings (checked now) and the names of those given
+    (they win over the node settings file's `rrl:`)."""
+    from geodns.dns.rrl import RRLSettings
+
+    given = {name: getattr(args, f"rrl_{name}") for name in _RRL_FLAGS if getattr(args, f"rrl_{name}") is not None}
+    if "exempt" in given:
+        given["exempt"] = tuple(given["exempt"])
+    return RRLSettings(**given), tuple(given)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -173,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", default="info")
     p.add_argument("--cache-size", type=int, default=200_000, help="answer cache entries per worker")
+    rrl = p.add_argument_group("response rate limiting (UDP; TCP and valid DNS cookies are never limited)")
+    rrl.add_argument("--rrl-rate", type=float, default=None, metavar="N", help="responses per second per client network, response class and name (default 0: off)")
+    rrl.add_argument("--rrl-slip", type=int, default=None, metavar="N", help="send every N-th dropped response truncated (TC=1) so resolvers retry over TCP (default 2; 0 never, 1 always)")
+    rrl.add_argument("--rrl-window", type=float, default=None, metavar="S", help="seconds of rate a quiet network may use at once (bucket depth; default 1)")
+    rrl.add_argument("--rrl-ipv4-prefix", type=int, default=None, metavar="LEN", help="IPv4 client network size (default 24)")
+    rrl.add_argument("--rrl-ipv6-prefix", type=int, default=None, metavar="LEN", help="IPv6 client network size (default 56)")
+    rrl.add_argument("--rrl-exempt", action="append", default=None, metavar="CIDR", help="never limit this network (repeatable)")
+    rrl.add_argument("--rrl-log-only", action="store_const", const=True, default=None, help="count and log what would be limited, answer everything")
+    rrl.add_argument("--rrl-slots", type=int, default=None, metavar="N", help="buckets in the table, a power of two (default 65536, 32 bytes each)")
+    rrl.add_argument("--rrl-share", choices=("shared", "divided"), default=None, help="with --workers: one table in shared memory (default) or rate/N per worker")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate zone files; report every error with file:line: field")

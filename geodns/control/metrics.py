@@ -137,6 +137,15 @@ class NodeCollector(Collector):
         misses = CounterMetricFamily("geodns_cache_misses", "Answer cache misses.")
         misses.add_metric([], exported.get("cache_misses", 0))
         yield misses
+        rrl = CounterMetricFamily(
+            "geodns_rrl_responses",
+            "UDP responses response rate limiting dropped, slipped (sent truncated, TC=1) or, in log-only mode, "
+            "would have limited (logged), by response class.",
+            labels=["action", "class"],
+        )
+        for action, cls, n in sorted(exported.get("rrl", ())):
+            rrl.add_metric([action, cls], n)
+        yield rrl
 
 
 class _Forward(Collector):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from geodns.control.controller import Controller, ReloadFailed
+from geodns.dns.rrl import Limiter, RRLSettings, RRLSettingsError, settings_from_mapping
 from geodns.dns.server import Listen, start_listeners
 
 log = logging.getLogger("geodns.serve")
@@ -30,6 +31,10 @@ class ServeOptions:
     node_file: str | None = None
     workers: int = 1
     query_log: bool = False
+    rrl: RRLSettings = RRLSettings()
+    """Response rate limiting from the command line (off unless --rrl-rate is given)."""
+    rrl_flags: tuple[str, ...] = ()
+    """The settings given as flags: they win over the node settings file's `rrl:`."""
 
 
 def _module(name: str):
@@ -67,7 +72,7 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
         from geodns.health.settings import NodeSettingsError, load_node_settings
 
         try:
-            settings = load_node_settings(options.node_file)
+            settings = load_node_settings(options.node_file, extra_keys=("rrl",))
         except NodeSettingsError as exc:
             log.error("%s", exc)
             return 2
@@ -76,20 +81,29 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
         controller.set_health_verdicts(health.verdicts())
         controller.reload_hooks.append(lambda config: health.reconfigure(list(config.zones)))
 
+    try:
+        rrl = rrl_settings(options)
+    except RRLSettingsError as exc:
+        log.error("%s", exc)
+        return 2
+
     workers = None
     stats_source = None
     closers: list[Callable[[], None]] = []
     try:
         workers_mod = _module("geodns.dns.workers") if options.workers != 1 else None
         if workers_mod is not None and hasattr(workers_mod, "WorkerPool"):
-            workers = workers_mod.WorkerPool(controller, list(options.listens), options.workers, options.query_log)
+            workers = workers_mod.WorkerPool(controller, list(options.listens), options.workers, options.query_log, rrl)
             await workers.start()
             stats_source = workers.stats
         else:
             from geodns.dns.stats import Stats
 
             stats = Stats()
-            closers = await start_listeners(controller.ref, list(options.listens), log_queries=options.query_log, stats=stats)
+            limiter = Limiter(rrl) if rrl.enabled else None
+            closers = await start_listeners(
+                controller.ref, list(options.listens), log_queries=options.query_log, stats=stats, rrl=limiter
+            )
             stats_source = stats.export
     except OSError as exc:
         log.error("cannot listen: %s", exc)
@@ -124,7 +138,7 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
     capacity_task = asyncio.create_task(poller.run())
     geo = controller.geo
     log.info(
-        "serving listen=%s admin=%s workers=%s zones=%s generation=%d geoip=%s health=%s",
+        "serving listen=%s admin=%s workers=%s zones=%s generation=%d geoip=%s health=%s rrl=%s",
         ",".join(str(x) for x in options.listens),
         options.admin if admin_runner else "off",
         options.workers if workers else 1,
@@ -132,6 +146,7 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
         snapshot.generation,
         f"{geo.path} ({geo.database_type})" if geo else "none",
         "on" if health else "off (verdicts from the admin state file)",
+        rrl.describe(),
     )
     if ready is not None:
         ready()
@@ -148,6 +163,26 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
     for close in closers:
         close()
     return 0
+
+
+def rrl_settings(options: ServeOptions) -> RRLSettings:
+    """Rate limiting as configured: the node settings file's `rrl:` mapping, if any, with the
+    `--rrl-*` flags given on the command line over it. Raises RRLSettingsError."""
+    if not options.node_file:
+        return options.rrl
+    import yaml
+
+    try:
+        with open(options.node_file, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as exc:  # load_node_settings has said so already
+        raise RRLSettingsError(f"{options.node_file}: {exc}") from None
+    section = data.get("rrl") if isinstance(data, dict) else None
+    if section is None:
+        return options.rrl
+    base = settings_from_mapping(section, source=f"{options.node_file}: rrl")
+    flags = {name: getattr(options.rrl, name) for name in options.rrl_flags}
+    return settings_from_mapping(flags, base, source="--rrl flags") if flags else base
 
 
 def run(controller: Controller, options: ServeOptions) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from geodns.dns.answer import answer, client_address, locate, narrowing_of
 from geodns.dns.resolve import name_of, resolve
+from geodns.dns.rrl import Limiter
 from geodns.dns.snapshot import Snapshot
 from geodns.dns.stats import Stats
 from geodns.dns.wire import CLASS_IN, Query, Rcode, parse_query
@@ -142,10 +143,11 @@ def reason(snap: Snapshot, query: Query, client: str) -> str:
 
 
 class UDPProtocol(asyncio.DatagramProtocol):
-    def __init__(self, ref: SnapshotRef, log_queries: bool = False, stats: Stats | None = None):
+    def __init__(self, ref: SnapshotRef, log_queries: bool = False, stats: Stats | None = None, rrl: Limiter | None = None):
         self.ref = ref
         self.log_queries = log_queries
         self.stats = stats if stats is not None else Stats()
+        self.rrl = rrl
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport) -> None:
@@ -161,6 +163,8 @@ class UDPProtocol(asyncio.DatagramProtocol):
         self.stats.observe_latency(time.perf_counter() - started)
         if self.log_queries:
             log_query(self.ref.snapshot, addr[0], data, response, "udp")
+        if response is not None and self.rrl is not None:
+            response = self.rrl.screen_one(response, packed_host(addr[0]), time.monotonic(), self.stats.rrl)
         if response is not None:
             self.transport.sendto(response, addr)
 
@@ -175,6 +179,12 @@ def sockaddr_host(addr: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6, addr[8:24])
 
 
+def packed_host(host: str) -> bytes:
+    """An address from asyncio's (host, port) as 4 or 16 bytes."""
+    host = host.split("%", 1)[0]
+    return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+
+
 class BatchedUDP:
     """UDP with recvmmsg/sendmmsg (geodns.dns._mmsg): one system call per 64 queries each way.
 
@@ -183,14 +193,17 @@ class BatchedUDP:
     budget; everything else goes through `answer()`. Latency is observed per
     batch (from the receive call's return to the send call's), counted once
     per query in the batch: two clock reads per batch instead of per query.
+    Response rate limiting (`rrl`) screens the batch's answers, cache hits
+    included, before they are sent.
     """
 
     MAX_ROUNDS = 16
     """Batches per wake-up before yielding, so TCP and the control pipe get a turn under flood."""
 
-    def __init__(self, sock: socket.socket, ref: SnapshotRef, stats: Stats, log_queries: bool = False):
+    def __init__(self, sock: socket.socket, ref: SnapshotRef, stats: Stats, log_queries: bool = False, rrl: Limiter | None = None):
         from geodns.dns import _mmsg
 
+        self.rrl = rrl
         self.sock = sock
         self.fd = sock.fileno()
         self.ref = ref
@@ -234,6 +247,8 @@ class BatchedUDP:
             # compute time, split evenly would hide nothing useful at 64 per batch.
             stats.observe_latency_n((clock() - started) / len(batch), len(batch))
             stats.cache_hits += hits
+            if out and self.rrl is not None:
+                out = self.rrl.screen(out, time.monotonic(), stats.rrl)
             if out:
                 send(fd, out)
             if len(batch) < 64:
@@ -326,8 +341,10 @@ async def start_listeners(
     tcp: bool = True,
     udp: bool = True,
     stats: Stats | None = None,
+    rrl: Limiter | None = None,
 ) -> list[Callable[[], None]]:
-    """Bind UDP and TCP on each address; returns closers. Raises OSError if a bind fails."""
+    """Bind UDP and TCP on each address; returns closers. Raises OSError if a bind fails.
+    `rrl` limits the UDP responses (TCP is never limited: its clients cannot be spoofed)."""
     loop = asyncio.get_running_loop()
     closers: list[Callable[[], None]] = []
     stats = stats if stats is not None else Stats()
@@ -346,12 +363,12 @@ async def start_listeners(
             sock.bind((listen.host, listen.port))
             if batched_io_available():
                 sock.setblocking(False)
-                reader = BatchedUDP(sock, ref, stats, log_queries)
+                reader = BatchedUDP(sock, ref, stats, log_queries, rrl)
                 loop.add_reader(sock.fileno(), reader.on_readable)
                 closers.append(reader.close)
             else:
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: UDPProtocol(ref, log_queries, stats), sock=sock
+                    lambda: UDPProtocol(ref, log_queries, stats, rrl), sock=sock
                 )
                 closers.append(transport.close)
         if tcp:

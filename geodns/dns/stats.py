@@ -50,7 +50,7 @@ def slot(key: tuple) -> int:
 
 
 class Stats:
-    __slots__ = ("answers", "counts", "latency", "latency_sum", "cache_hits", "cache_misses")
+    __slots__ = ("answers", "counts", "latency", "latency_sum", "cache_hits", "cache_misses", "rrl")
 
     def __init__(self) -> None:
         self.answers: Counter = Counter()
@@ -61,6 +61,8 @@ class Stats:
         self.latency_sum = 0.0
         self.cache_hits = 0
         self.cache_misses = 0
+        self.rrl: dict[tuple[str, str], int] = {}
+        """(action, response class) -> responses rate limiting dropped, slipped or (log-only) let through."""
 
     def observe_latency(self, seconds: float) -> None:
         self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -93,4 +95,5 @@ class Stats:
             "latency_sum": self.latency_sum,
             "cache_hits": self.cache_hits,
             "cache_misses": self.cache_misses,
+            "rrl": [(action, cls, n) for (action, cls), n in self.rrl.items()],
         }

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from geodns.dns.rrl import RRLSettings, create_shared, limiter_for_worker
 from geodns.dns.server import Listen, SnapshotRef, start_listeners
 from geodns.dns.snapshot import Snapshot, build_snapshot
 from geodns.dns.stats import LATENCY_BUCKETS, Stats
@@ -88,6 +89,7 @@ def merge_exports(exports: list[dict]) -> dict:
     latency = [0] * (len(LATENCY_BUCKETS) + 1)
     latency_sum = 0.0
     hits = misses = 0
+    rrl: Counter = Counter()
     for export in exports:
         for label, qtype, transport, n in export.get("answers", ()):
             answers[(tuple(label), qtype, transport)] += n
@@ -96,12 +98,15 @@ def merge_exports(exports: list[dict]) -> dict:
         latency_sum += export.get("latency_sum", 0.0)
         hits += export.get("cache_hits", 0)
         misses += export.get("cache_misses", 0)
+        for action, cls, n in export.get("rrl", ()):
+            rrl[(action, cls)] += n
     return {
         "answers": [(label, qtype, transport, n) for (label, qtype, transport), n in answers.items()],
         "latency": latency,
         "latency_sum": latency_sum,
         "cache_hits": hits,
         "cache_misses": misses,
+        "rrl": [(action, cls, n) for (action, cls), n in rrl.items()],
     }
 
 
@@ -130,7 +135,7 @@ class WorkerPool:
     n <= 0 means one worker per core.
     """
 
-    def __init__(self, controller: Any, listens: list[Listen], n: int = 0, query_log: bool = False):
+    def __init__(self, controller: Any, listens: list[Listen], n: int = 0, query_log: bool = False, rrl: RRLSettings | None = None):
         self.controller = controller
         self.listens = list(listens)
         self.n = n if n > 0 else (os.cpu_count() or 1)
@@ -140,6 +145,11 @@ class WorkerPool:
         """Last counters of workers that died and were replaced, so totals never go down."""
         self._stopping = False
         self._state: SnapshotState | None = None
+        self.rrl = rrl if rrl is not None and rrl.enabled else None
+        self._rrl_table = create_shared(self.rrl) if self.rrl is not None and self.rrl.share == "shared" else None
+        """One rate-limiting table in shared memory for every worker (replacements included)."""
+        self._hash_seed = str(int.from_bytes(os.urandom(4), "big"))
+        """Every worker hashes with this seed, so a rate-limiting unit has one slot in the shared table."""
 
     async def start(self) -> None:
         self._state = SnapshotState.of(self.controller.snapshot)
@@ -169,12 +179,17 @@ class WorkerPool:
                 "log_level": root.level,
                 "log_formatter": formatter,
                 "query_log_level": logging.getLogger("geodns.query").level,
+                "rrl": self.rrl,
+                "rrl_table": self._rrl_table,
+                "workers": self.n,
             }
         )
+        shared = [self._rrl_table.fd] if self._rrl_table is not None else []
         proc = subprocess.Popen(
             [sys.executable, "-m", "geodns.dns.workers", str(child_sock.fileno())],
-            pass_fds=[child_sock.fileno()],
+            pass_fds=[child_sock.fileno(), *shared],
             stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONHASHSEED": self._hash_seed},
         )
         child_sock.close()
         conn = Connection(parent_sock.detach())
@@ -256,6 +271,10 @@ class WorkerPool:
                     if kind == "stats":
                         worker.last_stats = value
             worker.conn.close()
+        if self._rrl_table is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._rrl_table.fd)
+            self._rrl_table = None
 
 
 # ---------------------------------------------------------------- the worker side
@@ -330,8 +349,13 @@ async def _worker(conn: Connection) -> int:
         conn.send(("error", f"cannot build the snapshot: {exc}"))
         return 1
     stats = Stats()
+    rrl = None
+    if setup.get("rrl") is not None:
+        rrl = limiter_for_worker(setup["rrl"], setup.get("workers", 1), setup.get("rrl_table"))
     try:
-        closers = await start_listeners(replica.ref, setup["listens"], log_queries=setup["query_log"], reuse_port=True, stats=stats)
+        closers = await start_listeners(
+            replica.ref, setup["listens"], log_queries=setup["query_log"], reuse_port=True, stats=stats, rrl=rrl
+        )
     except OSError as exc:
         conn.send(("error", f"cannot listen: {exc}"))
         return 1
