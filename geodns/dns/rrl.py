@@ -35,6 +35,7 @@ debit, which lets a flood through by a fraction of a percent, not more.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import logging
 import os
@@ -257,9 +258,9 @@ class Table:
     is one, and otherwise says whether this drop slips.
     """
 
-    __slots__ = ("buf", "mask", "rate", "capacity", "slip", "_unpack", "_pack")
+    __slots__ = ("buf", "mask", "rate", "capacity", "slip", "_unpack", "_pack", "lock_fd")
 
-    def __init__(self, slots: int, rate: float, window: float, slip: int, buf: Any = None):
+    def __init__(self, slots: int, rate: float, window: float, slip: int, buf: Any = None, lock_fd: int | None = None):
         if buf is None:
             buf = bytearray(slots * SLOT_SIZE)
         if len(buf) < slots * SLOT_SIZE:
@@ -271,11 +272,22 @@ class Table:
         self.slip = slip
         self._unpack = _SLOT.unpack_from
         self._pack = _SLOT.pack_into
+        self.lock_fd = lock_fd
+        """Shared memory: the slot is locked (fcntl, its 32 bytes) while it is read and written."""
 
     def debit(self, tag: int, now: float) -> tuple[Action, bool]:
         """(what to do with this response, whether the unit just entered or left limiting)."""
         tag = (tag & 0xFFFFFFFFFFFFFFFF) | 1  # 0 marks an empty slot
         offset = (tag >> 1 & self.mask) * SLOT_SIZE
+        if self.lock_fd is None:
+            return self._debit(tag, offset, now)
+        fcntl.lockf(self.lock_fd, fcntl.LOCK_EX, SLOT_SIZE, offset)
+        try:
+            return self._debit(tag, offset, now)
+        finally:
+            fcntl.lockf(self.lock_fd, fcntl.LOCK_UN, SLOT_SIZE, offset)
+
+    def _debit(self, tag: int, offset: int, now: float) -> tuple[Action, bool]:
         buf = self.buf
         old, tokens, last, slips, flags = self._unpack(buf, offset)
         if old != tag:
@@ -286,10 +298,12 @@ class Table:
                 tokens = self.capacity
             last = now
         if tokens >= 1.0:
-            if flags:
+            # A limited unit is let go (and logged) once its bucket is full again: the flood
+            # paused for a window, not merely for the next token.
+            if flags and tokens >= self.capacity:
                 self._pack(buf, offset, tag, tokens - 1.0, last, 0, 0)
                 return Action.SEND, True
-            self._pack(buf, offset, tag, tokens - 1.0, last, slips, 0)
+            self._pack(buf, offset, tag, tokens - 1.0, last, slips, flags)
             return Action.SEND, False
         slip = self.slip
         # BIND's order: the first drop slips, then every slip-th.
@@ -444,7 +458,7 @@ class SharedTable:
 
 def create_shared(settings: RRLSettings) -> SharedTable:
     """A zeroed table in shared memory (memfd) for the workers of this node."""
-    fd = os.memfd_create("geodns-rrl", 0)
+    fd = os.memfd_create("geodns-rrl", os.MFD_CLOEXEC)
     os.ftruncate(fd, settings.slots * SLOT_SIZE)
     return SharedTable(fd, settings.slots)
 
@@ -455,7 +469,7 @@ def limiter_for_worker(settings: RRLSettings, workers: int, shared: SharedTable 
 
     if shared is not None and settings.share == "shared":
         buf = mmap.mmap(shared.fd, shared.slots * SLOT_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        table = Table(settings.slots, settings.rate, settings.window, settings.slip, memoryview(buf))
+        table = Table(settings.slots, settings.rate, settings.window, settings.slip, memoryview(buf), shared.fd)
         return Limiter(settings, table)
     rate = settings.rate / max(1, workers)
     return Limiter(settings, Table(settings.slots, rate, settings.window, settings.slip))
