@@ -1,4 +1,4 @@
-"""The `geodns` command: serve, check, query, status, drain, undrain, reload, agent, balance."""
+"""The `geodns` command: serve, check, keygen, query, status, drain, undrain, reload, agent, balance."""
 
 from __future__ import annotations
 
@@ -91,6 +91,35 @@ def _rrl_flags(args: argparse.Namespace):
     if "exempt" in given:
         given["exempt"] = tuple(given["exempt"])
     return RRLSettings(**given), tuple(given)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Write this node's Ed25519 private key (mode 0600) and print its public key."""
+    from geodns.health import keys
+
+    name = args.name
+    if not name or "/" in name or name.startswith("."):
+        print(f"geodns keygen: --name {name!r} is not a usable file name", file=sys.stderr)
+        return 2
+    path = Path(args.out) / f"{name}.key"
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        key = keys.generate()
+        keys.write_private_key(str(path), key)
+    except FileExistsError:
+        print(f"geodns keygen: {path} exists; not overwriting a node's key (remove it first to replace it)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"geodns keygen: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    public = keys.public_key_text(key)
+    if args.quiet:
+        print(public)
+        return 0
+    print(f"wrote {path} (mode 0600): in this node's settings, private_key_file: {path.name}")
+    print("in every other node's settings, under peers:")
+    print(f'  - {{name: {name}, url: "http://ADDRESS:PORT", public_key: "{public}"}}')
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -210,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", help="zone file or directory (default: --zones)")
     p.add_argument("--zones", default=os.environ.get("GEODNS_ZONES", DEFAULT_ZONES))
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("keygen", help="make this node's Ed25519 key pair for signed peer messages")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for NAME.key (created, mode 0600)")
+    p.add_argument("--name", default="node", help="the node's name: the key file is NAME.key (default node)")
+    p.add_argument("--quiet", action="store_true", help="print only the public key")
+    p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("query", help="print the answer for a client and explain each step")
     p.add_argument("name")

@@ -16,8 +16,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,6 +31,10 @@ from geodns.control.explain import explain
 from geodns.control.metrics import CONTENT_TYPE, StatsSource, node_registry, region_counts, render
 from geodns.dns.snapshot import Snapshot
 from geodns.health.plan import balancer_target
+from geodns.health import strictjson
+from geodns.health.drains import MAX_REASON, DrainRefused, DrainStore
+from geodns.health.peers import ADMIN_TOKEN
+from geodns.health.quorum import Drain
 from geodns.steer.verdict import endpoint_target
 
 log = logging.getLogger("geodns.admin")
@@ -43,7 +45,6 @@ SHARE_WINDOW = 300.0
 SAMPLE_EVERY = 2.0
 CHANGES_KEPT = 200
 MAX_BODY = 16 * 1024
-MAX_REASON = 500
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -310,13 +311,53 @@ def status_document(state: AdminState) -> dict[str, Any]:
 def current_drains(state: AdminState) -> dict[str, str]:
     if state.health is not None:
         return {t: getattr(d, "reason", "") or "" for t, d in state.health.drains().items()}
-    path = state.controller.state_path
-    if not path or not os.path.exists(path):
-        return {}
-    with contextlib.suppress(OSError, ValueError):
-        doc = json.loads(Path(path).read_text(encoding="utf-8") or "{}")
-        return {str(k): str(v) for k, v in (doc.get("drains") or {}).items()}
-    return {}
+    return {t: d.reason for t, d in _state_file_store(state.controller.state_path).load(_state_file_drain).items()}
+
+
+# ---- drains without a health service: the admin state file ---------------------
+#
+# A node has one drain store. With a health service it is the service's
+# (`state_dir/drains.json`, signed, sent to peers); without one it is the
+# `drains` of the admin state file, which the controller reads. Both are a
+# `geodns.health.drains.DrainStore`, the only code that writes drains.
+
+
+def _state_file_store(path: str | None) -> DrainStore:
+    return DrainStore(path, reasons=True)
+
+
+def _state_file_drain(raw: Any) -> Drain:
+    """An entry of the admin state file's `{target: reason}`, checked as it is read."""
+    target, reason = raw.get("target"), raw.get("reason")
+    if not isinstance(target, str) or not target or len(target) > 300:
+        raise DrainRefused("target must be a region or endpoint name")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise DrainRefused(f"reason must be a string of at most {MAX_REASON} characters")
+    return Drain(target, True, reason, 0.0, "admin")
+
+
+def adopt_state_file_drains(controller: Controller, health: Any) -> None:
+    """With a health service, drains left in the admin state file (by an older
+    geodns, or by hand) move into the service's store, and out of the file."""
+    store = _state_file_store(controller.state_path)
+    found = store.load(_state_file_drain)
+    if not found:
+        return
+    for target, d in found.items():
+        if target in health.drains():
+            continue
+        try:
+            health.drain(target, d.reason)
+        except (KeyError, ValueError) as exc:
+            log.error("admin state drain not adopted target=%s error=%s", target, exc)
+            continue
+        log.warning("admin state drain adopted by the health service target=%s reason=%r", target, d.reason)
+    try:
+        store.save([])
+    except OSError as exc:
+        log.error("cannot remove the adopted drains from the admin state file %s: %s", controller.state_path, exc)
+        return
+    apply_state_file(controller)
 
 
 @read
@@ -353,8 +394,8 @@ async def _json_body(request: web.Request) -> dict[str, Any] | web.Response:
     if len(raw) > MAX_BODY:
         return error(413, f"body larger than {MAX_BODY} bytes")
     try:
-        body = json.loads(raw or b"null")
-    except ValueError:
+        body = strictjson.loads(raw or b"null")
+    except (ValueError, RecursionError):
         return error(400, 'body must be JSON, e.g. {"target": "eu-west", "reason": "maintenance"}')
     if not isinstance(body, dict):
         return error(400, 'body must be a JSON object, e.g. {"target": "eu-west", "reason": "maintenance"}')
@@ -423,6 +464,8 @@ async def _apply(request: web.Request, state: AdminState, target: str, reason: s
             state.health.drain(target, reason) if reason is not None else state.health.undrain(target)
         except KeyError as exc:
             return error(400, f"unknown target {target!r}: {exc}")
+        except ValueError as exc:
+            return error(400, str(exc))
     else:
         path = state.controller.state_path
         if not path:
@@ -442,31 +485,13 @@ async def _apply(request: web.Request, state: AdminState, target: str, reason: s
 
 def write_drain(path: str, target: str, reason: str | None) -> None:
     """Set or clear one drain in the admin state file, keeping its other keys; atomic replace."""
-    doc: dict[str, Any] = {}
-    if os.path.exists(path):
-        text = Path(path).read_text(encoding="utf-8")
-        doc = json.loads(text or "{}")
-        if not isinstance(doc, dict):
-            raise ValueError("not a JSON object")
-    drains = dict(doc.get("drains") or {})
+    store = _state_file_store(path)
+    drains = store.load(_state_file_drain)
     if reason is None:
         drains.pop(target, None)
     else:
-        drains[target] = reason
-    doc["drains"] = drains
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        drains[target] = Drain(target, True, reason, time.time(), "admin")
+    store.save(drains.values())
 
 
 def apply_state_file(controller: Controller) -> None:
@@ -499,6 +524,10 @@ def make_admin_app(
     state = AdminState(controller, token or None, stats, health)
     app[STATE] = state
     app[CONTROLLER] = controller
+    if token:
+        app[ADMIN_TOKEN] = token  # GET /v1/health (mounted by the health service) takes it too
+    if health is not None and controller.state_path:
+        adopt_state_file_drains(controller, health)
     app[REGISTRY_KEY] = node_registry(controller, stats, include_registries)
     app.router.add_get("/", page)
     app.router.add_get("/static/{name}", static)

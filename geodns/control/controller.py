@@ -10,7 +10,6 @@ keeps serving.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -22,6 +21,7 @@ from geodns.config import ConfigInvalid, Zone, load_zones
 from geodns.dns.server import SnapshotRef
 from geodns.dns.snapshot import Snapshot, build_snapshot
 from geodns.geo import GeoDatabase, GeoDatabaseError
+from geodns.health import strictjson
 from geodns.steer import LatencyTable, LatencyTableError, Verdict, load_latency_table
 
 log = logging.getLogger("geodns.control")
@@ -64,23 +64,48 @@ def load_config(zones_path: str | Path) -> Config:
     return Config(tuple(zones), tables)
 
 
-def load_admin_state(path: str | None) -> dict[str, Verdict]:
-    """Verdicts forced by the operator: `{"drains": {target: reason}, "down": [target, ...]}` (JSON)."""
+def load_admin_state(path: str | None, *, strict: bool = True) -> dict[str, Verdict]:
+    """Verdicts forced by the operator: `{"drains": {target: reason}, "down": [target, ...]}` (JSON).
+
+    A bad entry is dropped with a log line. A file that cannot be read at all
+    raises ReloadFailed (a reload keeps the previous state) unless `strict` is
+    false (at start: the node starts without it, and says so)."""
     if not path or not os.path.exists(path):
         return {}
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError) as exc:
-        raise ReloadFailed([f"{path}:0: cannot read admin state: {exc}"]) from None
-    if not isinstance(doc, dict) or set(doc) - {"drains", "down", "up"}:
-        raise ReloadFailed([f"{path}:0: admin state: expected keys drains, down, up"])
+        doc = strictjson.loads(Path(path).read_bytes() or b"{}")
+        if not isinstance(doc, dict) or set(doc) - {"drains", "down", "up"}:
+            raise ValueError("expected an object with keys drains, down, up")
+    except (OSError, ValueError, RecursionError) as exc:
+        if strict:
+            raise ReloadFailed([f"{path}:0: cannot read admin state: {exc}"]) from None
+        log.error("admin state ignored path=%s error=%s", path, exc)
+        return {}
+
+    def entries(key: str) -> list[str]:
+        value = doc.get(key) or []
+        if not isinstance(value, list):
+            log.error("admin state %s dropped path=%s: expected a list of targets", key, path)
+            return []
+        good = [t for t in value if isinstance(t, str) and t]
+        if len(good) != len(value):
+            log.error("admin state %s: %d entries that are not target names dropped path=%s", key, len(value) - len(good), path)
+        return good
+
     verdicts: dict[str, Verdict] = {}
-    for target in doc.get("down", []) or []:
-        verdicts[str(target)] = Verdict(up=False, forced=True, cause="marked down in the admin state file")
-    for target, reason in (doc.get("drains") or {}).items():
-        verdicts[str(target)] = Verdict(up=False, forced=True, cause=f"drained: {reason}")
-    for target in doc.get("up", []) or []:
-        verdicts[str(target)] = Verdict(up=True, forced=True, cause="forced up in the admin state file")
+    for target in entries("down"):
+        verdicts[target] = Verdict(up=False, forced=True, cause="marked down in the admin state file")
+    drains = doc.get("drains") or {}
+    if not isinstance(drains, dict):
+        log.error("admin state drains dropped path=%s: expected {target: reason}", path)
+        drains = {}
+    for target, reason in drains.items():
+        if not isinstance(reason, str) or len(reason) > 500:
+            log.error("admin state drain dropped path=%s target=%r: reason must be a string of at most 500 characters", path, target[:80])
+            continue
+        verdicts[target] = Verdict(up=False, forced=True, cause=f"drained: {reason}")
+    for target in entries("up"):
+        verdicts[target] = Verdict(up=True, forced=True, cause="forced up in the admin state file")
     return verdicts
 
 
@@ -111,7 +136,7 @@ class Controller:
         """First load: any error here is fatal (there is nothing to keep serving)."""
         self.config = load_config(self.zones_path)
         self.geo = self._open_geo()
-        self.admin_verdicts = load_admin_state(self.state_path)
+        self.admin_verdicts = load_admin_state(self.state_path, strict=False)
         self._state_mtime = _mtime(self.state_path)
         snapshot = self._build()
         self.ref = SnapshotRef(snapshot)

@@ -3,7 +3,8 @@
 It probes the zones' endpoints from one more vantage point and pushes its
 views to its peers, without serving DNS. With `listen:` in its node file it
 also serves the peer routes (so peers' pushes get its views back at once and
-`GET /v1/health` shows what it sees).
+`GET /v1/health` shows what it sees, to a peer's signed request or to the
+bearer token in $GEODNS_ADMIN_TOKEN).
 
     geodns agent --node agent.yaml --zones zones/
     python -m geodns.health.agent --node agent.yaml --zones zones/
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from geodns.config.model import Zone
+from geodns.health.peers import ADMIN_TOKEN
 from geodns.health.service import HealthService
 from geodns.health.settings import NodeSettings, NodeSettingsError, load_node_settings
 
@@ -32,7 +35,7 @@ log = logging.getLogger("geodns.health")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", required=True, metavar="FILE",
-                        help="node settings YAML (name, peers, secret, state_dir, listen)")
+                        help="node settings YAML (name, private_key_file, peers, state_dir, listen)")
     parser.add_argument("--zones", required=True, metavar="PATH",
                         help="zone file or directory of *.yaml whose regions to check")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
@@ -49,6 +52,9 @@ async def serve_agent(settings: NodeSettings, zones: Sequence[Zone], stop: async
     runner = None
     if settings.listen:
         app = web.Application()
+        token = os.environ.get("GEODNS_ADMIN_TOKEN")
+        if token:
+            app[ADMIN_TOKEN] = token
         service.add_routes(app)
         runner = web.AppRunner(app)
         await runner.setup()

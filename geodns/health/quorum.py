@@ -80,6 +80,9 @@ class Drain:
     """Epoch seconds when the operator asked."""
     by: str
     """The node that took the request."""
+    signature: str = ""
+    """`by`'s Ed25519 signature (base64) over the other fields, so peers can relay it
+    but not forge it (`geodns.health.drains`)."""
 
 
 def newer_drain(a: Drain | None, b: Drain | None) -> Drain | None:

@@ -11,7 +11,8 @@ Contract with the rest of geodns:
   start (warm-start verdicts), and when a published `until` has passed (so
   the snapshot's TTL bounds stay ahead of the clock).
 - `drain()` / `undrain()` are synchronous, durable (written to `state_dir`
-  before returning) and pushed to peers at once.
+  before returning, through the node's one `DrainStore`) and pushed to peers
+  at once.
 - `add_routes(app)` mounts the peer exchange and `GET /v1/health` on the
   node's admin app.
 """
@@ -23,9 +24,9 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
@@ -36,7 +37,18 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from geodns.config.model import Check, Zone
+from geodns.health import keys
 from geodns.health import peers as _peers
+from geodns.health.drains import (
+    MAX_REASON,
+    DrainRefused,
+    DrainStore,
+    check_drain,
+    drain_to_json,
+    read_json_file,
+    sign_drain,
+    write_json_atomic,
+)
 from geodns.health.plan import Plan, ProbeKey, plan_zones
 from geodns.health.probes import ProbeResult, probe, probe_session
 from geodns.health.quorum import (
@@ -54,8 +66,12 @@ __all__ = ["HealthService", "record_failopen", "FAILOPEN"]
 
 log = logging.getLogger("geodns.health")
 
-MESSAGE_VERSION = 1
+MESSAGE_VERSION = 2
 STARTUP_EXCHANGE_TIMEOUT = 1.0
+REFUSAL_LOG_EVERY = 60.0
+"""A refused peer message is logged at most once a minute per claimed peer."""
+MAX_RELATIVE = 1e9
+"""Seconds a view's times may lie from the message's `sent_at` (about 30 years)."""
 
 FAILOPEN = Counter(
     "geodns_failopen_total",
@@ -106,8 +122,12 @@ class _Metrics:
         self.exchanges = Counter("geodns_peer_exchanges_total", "Successful pushes to peers.", ["peer"],
                                  registry=registry)
         self.rejected = Counter("geodns_peer_messages_rejected_total",
-                                "Peer messages refused (unsigned, stale, bad signature, replay...).",
-                                ["reason"], registry=registry)
+                                "Peer messages (or parts: bad_drain, not_observer) refused, by reason "
+                                "and the configured peer they claimed to come from ('unknown' otherwise).",
+                                ["reason", "peer"], registry=registry)
+        self.peer_bytes = Counter("geodns_peer_bytes_total",
+                                  "Bytes of peer messages (bodies) sent and received.", ["direction"],
+                                  registry=registry)
         self.isolated = Gauge("geodns_health_isolated",
                               "1 when no peer has been heard recently and verdicts use this node's view only.",
                               registry=registry)
@@ -128,7 +148,14 @@ class HealthService:
     ) -> None:
         self.node = node
         self.on_change = on_change
-        self.verifier = _peers.Verifier(node.secret, node.replay_window)
+        self._keys = {p.name: keys.parse_public_key(p.public_key) for p in node.peers if p.public_key}
+        if node.private_key is not None:
+            self._keys[node.name] = node.private_key.public_key()
+        self.verifier = _peers.Verifier(node.name, node.private_key, self._keys, node.replay_window)
+        self._store = DrainStore(os.path.join(node.state_dir, "drains.json") if node.state_dir else None)
+        self._refusals: dict[str, tuple[float, int]] = {}
+        self._message_cache: tuple[int, float, bytes] | None = None
+        self._message_version = 0
         self.metrics = _Metrics(registry if registry is not None else REGISTRY)
         self._plan: Plan = plan_zones(zones, node.name, node.members)
         self._own: dict[str, View] = {}
@@ -178,6 +205,8 @@ class HealthService:
             self._push_events[peer.name] = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._exchange_loop(peer), name=f"health-peer-{peer.name}"))
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="health-tick"))
+        for warning in self.node.warnings:
+            log.warning("health settings node=%s %s", self.node.name, warning)
         log.info("health started node=%s probes=%d targets=%d peers=%d", self.node.name,
                  len(self._plan.probes), len(self._plan.targets) + len(self._plan.regions),
                  len(self.node.peers))
@@ -300,76 +329,132 @@ class HealthService:
     # ---- peer protocol (used by geodns.health.peers) ----------------------
 
     def peer_message(self) -> dict[str, Any]:
+        """Our own views (only ours: a node speaks for itself) and the signed
+        drains we hold, in the compact form of `geodns.health.peers`."""
+        now = time.time()
+        details: dict[str, int] = {}
         views = []
         for target, view in self._own.items():
             tp = self._plan.targets.get(target)
             if tp is None or tp.key is None:
                 continue
-            views.append({
-                "target": target, "state": view.state.value, "since": view.since, "at": view.at,
-                "until": earliest_change(view, _rules(tp.key.check)), "seq": view.seq,
-                "detail": view.detail,
-            })
+            views.append([
+                target, view.state.value, round(view.since - now, 3),
+                round(earliest_change(view, _rules(tp.key.check)) - now, 3),
+                round(view.at - now, 3) if view.at else None, view.seq,
+                details.setdefault(view.detail, len(details)),
+            ])
         return {
             "v": MESSAGE_VERSION,
             "node": self.node.name,
-            "sent_at": time.time(),
+            "sent_at": now,
+            "details": list(details),
             "views": views,
-            "drains": [asdict(d) for d in self._drains.values()],
+            "drains": [drain_to_json(d) for d in self._drains.values()],
         }
 
-    def accept_peer_message(self, message: dict[str, Any], received: float) -> None:
+    def accept_peer_message(self, sender: str, message: Any, received: float) -> None:
+        """Take a verified message from `sender`: its views of the targets it
+        observes, and the drains that pass `check_drain`. Raises Rejected."""
         try:
-            node = message["node"]
-            sent_at = float(message["sent_at"])
-            raw_views = message["views"]
-            raw_drains = message.get("drains", [])
-            if not isinstance(node, str) or not isinstance(raw_views, list) or not isinstance(raw_drains, list):
+            if not isinstance(message, dict) or message.get("v") != MESSAGE_VERSION:
+                raise ValueError(f"not a version {MESSAGE_VERSION} message")
+            sent_at, raw_views = message["sent_at"], message["views"]
+            raw_drains, details = message.get("drains", []), message.get("details", [])
+            if message.get("node") != sender:
+                raise ValueError("node differs from the signer")
+            if isinstance(sent_at, bool) or not isinstance(sent_at, int | float) \
+                    or not isinstance(raw_views, list) or not isinstance(raw_drains, list) \
+                    or not isinstance(details, list) or not all(isinstance(d, str) for d in details):
                 raise TypeError("wrong types")
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise _peers.Rejected("malformed", str(e)) from None
-        if node == self.node.name or node not in {p.name for p in self.node.peers}:
-            raise _peers.Rejected("unknown_peer", node[:64])
+        if not math.isfinite(sent_at) or abs(received - sent_at) > self.node.replay_window:
+            raise _peers.Rejected("stale", f"sent_at {received - sent_at:+.1f}s away from now")
         # Translate the peer's clock into ours: its sent_at is our `received`
         # (less transit time, which only makes its views look slightly older).
-        offset = received - sent_at
         views: dict[str, ObserverView] = {}
+        not_observed = 0
         try:
-            for v in raw_views:
-                target = v["target"]
-                if target not in self._plan.targets:
+            for row in raw_views:
+                if not isinstance(row, list) or len(row) != 7:
+                    raise ValueError("a view is a list of 7 fields")
+                target, state, since, until, at, _seq, detail = row
+                tp = self._plan.targets.get(target) if isinstance(target, str) else None
+                if tp is None:
+                    continue  # a target our zones do not have (config rollout in progress)
+                if sender not in tp.observers:
+                    not_observed += 1
                     continue
-                at = float(v["at"])
-                since = float(v["since"]) + offset
-                heard = min(received, at + offset) if at else min(received, since)
+                for t in (since, until) if at is None else (since, until, at):
+                    if isinstance(t, bool) or not isinstance(t, int | float) or not abs(t) <= MAX_RELATIVE:
+                        raise ValueError(f"{target}: time out of range")
+                if isinstance(detail, bool) or not isinstance(detail, int) or not 0 <= detail < len(details):
+                    raise ValueError(f"{target}: bad detail index")
+                since = received + since
+                heard = min(received, received + at) if at is not None else min(received, since)
                 views[target] = ObserverView(
-                    observer=node, state=State(v["state"]), since=since,
-                    until=float(v["until"]) + offset, heard=heard, detail=str(v.get("detail", ""))[:300],
+                    observer=sender, state=State(state), since=since, until=received + until,
+                    heard=heard, detail=details[detail][:300],
                 )
-            drains = [Drain(str(d["target"]), bool(d["active"]), str(d.get("reason", ""))[:300],
-                            float(d["at"]), str(d["by"])) for d in raw_drains]
-        except (KeyError, TypeError, ValueError) as e:
-            raise _peers.Rejected("malformed", f"bad view or drain: {e}") from None
-        touched = set(views) | set(self._peer_views.get(node, ()))
-        self._peer_views[node] = views
-        self._peer_seen[node] = received
-        self._peer_error.pop(node, None)
+        except (TypeError, ValueError) as e:
+            raise _peers.Rejected("malformed", f"bad view: {str(e)[:200]}") from None
+        if not_observed:
+            self._refused(sender, "not_observer", f"{not_observed} views of targets {sender} does not observe")
+        old = self._peer_views.get(sender, {})
+        touched = {t for t in set(views) | set(old)
+                   if (a := views.get(t)) is None or (b := old.get(t)) is None
+                   or (a.state, a.since, a.detail) != (b.state, b.since, b.detail)}
+        self._peer_views[sender] = views
+        self._peer_seen[sender] = received
+        self._peer_error.pop(sender, None)
         changed = False
-        for d in drains:
+        for raw in raw_drains:
+            if isinstance(raw, dict) and isinstance(raw.get("target"), str) and not self._plan.knows(raw["target"]):
+                continue  # a drain of a target our zones do not have
+            try:
+                d = self._check_drain(raw, received)
+            except DrainRefused as e:
+                self._refused(sender, "bad_drain", str(e))
+                continue
             winner = newer_drain(self._drains.get(d.target), d)
             if winner is d and self._drains.get(d.target) != d:
                 self._drains[d.target] = d
                 touched.add(d.target)
                 changed = True
                 log.warning("health drain target=%s active=%s by=%s via=%s reason=%s", d.target,
-                            str(d.active).lower(), d.by, node, _kv(d.reason))
+                            str(d.active).lower(), d.by, sender, _kv(d.reason))
         if changed:
+            self._message_version += 1
             self._save_drains()
         self._schedule_recompute(touched)
 
-    def record_rejection(self, reason: str, remote: str | None) -> None:
-        self.metrics.rejected.labels(reason=reason).inc()
-        log.warning("health peer message rejected reason=%s remote=%s", reason, remote)
+    def record_rejection(self, reason: str, claimed: str | None, remote: str | None, detail: str = "") -> None:
+        self._refused(claimed, reason, detail, remote)
+
+    def record_bytes(self, sent: int, received: int) -> None:
+        self.metrics.peer_bytes.labels(direction="sent").inc(sent)
+        self.metrics.peer_bytes.labels(direction="received").inc(received)
+
+    def _refused(self, claimed: str | None, reason: str, detail: str = "", remote: str | None = None) -> None:
+        """Count a refusal; log it at most once a minute per claimed peer (names
+        not in `peers` share one allowance, so made-up names cannot flood the log)."""
+        known = claimed is not None and claimed in self._keys and claimed != self.node.name
+        peer = claimed if known else "unknown"
+        self.metrics.rejected.labels(reason=reason, peer=peer).inc()
+        now = time.monotonic()
+        last, quiet = self._refusals.get(peer, (-REFUSAL_LOG_EVERY, 0))
+        if now - last < REFUSAL_LOG_EVERY:
+            self._refusals[peer] = (last, quiet + 1)
+            return
+        self._refusals[peer] = (now, 0)
+        log.warning("health peer message refused claimed=%s reason=%s remote=%s detail=%s suppressed=%d",
+                    _kv((claimed or "-")[:64]), reason, remote or "-", _kv(detail[:200]), quiet)
+
+    def _check_drain(self, raw: Any, now: float) -> Drain:
+        """A drain from a peer or the disk, validated and (with keys) its signature checked."""
+        key_of = self._keys.get if self.node.private_key is not None else None
+        return check_drain(raw, now=now, skew=self.node.replay_window, known=self._plan.knows, key_of=key_of)
 
     # ---- probes -----------------------------------------------------------
 
@@ -404,6 +489,7 @@ class HealthService:
             if after.state is not before.state:
                 log.info("health view node=%s target=%s state=%s was=%s detail=%s", self.node.name,
                          target, after.state.value, before.state.value, _kv(result.detail))
+        self._message_version += 1
         self._schedule_recompute(self._plan.probes.get(key, ()))
 
     # ---- peer exchange ----------------------------------------------------
@@ -420,9 +506,10 @@ class HealthService:
         assert self._peer_http is not None
         reason = None
         try:
-            doc, received = await _peers.push(self._peer_http, peer.url, self.peer_message(),
-                                              self.verifier, timeout=timeout)
-            self.accept_peer_message(doc, received)
+            doc, received, sent_bytes, got_bytes = await _peers.push(
+                self._peer_http, peer.name, peer.url, self._peer_body(), self.verifier, timeout=timeout)
+            self.record_bytes(sent_bytes, got_bytes)
+            self.accept_peer_message(peer.name, doc, received)
             self.metrics.exchanges.labels(peer=peer.name).inc()
         except _peers.Rejected as e:
             reason, text = e.reason, str(e)
@@ -436,6 +523,18 @@ class HealthService:
                 log.warning("health peer exchange failed peer=%s reason=%s detail=%s",
                             peer.name, reason, _kv(text))
             self._peer_error[peer.name] = text
+
+    def _peer_body(self) -> bytes:
+        """Our encoded message, shared by the pushes of one round (all peers'
+        loops wake together) instead of being built once per peer."""
+        now = time.time()
+        cached = self._message_cache
+        if cached is not None and cached[0] == self._message_version and \
+                0 <= now - cached[1] < min(0.1, self.node.exchange_interval / 4):
+            return cached[2]
+        body = _peers.encode(self.peer_message())
+        self._message_cache = (self._message_version, now, body)
+        return body
 
     def _push_now(self) -> None:
         for e in self._push_events.values():
@@ -579,9 +678,14 @@ class HealthService:
     def _set_drain(self, target: str, active: bool, reason: str) -> Verdict:
         if not self._plan.knows(target):
             raise KeyError(f"no region or endpoint named {target!r}")
+        if len(reason) > MAX_REASON:
+            raise ValueError(f"reason longer than {MAX_REASON} characters")
         at = max(time.time(), (self._drains[target].at + 0.001) if target in self._drains else 0.0)
         d = Drain(target, active, reason, at, self.node.name)
+        if self.node.private_key is not None:
+            d = sign_drain(d, self.node.private_key)
         self._drains[target] = d
+        self._message_version += 1
         self._save_drains()
         log.warning("health drain target=%s active=%s by=%s reason=%s", target, str(active).lower(),
                     self.node.name, _kv(reason))
@@ -607,49 +711,45 @@ class HealthService:
         return os.path.join(self.node.state_dir, name) if self.node.state_dir else None
 
     def _load_disk(self) -> None:
-        path = self._path("drains.json")
-        if path and os.path.exists(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    for d in json.load(f)["drains"]:
-                        drain = Drain(d["target"], bool(d["active"]), d.get("reason", ""), float(d["at"]), d["by"])
-                        self._drains[drain.target] = drain
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.error("health cannot read drains path=%s error=%s", path, _kv(e))
+        """Saved drains and verdicts; whatever is wrong in them is dropped with a log line."""
+        self._drains = self._store.load(self._drain_from_disk)
         path = self._path("state.json")
-        if path and os.path.exists(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    doc = json.load(f)
-                saved = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(doc["saved_at"])))
-                for target, v in doc["verdicts"].items():
-                    self._fallback[target] = Verdict(
-                        up=bool(v["up"]), cause=f"saved state from {saved}: {v.get('cause', '')}")
-                log.info("health warm start from saved state path=%s saved=%s targets=%d", path, saved,
-                         len(self._fallback))
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.error("health cannot read saved state path=%s error=%s", path, _kv(e))
+        doc = read_json_file(path, "saved state") if path else None
+        if doc is None:
+            return
+        saved_at = doc.get("saved_at") if isinstance(doc, dict) else None
+        verdicts = doc.get("verdicts") if isinstance(doc, dict) else None
+        if isinstance(saved_at, bool) or not isinstance(saved_at, int | float) or not isinstance(verdicts, dict) \
+                or not 0 <= saved_at <= time.time() + self.node.replay_window:
+            log.error("health saved state ignored path=%s error=\"expected saved_at (a time) and verdicts\"", path)
+            return
+        saved = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(saved_at))
+        for target, v in verdicts.items():
+            if not isinstance(v, dict) or not isinstance(v.get("up"), bool) \
+                    or not isinstance(v.get("cause", ""), str):
+                log.error("health saved verdict dropped path=%s target=%s", path, _kv(target[:80]))
+                continue
+            self._fallback[target] = Verdict(up=v["up"], cause=f"saved state from {saved}: {v.get('cause', '')[:500]}")
+        log.info("health warm start from saved state path=%s saved=%s targets=%d", path, saved,
+                 len(self._fallback))
+
+    def _drain_from_disk(self, raw: Any) -> Drain:
+        key = self.node.private_key
+        if key is not None and isinstance(raw, dict) and raw.get("by") == self.node.name \
+                and not raw.get("signature"):
+            # Saved by this node before drains were signed: ours, so sign it now.
+            d = check_drain(raw, now=time.time(), skew=self.node.replay_window, known=self._plan.knows)
+            return sign_drain(d, key)
+        return self._check_drain(raw, time.time())
 
     def _write_atomic(self, name: str, doc: Any) -> None:
         path = self._path(name)
-        if path is None:
-            return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        if path is not None:
+            write_json_atomic(path, doc)
 
     def _save_drains(self) -> None:
         try:
-            self._write_atomic("drains.json", {"drains": [asdict(d) for d in self._drains.values()]})
+            self._store.save(self._drains.values())
         except OSError as e:
             log.error("health cannot save drains error=%s", _kv(e))
 

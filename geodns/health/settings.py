@@ -2,10 +2,10 @@
 
 ```yaml
 node: ams1                      # this node's name (unique in the cluster)
-peers:                          # every other node, serving or agent
-  - {name: nyc1, url: "http://10.0.1.53:8053"}
-  - {name: sgp1, url: "http://10.0.2.53:8053"}
-secret_file: /etc/geodns/peer.key   # or `secret: "..."` inline
+private_key_file: ams1.key      # this node's Ed25519 key (`geodns keygen`), relative to this file
+peers:                          # every other node, serving or agent, with its public key
+  - {name: nyc1, url: "http://10.0.1.53:8053", public_key: "ed25519:..."}
+  - {name: sgp1, url: "http://10.0.2.53:8053", public_key: "ed25519:..."}
 quorum: majority                # majority | any | all | k (number of observers saying down)
 exchange_interval: 1.0          # seconds between pushes of our views to every peer
 stale_intervals: 3              # an observer is dropped after this many check intervals of silence
@@ -20,6 +20,10 @@ listen: "10.0.0.53:8053"        # agent only: where to serve the peer routes (op
 Unknown keys are errors naming the file, line and field. `extra_keys` lets
 the caller (the `serve` command's node file) accept its own keys in the same
 file without this parser having to know them.
+
+The old cluster-wide `secret` / `secret_file` are refused with a message that
+says how to migrate: anyone holding a shared secret could speak for every
+node, which is exactly what per-node keys prevent (docs/health.md).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from geodns.health import keys
 from geodns.health.quorum import parse_quorum
 
 __all__ = ["Peer", "NodeSettings", "NodeSettingsError", "load_node_settings", "parse_node_settings"]
@@ -45,6 +51,8 @@ class Peer:
     name: str
     url: str
     """Base URL of the peer's admin/peer HTTP server, e.g. `http://10.0.1.53:8053`."""
+    public_key: str = ""
+    """The peer's Ed25519 public key, `ed25519:<base64>`: only messages it signs are its."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +60,8 @@ class NodeSettings:
     name: str
     """This node's name; observers are named by it in views, logs and status."""
     peers: tuple[Peer, ...] = ()
-    secret: bytes = field(default=b"", repr=False)
-    """Shared HMAC key for peer messages (empty: no peer exchange possible)."""
+    private_key: Ed25519PrivateKey | None = field(default=None, repr=False, compare=False)
+    """This node's signing key (None: no peer exchange possible)."""
     quorum: str | int = "majority"
     exchange_interval: float = 1.0
     stale_intervals: float = 3.0
@@ -64,6 +72,8 @@ class NodeSettings:
     observer_only: bool = False
     source_address: str | None = None
     listen: str | None = None
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """Things wrong but not fatal (a key file readable by others), logged at start."""
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -72,7 +82,7 @@ class NodeSettings:
 
 
 _KEYS = {
-    "node", "peers", "secret", "secret_file", "quorum", "exchange_interval", "stale_intervals",
+    "node", "peers", "private_key_file", "quorum", "exchange_interval", "stale_intervals",
     "replay_window", "state_dir", "max_probes_in_flight", "observer_only", "source_address",
     "listen",
 }
@@ -113,6 +123,12 @@ def parse_node_settings(
 
     if not isinstance(data, dict):
         raise NodeSettingsError(f"{source}: expected a mapping of settings")
+    for key in ("secret", "secret_file"):
+        if key in data:
+            raise fail(key, "the shared peer secret is no longer accepted: whoever holds it can speak for "
+                            "every node. Give each node its own key: run `geodns keygen --out DIR` on each, "
+                            "set private_key_file here and each peer's public_key in `peers` (see the "
+                            "migration section of docs/health.md)")
     for key in data:
         if key not in _KEYS and key not in extra_keys:
             known = ", ".join(sorted(_KEYS))
@@ -141,30 +157,38 @@ def parse_node_settings(
     if not isinstance(raw_peers, list):
         raise fail("peers", "expected a list of {name, url}")
     for i, p in enumerate(raw_peers):
-        if not isinstance(p, dict) or set(p) - {"name", "url"} or not isinstance(p.get("name"), str) \
-                or not isinstance(p.get("url"), str):
-            raise fail("peers", f"item {i}: expected {{name: NAME, url: http://HOST:PORT}}, got {p!r}")
+        if not isinstance(p, dict) or set(p) - {"name", "url", "public_key"} \
+                or not all(isinstance(p.get(k), str) for k in ("name", "url", "public_key")):
+            raise fail("peers", f"item {i}: expected {{name: NAME, url: http://HOST:PORT, "
+                                f"public_key: 'ed25519:...'}}, got {p!r}")
         if not p["url"].startswith(("http://", "https://")):
             raise fail("peers", f"item {i}: url must start with http:// or https://")
-        if p["name"] == name or any(q.name == p["name"] for q in peers):
+        if not p["name"] or p["name"] == name or any(q.name == p["name"] for q in peers):
             raise fail("peers", f"item {i}: duplicate node name {p['name']!r}")
-        peers.append(Peer(p["name"], p["url"].rstrip("/")))
-
-    if "secret" in data and "secret_file" in data:
-        raise fail("secret_file", "give either secret or secret_file, not both")
-    secret = b""
-    if data.get("secret") is not None:
-        secret = (text("secret") or "").encode()
-    elif data.get("secret_file") is not None:
-        secret_path = os.path.join(base_dir, text("secret_file") or "")
         try:
-            with open(secret_path, "rb") as f:
-                secret = f.read().strip()
-        except OSError as e:
-            raise fail("secret_file", f"cannot read {data['secret_file']}: {e.strerror}") from e
-    if peers and len(secret) < 16:
-        key = "secret_file" if "secret_file" in data else "secret"
-        raise fail(key, "peers need a shared secret of at least 16 bytes")
+            public = keys.public_key_text(keys.parse_public_key(p["public_key"]))
+        except keys.KeyFileError as e:
+            raise fail("peers", f"item {i} ({p['name']}): public_key: {e}") from None
+        if any(q.public_key == public for q in peers):
+            raise fail("peers", f"item {i} ({p['name']}): public_key is already another peer's: "
+                                "every node needs its own key")
+        peers.append(Peer(p["name"], p["url"].rstrip("/"), public))
+
+    private_key = None
+    warnings: list[str] = []
+    key_file = text("private_key_file")
+    if key_file is not None:
+        try:
+            private_key, warnings = keys.load_private_key(os.path.join(base_dir, key_file))
+        except keys.KeyFileError as e:
+            raise fail("private_key_file", str(e)) from None
+        own = keys.public_key_text(private_key)
+        for p in peers:
+            if p.public_key == own:
+                raise fail("peers", f"{p.name}: public_key is this node's own key")
+    elif peers:
+        raise fail("private_key_file", "required with peers: this node's Ed25519 key "
+                                       "(`geodns keygen --out DIR` writes one)")
 
     try:
         quorum = parse_quorum(data.get("quorum", "majority"))
@@ -181,7 +205,7 @@ def parse_node_settings(
     return NodeSettings(
         name=name,
         peers=tuple(peers),
-        secret=secret,
+        private_key=private_key,
         quorum=quorum,
         exchange_interval=float(number("exchange_interval", 1.0)),
         stale_intervals=float(number("stale_intervals", 3.0, minimum=1)),
@@ -191,4 +215,5 @@ def parse_node_settings(
         observer_only=observer_only,
         source_address=text("source_address"),
         listen=text("listen"),
+        warnings=tuple(warnings),
     )

@@ -87,17 +87,27 @@ class Node:
         return ask(self.host, self.dns_port, name)
 
 
-def make_cluster(tmp: Path, names: list[str], first_host: int, secret: str) -> list[Node]:
+def make_cluster(tmp: Path, names: list[str], first_host: int, exchange_interval: float = 0.3,
+                 extra: str = "") -> list[Node]:
+    """Nodes with their own Ed25519 keys (as `geodns keygen` writes them) and
+    every peer's public key in their node.yaml."""
+    from geodns.health import keys
+
     nodes = []
+    public = {}
     for i, name in enumerate(names):
         host = f"127.0.0.{first_host + i}"
         directory = tmp / name
         directory.mkdir()
+        key = keys.generate()
+        keys.write_private_key(str(directory / f"{name}.key"), key)
+        public[name] = keys.public_key_text(key)
         nodes.append(Node(name, host, free_port(host), free_port(host), directory))
     for node in nodes:
-        peers = "".join(f"\n  - {{name: {p.name}, url: 'http://{p.admin}'}}" for p in nodes if p is not node)
+        peers = "".join(f"\n  - {{name: {p.name}, url: 'http://{p.admin}', public_key: '{public[p.name]}'}}"
+                        for p in nodes if p is not node)
         (node.dir / "node.yaml").write_text(
-            f"node: {node.name}\npeers:{peers}\nsecret: '{secret}'\nexchange_interval: 0.3\n"
-            f"state_dir: {node.dir / 'state'}\n"
+            f"node: {node.name}\nprivate_key_file: {node.name}.key\npeers:{peers}\n"
+            f"exchange_interval: {exchange_interval}\nstate_dir: {node.dir / 'state'}\n{extra}"
         )
     return nodes

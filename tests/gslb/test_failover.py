@@ -90,7 +90,7 @@ async def test_region_failover_and_drain_reach_every_node(tmp_path: Path) -> Non
     zones = tmp_path / "zones"
     zones.mkdir()
     (zones / "z.yaml").write_text(zone_text(east, west))
-    nodes = make_cluster(tmp_path, ["n1", "n2", "n3"], 51, "a-shared-secret-of-some-length")
+    nodes = make_cluster(tmp_path, ["n1", "n2", "n3"], 51)
     try:
         for node in nodes:
             node.start(zones, TOKEN)

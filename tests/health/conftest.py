@@ -107,3 +107,17 @@ async def wait_for(predicate, timeout: float, step: float = 0.02) -> float:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(step)
     return loop.time() - start
+
+
+def keypairs(*names: str) -> dict:
+    """A fresh Ed25519 private key per node name."""
+    from geodns.health import keys
+
+    return {name: keys.generate() for name in names}
+
+
+def peer(name: str, url: str, key) -> object:
+    """A `Peer` entry for `name`, with the public half of its key."""
+    from geodns.health import Peer, keys
+
+    return Peer(name, url, keys.public_key_text(key))

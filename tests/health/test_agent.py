@@ -17,6 +17,8 @@ from .conftest import free_port
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "agent-health-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 ZONE = """\
 zone: gslb.test
@@ -46,16 +48,16 @@ async def test_agent_process_probes_and_reports(tmp_path):
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "geodns.health.agent", "--node", str(tmp_path / "agent.yaml"),
         "--zones", str(tmp_path / "zones"), cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "GEODNS_ADMIN_TOKEN": TOKEN},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    health = f"http://127.0.0.81:{listen}/v1/health"
     try:
         status: dict = {}
 
         async def verdict_known() -> bool:
             nonlocal status
             try:
-                async with aiohttp.ClientSession() as http, \
-                        http.get(f"http://127.0.0.81:{listen}/v1/health") as r:
+                async with aiohttp.ClientSession() as http, http.get(health, headers=AUTH) as r:
                     status = await r.json()
             except aiohttp.ClientError:
                 return False
@@ -68,10 +70,12 @@ async def test_agent_process_probes_and_reports(tmp_path):
             assert loop.time() - start < 10, "agent never reported a decided verdict"
             await asyncio.sleep(0.1)
         assert status["node"] == "agent1" and status["observer_only"] is True
+        async with aiohttp.ClientSession() as http, http.get(health) as r:
+            assert r.status == 401  # endpoints and check paths are not for anyone who can connect
         server.close()
         start = loop.time()
         while True:
-            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.81:{listen}/v1/health") as r:
+            async with aiohttp.ClientSession() as http, http.get(health, headers=AUTH) as r:
                 status = await r.json()
             if not status["verdicts"]["eu"]["up"]:
                 break

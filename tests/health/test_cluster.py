@@ -12,13 +12,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from geodns.config.model import Check
-from geodns.health import HealthService, NodeSettings, Peer
+from geodns.health import HealthService, NodeSettings
 
-from .conftest import free_port, make_zone, region, wait_for
+from .conftest import free_port, keypairs, make_zone, peer, region, wait_for
 
 pytestmark = pytest.mark.slow
 
-SECRET = b"three nodes, one shared secret"
+KEYS = keypairs("n1", "n2", "n3")
 INTERVAL, FALL, RISE, EXCHANGE = 0.2, 3, 2, 0.2
 NODES = {"n1": "127.0.0.61", "n2": "127.0.0.62", "n3": "127.0.0.63"}
 
@@ -55,9 +55,9 @@ async def cluster(zones, tmp_path):
     nodes = []
     for name, addr in NODES.items():
         settings = NodeSettings(
-            name=name, secret=SECRET, exchange_interval=EXCHANGE, source_address=addr,
+            name=name, private_key=KEYS[name], exchange_interval=EXCHANGE, source_address=addr,
             state_dir=str(tmp_path / name),
-            peers=tuple(Peer(p, f"http://{NODES[p]}:{ports[p]}") for p in NODES if p != name),
+            peers=tuple(peer(p, f"http://{NODES[p]}:{ports[p]}", KEYS[p]) for p in NODES if p != name),
         )
         nodes.append(Node(name, settings, zones, ports[name]))
     for n in nodes:
@@ -138,20 +138,21 @@ async def test_drain_propagates_and_survives_restart(backend_factory, tmp_path):
         await wait_for(lambda: all(n.up("eu") for n in nodes), 3)
 
 
-async def test_peer_with_wrong_secret_is_refused(backend_factory, tmp_path):
+async def test_peer_with_a_key_nobody_lists_is_refused(backend_factory, tmp_path):
     eu = await backend_factory("127.0.0.74")
     eu.status = 503
     zones = [make_zone([region("eu", "127.0.0.74", check=check(eu.port))])]
     async with cluster(zones, tmp_path) as nodes:
         n1 = nodes[0]
+        # It claims to be n2, and knows n1's public key, but signs with its own key.
         rogue_settings = NodeSettings(
-            name="n2", secret=b"not the cluster's secret at all", exchange_interval=EXCHANGE,
-            peers=(Peer("n1", f"http://{NODES['n1']}:{n1.port}"),), source_address="127.0.0.69")
+            name="n2", private_key=keypairs("n2")["n2"], exchange_interval=EXCHANGE,
+            peers=(peer("n1", f"http://{NODES['n1']}:{n1.port}", KEYS["n1"]),), source_address="127.0.0.69")
         rogue = Node("rogue", rogue_settings, zones, free_port("127.0.0.69"))
         await rogue.start()
         try:
             await wait_for(lambda: (n1.registry.get_sample_value(
-                "geodns_peer_messages_rejected_total", {"reason": "bad_signature"}) or 0) >= 2, 3)
+                "geodns_peer_messages_rejected_total", {"reason": "bad_signature", "peer": "n2"}) or 0) >= 2, 3)
             errors = rogue.registry.get_sample_value(
                 "geodns_peer_exchange_errors_total", {"peer": "n1", "reason": "refused_by_peer"})
             assert errors and errors >= 1

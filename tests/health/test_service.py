@@ -190,8 +190,6 @@ def test_record_failopen_counts():
 
 
 async def test_isolated_node_uses_its_own_view_and_says_so(backend_factory):
-    from geodns.health import Peer
-
     from .conftest import free_port
 
     b = await backend_factory("127.0.0.76")
@@ -199,7 +197,10 @@ async def test_isolated_node_uses_its_own_view_and_says_so(backend_factory):
     dead_peer = f"http://127.0.0.77:{free_port('127.0.0.77')}"  # nobody listens there
     zone = make_zone([region("eu", "127.0.0.76", check=Check(kind="http", port=b.port, **FAST))])
     registry = CollectorRegistry()
-    settings = NodeSettings(name="n1", peers=(Peer("n2", dead_peer),), secret=b"0123456789abcdef",
+    from .conftest import keypairs, peer
+
+    pair = keypairs("n1", "n2")
+    settings = NodeSettings(name="n1", peers=(peer("n2", dead_peer, pair["n2"]),), private_key=pair["n1"],
                             exchange_interval=0.1)
     svc = HealthService(settings, [zone], registry=registry)
     await svc.start()

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from geodns.health import keys
 from geodns.health.settings import NodeSettingsError, Peer, load_node_settings
+
+NYC = keys.public_key_text(keys.generate())
+AGENT = keys.public_key_text(keys.generate())
 
 
 def write(tmp_path, text: str) -> str:
@@ -13,14 +17,22 @@ def write(tmp_path, text: str) -> str:
     return str(p)
 
 
+def own_key(tmp_path, mode=0o600):
+    key = keys.generate()
+    path = tmp_path / "ams1.key"
+    keys.write_private_key(str(path), key)
+    path.chmod(mode)
+    return key
+
+
 def test_full_settings(tmp_path):
-    (tmp_path / "peer.key").write_text("0123456789abcdef0123\n")
-    s = load_node_settings(write(tmp_path, """
+    key = own_key(tmp_path)
+    s = load_node_settings(write(tmp_path, f"""
 node: ams1
+private_key_file: ams1.key
 peers:
-  - {name: nyc1, url: "http://127.0.0.2:8053/"}
-  - {name: agent1, url: "http://127.0.0.3:8053"}
-secret_file: peer.key
+  - {{name: nyc1, url: "http://127.0.0.2:8053/", public_key: "{NYC}"}}
+  - {{name: agent1, url: "http://127.0.0.3:8053", public_key: "{AGENT.removeprefix('ed25519:')}"}}
 quorum: 2
 exchange_interval: 0.5
 state_dir: state
@@ -29,12 +41,13 @@ observer_only: true
 source_address: 127.0.0.1
 """))
     assert s.name == "ams1"
-    assert s.peers == (Peer("nyc1", "http://127.0.0.2:8053"), Peer("agent1", "http://127.0.0.3:8053"))
-    assert s.secret == b"0123456789abcdef0123"
+    assert s.peers == (Peer("nyc1", "http://127.0.0.2:8053", NYC), Peer("agent1", "http://127.0.0.3:8053", AGENT))
+    assert keys.public_key_text(s.private_key) == keys.public_key_text(key)
+    assert s.warnings == ()
     assert s.quorum == 2 and s.exchange_interval == 0.5 and s.max_probes_in_flight == 8
     assert s.observer_only and s.state_dir == str(tmp_path / "state")
     assert s.members == ("agent1", "ams1", "nyc1")
-    assert "0123" not in repr(s)
+    assert "PRIVATE" not in repr(s) and "private_key" not in repr(s)
 
 
 def test_defaults(tmp_path):
@@ -50,9 +63,18 @@ def test_defaults(tmp_path):
         ("peers: []\n", "node: required"),
         ("node: a\nquorum: most\n", "node.yaml:2: quorum: quorum must be one of"),
         ("node: a\nexchange_interval: fast\n", "node.yaml:2: exchange_interval: expected a number"),
-        ("node: a\npeers:\n  - {name: b, url: 'http://x'}\n", "secret: peers need a shared secret"),
-        ("node: a\nsecret: 0123456789abcdef\npeers:\n  - {name: a, url: 'http://x'}\n", "duplicate node name"),
-        ("node: a\nsecret_file: missing.key\n", "node.yaml:2: secret_file: cannot read missing.key"),
+        (f"node: a\npeers:\n  - {{name: b, url: 'http://x', public_key: '{NYC}'}}\n",
+         "private_key_file: required with peers"),
+        ("node: a\npeers:\n  - {name: b, url: 'http://x'}\n", "item 0: expected {name: NAME, url"),
+        (f"node: a\npeers:\n  - {{name: a, url: 'http://x', public_key: '{NYC}'}}\n", "duplicate node name"),
+        ("node: a\npeers:\n  - {name: b, url: 'http://x', public_key: 'ed25519:AAAA'}\n",
+         "item 0 (b): public_key: an Ed25519 public key is 32 bytes"),
+        ("node: a\npeers:\n  - {name: b, url: 'http://x', public_key: 'not base64!'}\n", "public_key: not base64"),
+        (f"node: a\npeers:\n  - {{name: b, url: 'http://x', public_key: '{NYC}'}}\n"
+         f"  - {{name: c, url: 'http://y', public_key: '{NYC}'}}\n", "item 1 (c): public_key is already another peer's"),
+        ("node: a\nprivate_key_file: missing.key\n", "node.yaml:2: private_key_file: cannot read"),
+        ("node: a\nsecret: 0123456789abcdef\n", "node.yaml:2: secret: the shared peer secret is no longer accepted"),
+        ("node: a\nsecret_file: peer.key\n", "secret_file: the shared peer secret is no longer accepted"),
         ("node: a\nmax_probes_in_flight: 0\n", "max_probes_in_flight: must be at least 1"),
         ("- a\n", "expected a mapping"),
     ],
@@ -66,3 +88,34 @@ def test_errors(tmp_path, text, message):
 def test_extra_keys_for_the_callers_own_settings(tmp_path):
     s = load_node_settings(write(tmp_path, "node: a\nlisten_dns: 127.0.0.1:53\n"), extra_keys={"listen_dns"})
     assert s.name == "a"
+
+
+def test_key_file_problems(tmp_path):
+    key = own_key(tmp_path, mode=0o644)
+    s = load_node_settings(write(tmp_path, "node: ams1\nprivate_key_file: ams1.key\n"))
+    assert s.warnings and "readable by group or others" in s.warnings[0]
+    mine = keys.public_key_text(key)
+    with pytest.raises(NodeSettingsError, match="nyc1: public_key is this node's own key"):
+        load_node_settings(write(tmp_path, f"node: ams1\nprivate_key_file: ams1.key\npeers:\n"
+                                           f"  - {{name: nyc1, url: 'http://x', public_key: '{mine}'}}\n"))
+    (tmp_path / "junk.key").write_text("-----BEGIN PRIVATE KEY-----\nnope\n")
+    with pytest.raises(NodeSettingsError, match="node.yaml:2: private_key_file: .*not an unencrypted PEM"):
+        load_node_settings(write(tmp_path, "node: ams1\nprivate_key_file: junk.key\n"))
+
+
+def test_keygen_writes_a_private_key_and_prints_the_public_one(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "keys"
+    run = subprocess.run([sys.executable, "-m", "geodns", "keygen", "--out", str(out), "--name", "ams1"],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    path = out / "ams1.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    key, warnings = keys.load_private_key(str(path))
+    assert warnings == [] and keys.public_key_text(key) in run.stdout
+    again = subprocess.run([sys.executable, "-m", "geodns", "keygen", "--out", str(out), "--name", "ams1"],
+                           capture_output=True, text=True, timeout=30)
+    assert again.returncode == 1 and "not overwriting" in again.stderr
+    assert keys.load_private_key(str(path))[0].private_bytes_raw() == key.private_bytes_raw()
