@@ -30,10 +30,10 @@ from geodns.control.controller import Controller, ReloadFailed, load_admin_state
 from geodns.control.explain import explain
 from geodns.control.metrics import CONTENT_TYPE, StatsSource, node_registry, region_counts, render
 from geodns.dns.snapshot import Snapshot
-from geodns.health.plan import balancer_target
 from geodns.health import strictjson
 from geodns.health.drains import MAX_REASON, DrainRefused, DrainStore
 from geodns.health.peers import ADMIN_TOKEN
+from geodns.health.plan import balancer_target
 from geodns.health.quorum import Drain
 from geodns.steer.verdict import endpoint_target
 
