@@ -32,7 +32,6 @@ from .cluster import free_port, make_cluster, start, stop, wait_port
 pytestmark = pytest.mark.slow
 
 TOKEN = "test-admin-token"
-SECRET = "a-shared-secret-of-some-length"
 NAME = "app.gslb.example.test"
 EAST, WEST = ["192.0.2.10"], ["192.0.2.20"]
 LB_HOST, BACKEND_HOST = "127.0.0.71", "127.0.0.72"
@@ -112,7 +111,7 @@ async def cluster(tmp_path: Path, balancer: str, first_host: int):
     zones = tmp_path / "zones"
     zones.mkdir()
     (zones / "z.yaml").write_text(zone(balancer))
-    nodes = make_cluster(tmp_path, ["n1", "n2"], first_host, SECRET)
+    nodes = make_cluster(tmp_path, ["n1", "n2"], first_host)
     try:
         for node in nodes:
             # Off the event loop: the backends answering HAProxy's checks live on it.
