@@ -12,7 +12,9 @@ report must not by itself move traffic.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 from collections.abc import Callable, Mapping
 
 import aiohttp
@@ -35,16 +37,73 @@ def capacity_sources(zones) -> dict[str, str | Check]:
     return sources
 
 
-def utilisation_of(report: object) -> float | None:
-    """The utilisation in a /v1/load report, or None when the report is not one."""
+REPORT_LIMIT = 64 * 1024
+"""Bytes of a /v1/load body read at most (geodns balance sends about 300)."""
+
+MAX_UTILISATION = 10.0
+"""Utilisation kept at most: a report may say a region runs over capacity, not how absurdly."""
+
+
+class BadReport(ValueError):
+    """A /v1/load body that is not a load report; the message says which field is wrong."""
+
+
+def utilisation_of(report: object) -> float:
+    """The utilisation in a /v1/load report (geodns balance's `LoadReport`), or BadReport.
+
+    `utilisation` is a finite number >= 0 (kept at most `MAX_UTILISATION`); `saturation`, the
+    balancer's own threshold, a finite number in (0, 1]; `saturated`, when present, a boolean.
+    A saturated region counts as at least its threshold: its balancer knows best.
+    """
     if not isinstance(report, dict):
-        return None
-    value = report.get("utilisation")
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        return None
-    if report.get("saturated") is True:
-        value = max(float(value), float(report.get("saturation", 1.0) or 1.0))
-    return min(max(float(value), 0.0), 10.0)
+        raise BadReport(f"not a JSON object but {type(report).__name__}")
+    value = _number(report, "utilisation")
+    if value < 0.0:
+        raise BadReport(f"utilisation {value!r} is negative")
+    saturation = _number(report, "saturation")
+    if not 0.0 < saturation <= 1.0:
+        raise BadReport(f"saturation {saturation!r} is not in (0, 1]")
+    saturated = report.get("saturated", False)
+    if not isinstance(saturated, bool):
+        raise BadReport(f"saturated {_short(saturated)} is not true or false")
+    if saturated:
+        value = max(value, saturation)
+    return min(value, MAX_UTILISATION)
+
+
+def _number(report: dict, key: str) -> float:
+    if key not in report:
+        raise BadReport(f"{key} is missing")
+    value = report[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadReport(f"{key} {_short(value)} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise BadReport(f"{key} {_short(value)} is out of range") from None
+    if not math.isfinite(number):
+        raise BadReport(f"{key} {_short(value)} is not finite")
+    return number
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_report(body: bytes) -> float:
+    """The utilisation in the raw body of a /v1/load answer, or BadReport."""
+    if len(body) > REPORT_LIMIT:
+        raise BadReport(f"body larger than {REPORT_LIMIT} bytes")
+    try:
+        report = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise BadReport(f"not JSON: {exc}") from None
+    return utilisation_of(report)
 
 
 class CapacityPoller:
@@ -59,46 +118,66 @@ class CapacityPoller:
         self.publish = publish
         self.interval = interval
         self.timeout = timeout
-        self._failing: set[str] = set()
+        self._failing: dict[str, str] = {}
+        """Regions whose last report failed, and how (unavailable, refused, failed): logged once."""
         self.notes: dict[str, str] = {}
         """Region -> what its latest report said, for the status page (updated in place)."""
 
     async def poll_once(self, session: aiohttp.ClientSession) -> dict[str, float]:
+        """One round: every region's report, fetched at once; one bad report costs only its region."""
         urls = dict(self.urls())
-        results = await asyncio.gather(*(self._fetch(session, r, u) for r, u in urls.items()))
-        loads = {region: value for region, value in zip(urls, results, strict=True) if value is not None}
+        results = await asyncio.gather(*(self._fetch(session, r, u) for r, u in urls.items()), return_exceptions=True)
+        loads: dict[str, float] = {}
+        for (region, source), value in zip(urls.items(), results, strict=True):
+            if isinstance(value, BaseException):
+                if not isinstance(value, Exception):
+                    raise value  # cancellation: the poller is stopping
+                self.notes[region] = f"failed: {type(value).__name__}"
+                self._failed(region, source, "failed", f"{type(value).__name__}: {value}")
+            elif value is not None:
+                loads[region] = value
         for region in set(self.notes) - set(urls):
             del self.notes[region]
         self.publish(loads)
         return loads
 
     async def _fetch(self, session: aiohttp.ClientSession, region: str, source: str | Check) -> float | None:
-        url = source if isinstance(source, str) else source.url
         try:
             if isinstance(source, str):
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
-                    report = await response.json(content_type=None)
-                value = utilisation_of(report)
-                self.notes[region] = "/v1/load: unreadable" if value is None else f"/v1/load: utilisation {value:.0%}"
+                async with session.get(source, timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
+                    # Any status: geodns balance answers 503, with its report, when no backend is up.
+                    body = await response.content.read(REPORT_LIMIT + 1)
             else:
                 status = await read_pool(source, session, timeout=self.timeout)
-                value = status.utilisation
-                value = None if value is None else min(max(value, 0.0), 10.0)
-                self.notes[region] = f"{status.name()}: {status.load()}"
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # StatusUnreadable is a ValueError
             self.notes[region] = f"unavailable: {exc if isinstance(exc, StatusUnreadable) else exc or type(exc).__name__}"
-            if region not in self._failing:
-                log.warning("capacity report unavailable region=%s url=%s error=%s", region, url, exc or type(exc).__name__)
-                self._failing.add(region)
+            self._failed(region, source, "unavailable", str(exc) or type(exc).__name__)
             return None
-        if value is None:
-            if region not in self._failing:
-                log.warning("capacity report unreadable region=%s url=%s detail=%r", region, url, self.notes.get(region))
-                self._failing.add(region)
-        elif region in self._failing:
-            self._failing.discard(region)
+        if isinstance(source, str):
+            try:
+                value: float | None = parse_report(body)
+            except BadReport as exc:
+                self.notes[region] = f"/v1/load: refused: {exc}"
+                self._failed(region, source, "refused", str(exc))
+                return None
+            self.notes[region] = f"/v1/load: utilisation {value:.0%}"
+        else:
+            value = status.utilisation
+            value = None if value is None else min(max(value, 0.0), MAX_UTILISATION)
+            self.notes[region] = f"{status.name()}: {status.load()}"
+            if value is None:
+                self._failed(region, source, "unreadable", self.notes[region])
+                return None
+        if self._failing.pop(region, None) is not None:
             log.info("capacity report back region=%s utilisation=%.2f", region, value)
         return value
+
+    def _failed(self, region: str, source: str | Check, kind: str, why: str) -> None:
+        """Log a region's failure once, and again only when it fails another way."""
+        if self._failing.get(region) != kind:
+            self._failing[region] = kind
+            url = source if isinstance(source, str) else source.url
+            log.warning("capacity report %s region=%s url=%s error=%s; the region counts as not loaded", kind, region, url, why)
 
     async def run(self) -> None:
         async with aiohttp.ClientSession(trust_env=False) as session:
