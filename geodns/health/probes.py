@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -176,33 +177,95 @@ async def _dns(
     return True, f"NOERROR for {qname}, {sum(len(r) for r in response.answer)} answers"
 
 
+EXEC_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+"""The only variables an `exec` command gets from the node's environment (which may hold the
+admin token or the peers' secret), besides GEODNS_ADDRESS and GEODNS_PORT."""
+
+EXEC_OUTPUT_LIMIT = 64 * 1024
+"""Bytes of a command's output read at most; past it the pipe is closed (the command gets
+SIGPIPE on its next write, as under `| head -c`)."""
+
+
+def exec_environment(host: str, port: int | None) -> dict[str, str]:
+    """The environment of an `exec` command: `EXEC_ENVIRONMENT` from ours, and what it checks."""
+    env = {name: os.environ[name] for name in EXEC_ENVIRONMENT if name in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env["GEODNS_ADDRESS"] = host
+    env["GEODNS_PORT"] = "" if port is None else str(port)
+    return env
+
+
 async def _exec(
     check: Check, address: str, session: aiohttp.ClientSession | None, source: str | None
 ) -> tuple[bool, str]:
     if not check.command:
         return False, "exec check without a command"
     host, port = probe_target(check, address)
-    env = dict(os.environ, GEODNS_ADDRESS=host, GEODNS_PORT="" if port is None else str(port))
-    proc = await asyncio.create_subprocess_exec(
-        *check.command,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
+    loop = asyncio.get_running_loop()
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
-        out, _ = await proc.communicate()
-    except asyncio.CancelledError:
-        # Cut at the timeout: do not leave the command running behind us.
+        # A session (and process group) of its own, so that whatever it starts can be
+        # killed with it: a timed-out `curl` behind a shell wrapper must not linger.
+        proc = await asyncio.create_subprocess_exec(
+            *check.command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=write_end,
+            env=exec_environment(host, port),
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    output = asyncio.StreamReader(limit=EXEC_OUTPUT_LIMIT + 1)
+    pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(output), os.fdopen(read_end, "rb", 0))
+    reading = asyncio.ensure_future(_read_at_most(output, EXEC_OUTPUT_LIMIT, pipe))
+    try:
+        await proc.wait()
+        _kill_group(proc.pid)  # what it left running may not outlive it, nor hold the pipe open
+        out, over = await reading
+    except BaseException:  # the probe's timeout (CancelledError), or the node stopping
+        _kill_group(proc.pid)
         if proc.returncode is None:
-            proc.kill()
             await asyncio.shield(proc.wait())
         raise
+    finally:
+        reading.cancel()
+        pipe.close()
     last = out.decode(errors="replace").strip().splitlines()[-1:] if out else []
     tail = f": {last[0][:120]}" if last else ""
+    if over:
+        tail = f" (output over {EXEC_OUTPUT_LIMIT} bytes, pipe closed){tail}"
     if proc.returncode == 0:
         return True, f"exit 0{tail}"
+    if proc.returncode < 0:
+        return False, f"killed by {_signal_name(-proc.returncode)}{tail}"
     return False, f"exit {proc.returncode}{tail}"
+
+
+async def _read_at_most(stream: asyncio.StreamReader, limit: int, pipe: asyncio.BaseTransport) -> tuple[bytes, bool]:
+    """Up to `limit` bytes until EOF, and whether there was more (the pipe is then closed)."""
+    data = bytearray()
+    while chunk := await stream.read(limit + 1 - len(data)):
+        data += chunk
+        if len(data) > limit:
+            pipe.close()
+            return bytes(data[:limit]), True
+    return bytes(data), False
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 _RUNNERS = {"http": _http, "https": _http, "tcp": _tcp, "dns": _dns, "exec": _exec}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -12,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from geodns.config.model import Check
-from geodns.health.probes import probe
+from geodns.health.probes import EXEC_ENVIRONMENT, probe
 
 from .conftest import free_port
 
@@ -181,6 +184,85 @@ async def test_exec_exit_status_and_timeout():
     r = await probe(slow, "127.0.0.1")
     assert not r.ok and "timeout" in r.detail
     assert time.monotonic() - t0 < 2
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie (killed, waiting for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _wait_gone(pid: int, within: float = 3.0) -> bool:
+    deadline = time.monotonic() + within
+    while not _gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+async def test_exec_timeout_kills_the_whole_process_group(tmp_path):
+    # A wrapper shell that starts a sleeping grandchild, then hangs itself.
+    pidfile = tmp_path / "grandchild.pid"
+    script = f"sleep 60 & echo $! > {pidfile}; wait"
+    r = await probe(Check(kind="exec", command=("/bin/sh", "-c", script), timeout=0.5), "127.0.0.1")
+    assert not r.ok and "timeout" in r.detail
+    grandchild = int(pidfile.read_text())
+    try:
+        assert _wait_gone(grandchild), "the grandchild outlived the probe's timeout"
+    finally:
+        if not _gone(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
+
+
+async def test_exec_leaves_nothing_running_and_does_not_wait_for_leftovers(tmp_path):
+    # The command exits 0 at once but leaves a child holding its stdout: the probe is up
+    # straight away, and the leftover is killed with the command's process group.
+    pidfile = tmp_path / "leftover.pid"
+    script = f"sleep 60 & echo $! > {pidfile}; echo ready"
+    t0 = time.monotonic()
+    r = await probe(Check(kind="exec", command=("/bin/sh", "-c", script), timeout=5), "127.0.0.1")
+    assert r.ok and r.detail == "exit 0: ready", r
+    assert time.monotonic() - t0 < 2
+    leftover = int(pidfile.read_text())
+    try:
+        assert _wait_gone(leftover)
+    finally:
+        if not _gone(leftover):
+            os.kill(leftover, signal.SIGKILL)
+
+
+async def test_exec_environment_is_scrubbed(monkeypatch):
+    monkeypatch.setenv("GEODNS_ADMIN_TOKEN", "s3cret-admin-token")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cret-key")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    # The command reports what it sees in one short line (a probe's detail is its last line).
+    code = ("import os, sys, json; e = os.environ; print(json.dumps([sorted(e), e['GEODNS_ADDRESS'], e['GEODNS_PORT'],"
+            " e['PATH'] == sys.argv[1], any('s3cret' in v for v in e.values())]))")
+    r = await probe(Check(kind="exec", command=(sys.executable, "-c", code, os.environ["PATH"]), port=8080), "127.0.0.7")
+    assert r.ok, r
+    names, address, port, same_path, leaked = json.loads(r.detail.split(": ", 1)[1])
+    assert not leaked and "GEODNS_ADMIN_TOKEN" not in names and "AWS_SECRET_ACCESS_KEY" not in names
+    assert (address, port, same_path) == ("127.0.0.7", "8080", True)
+    assert "LANG" in names and set(names) <= {*EXEC_ENVIRONMENT, "GEODNS_ADDRESS", "GEODNS_PORT"}
+    # A command found through PATH still runs.
+    assert (await probe(Check(kind="exec", command=("true",)), "127.0.0.1")).ok
+
+
+async def test_exec_output_is_bounded():
+    # Endless output: read up to the limit, then the pipe closes and the command dies of SIGPIPE.
+    t0 = time.monotonic()
+    r = await probe(Check(kind="exec", command=("yes", "flood"), timeout=5), "127.0.0.1")
+    assert not r.ok and r.detail.startswith("killed by SIGPIPE (output over 65536 bytes"), r
+    assert time.monotonic() - t0 < 2
+    # A command that ignores SIGPIPE is judged by its exit status; the detail stays one short line.
+    code = "import signal, sys; signal.signal(signal.SIGPIPE, signal.SIG_IGN)\n" \
+           "try:\n    sys.stdout.write('x' * 200000); sys.stdout.flush()\nexcept OSError:\n    pass\nsys.exit(0)"
+    r = await probe(Check(kind="exec", command=(sys.executable, "-c", code), timeout=5), "127.0.0.1")
+    assert r.ok and len(r.detail) < 200, r
 
 
 async def test_shared_session_is_reused(backend_factory):
