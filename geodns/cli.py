@@ -43,6 +43,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         listens = tuple(Listen.parse(x) for x in (args.listen or ["127.0.0.1:5353"]))
         admin = None if args.admin == "none" else Listen.parse(args.admin)
+        from geodns.control.admin import admin_host
+
+        admin_hosts = tuple(admin_host(name) for name in args.admin_host or ())
     except (ValueError, OSError) as exc:
         print(f"geodns serve: {exc}", file=sys.stderr)
         return 2
@@ -70,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         listens=listens,
         admin=admin,
         admin_token=args.admin_token,
+        admin_hosts=admin_hosts,
         node_file=args.node,
         workers=workers,
         query_log=args.query_log,
@@ -216,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", action="append", metavar="ADDR:PORT", help="address to serve DNS on (repeatable; default 127.0.0.1:5353; IPv6 as [::1]:5353)")
     p.add_argument("--admin", default=DEFAULT_ADMIN, metavar="ADDR:PORT", help=f"admin API, /metrics and status page (default {DEFAULT_ADMIN}; 'none' to disable)")
     p.add_argument("--admin-token", default=os.environ.get("GEODNS_ADMIN_TOKEN"), help="bearer token for admin writes (default: $GEODNS_ADMIN_TOKEN)")
+    p.add_argument("--admin-host", action="append", metavar="NAME", help="a name the admin API answers to in the Host header, besides its addresses and localhost (repeatable; DNS rebinding defence)")
     p.add_argument("--node", default=None, metavar="FILE", help="node settings (name, peers, secret) for distributed health checking")
     p.add_argument("--workers", type=int, default=0, help="worker processes sharing the port with SO_REUSEPORT (default: one per core)")
     p.add_argument("--query-log", action="store_true", help="log one line per query (client, subnet, name, type, rcode, answer, and why: the deciding step, regions, place)")

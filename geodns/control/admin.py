@@ -3,7 +3,9 @@
 One aiohttp application. Reads (status page, /v1/status, /v1/explain,
 /metrics) are open to loopback clients; from anywhere else, and for every
 write (reload, drain, undrain), the request needs `Authorization: Bearer
-<token>`. With no token configured, writes are refused: an admin port
+<token>`. Every one of them must name this server in its `Host` header (its
+address, localhost, or an `--admin-host` name), so that a web page whose DNS
+name is rebound to the node cannot read or write through a browser. With no token configured, writes are refused: an admin port
 must never change answers for whoever can reach it. docs/openapi.yaml
 documents every endpoint.
 """
@@ -52,6 +54,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class AdminState:
     """What the admin app remembers between requests: verdict changes and answer samples."""
+
+    admin_hosts: frozenset[str] = frozenset()
+    """Names the admin port answers to besides its addresses and localhost (`--admin-host`)."""
+    listen_host: str | None = None
 
     def __init__(self, controller: Controller, token: str | None, stats: StatsSource | None, health: Any) -> None:
         self.controller = controller
@@ -158,7 +164,81 @@ def _bearer_ok(request: web.Request, token: str | None) -> bool:
         return False
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    # aiohttp hands over header bytes that are not UTF-8 as surrogates: compare bytes, never raise.
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
+
+
+def admin_host(text: str) -> str:
+    """A name the admin port answers to (`--admin-host`): a DNS name or an IP address, no port."""
+    name = text.strip().lower().rstrip(".")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(name))
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(label and len(label) <= 63 and label.replace("-", "").replace("_", "").isalnum() and label.isascii() for label in labels):
+        raise ValueError(f"{text!r} is not a host name or IP address (give the name only, no scheme or port)")
+    return name
+
+
+def _host_name(header: str) -> str | None:
+    """The name in a Host header (`name`, `name:port`, `[v6]:port`), canonical; None when malformed."""
+    host = header.strip()
+    if host.startswith("["):
+        name, sep, rest = host[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+    else:
+        name, sep, port = host.rpartition(":")
+        if not sep:
+            name = host
+        elif not port.isdigit():
+            return None
+    try:
+        return admin_host(name)
+    except ValueError:
+        return None
+
+
+def _host_allowed(request: web.Request, state: AdminState) -> bool:
+    """DNS rebinding defence: a browser on a page of `evil.example` whose name now points at
+    this node sends `Host: evil.example`. Allowed: the names configured with --admin-host,
+    the address the request came in on or the admin listen address, a loopback address and
+    `localhost` (names a page elsewhere cannot rebind). A client sending no Host is no browser."""
+    header = request.headers.get("Host")
+    if header is None:
+        return True
+    name = _host_name(header)
+    if name is None:
+        return False
+    if name in state.admin_hosts or name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return address.is_loopback or address in _local_addresses(request, state)
+
+
+def _local_addresses(request: web.Request, state: AdminState) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    found = set()
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    for text in (sockname[0] if sockname else None, state.listen_host):
+        with contextlib.suppress(TypeError, ValueError):
+            address = ipaddress.ip_address(text.split("%", 1)[0])
+            address = address.ipv4_mapped or address if address.version == 6 else address
+            if not address.is_unspecified:  # a wildcard listen address is no name of ours
+                found.add(address)
+    return found
+
+
+def _misdirected(request: web.Request, state: AdminState) -> web.Response:
+    names = ", ".join(["localhost", *sorted(state.admin_hosts)])
+    return error(
+        421,
+        f"Host {request.headers.get('Host', '')[:100]!r} is not a name of this admin server (DNS rebinding defence): "
+        f"use its IP address or one of {names}; more names with geodns serve --admin-host NAME",
+    )
 
 
 def error(status: int, message: str, **extra: Any) -> web.Response:
@@ -170,6 +250,8 @@ def read(handler: Handler) -> Handler:
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         state: AdminState = request.app[STATE]
+        if not _host_allowed(request, state):
+            return _misdirected(request, state)
         if not _loopback(request) and not _bearer_ok(request, state.token):
             return error(401, "reads from outside loopback need Authorization: Bearer <token>")
         return await handler(request)
@@ -182,6 +264,8 @@ def write(handler: Handler) -> Handler:
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         state: AdminState = request.app[STATE]
+        if not _host_allowed(request, state):
+            return _misdirected(request, state)
         if not state.token:
             return error(403, "admin writes are disabled: start geodns serve with --admin-token or $GEODNS_ADMIN_TOKEN")
         if not _bearer_ok(request, state.token):
@@ -516,12 +600,14 @@ def make_admin_app(
     stats: StatsSource | None = None,
     health: Any = None,
     include_registries: Sequence[CollectorRegistry] = (REGISTRY,),
+    hosts: Sequence[str] = (),
 ) -> web.Application:
     """The admin application. `controller` must be started before requests come in;
     `stats` returns `Stats.export()` summed over workers; `health` is a HealthService
     (its peer routes are the caller's to mount: `health.add_routes(app)`)."""
     app = web.Application(client_max_size=MAX_BODY)
     state = AdminState(controller, token or None, stats, health)
+    state.admin_hosts = frozenset(admin_host(name) for name in hosts)
     app[STATE] = state
     app[CONTROLLER] = controller
     if token:
@@ -559,6 +645,7 @@ def make_admin_app(
 
 async def start_admin(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serve the admin app on host:port; `await runner.cleanup()` to stop."""
+    app[STATE].listen_host = host
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -28,6 +28,8 @@ class ServeOptions:
     listens: tuple[Listen, ...]
     admin: Listen | None = None
     admin_token: str | None = None
+    admin_hosts: tuple[str, ...] = ()
+    """Names the admin port answers to besides its addresses and localhost (`--admin-host`)."""
     node_file: str | None = None
     workers: int = 1
     query_log: bool = False
@@ -112,7 +114,7 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
     admin_runner = None
     admin_mod = _module("geodns.control.admin") if options.admin else None
     if admin_mod is not None:
-        app = admin_mod.make_admin_app(controller, options.admin_token, stats=stats_source, health=health)
+        app = admin_mod.make_admin_app(controller, options.admin_token, stats=stats_source, health=health, hosts=options.admin_hosts)
         if health is not None:
             health.add_routes(app)
         try:
