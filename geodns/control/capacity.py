@@ -51,23 +51,25 @@ class BadReport(ValueError):
 def utilisation_of(report: object) -> float:
     """The utilisation in a /v1/load report (geodns balance's `LoadReport`), or BadReport.
 
-    `utilisation` is a finite number >= 0 (kept at most `MAX_UTILISATION`); `saturation`, the
-    balancer's own threshold, a finite number in (0, 1]; `saturated`, when present, a boolean.
-    A saturated region counts as at least its threshold: its balancer knows best.
+    `utilisation` is a finite number >= 0 (kept at most `MAX_UTILISATION`); `saturated`, when
+    present, a boolean; `saturation`, the balancer's own threshold, a finite number in (0, 1],
+    required with `saturated: true` (a saturated region counts as at least its threshold: its
+    balancer knows best) and checked whenever present.
     """
     if not isinstance(report, dict):
         raise BadReport(f"not a JSON object but {type(report).__name__}")
     value = _number(report, "utilisation")
     if value < 0.0:
         raise BadReport(f"utilisation {value!r} is negative")
-    saturation = _number(report, "saturation")
-    if not 0.0 < saturation <= 1.0:
-        raise BadReport(f"saturation {saturation!r} is not in (0, 1]")
     saturated = report.get("saturated", False)
     if not isinstance(saturated, bool):
         raise BadReport(f"saturated {_short(saturated)} is not true or false")
-    if saturated:
-        value = max(value, saturation)
+    if saturated or "saturation" in report:
+        saturation = _number(report, "saturation")
+        if not 0.0 < saturation <= 1.0:
+            raise BadReport(f"saturation {saturation!r} is not in (0, 1]")
+        if saturated:
+            value = max(value, saturation)
     return min(value, MAX_UTILISATION)
 
 

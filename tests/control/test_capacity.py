@@ -82,6 +82,8 @@ def test_utilisation_of_reads_geodns_balance_reports() -> None:
     assert utilisation_of(SATURATED) == 0.9
     assert utilisation_of({"utilisation": 0.5, "saturation": 0.8, "saturated": True}) == 0.8
     assert utilisation_of({"utilisation": 1e9, "saturation": 1}) == 10.0
-    for bad in (None, [], {"saturation": 0.8}, {"utilisation": True, "saturation": 0.8}, {"utilisation": 0.1, "saturation": 0}):
+    assert utilisation_of({"utilisation": 0.25}) == 0.25  # no saturation claimed, none needed
+    for bad in (None, [], {"saturation": 0.8}, {"utilisation": True, "saturation": 0.8}, {"utilisation": 0.1, "saturation": 0},
+                {"utilisation": 0.1, "saturated": True}, {"utilisation": 0.1, "saturation": None}):
         with pytest.raises(BadReport):
             utilisation_of(bad)
