@@ -160,16 +160,31 @@ def query(node) -> str:
     return out.stdout
 
 
-async def hold(url: str, count: int) -> tuple[aiohttp.ClientSession, list[asyncio.Task]]:
-    """`count` requests held open through the balancer until the backends release them."""
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+TIMING = "interval: 0.3, timeout: 0.25, fall: 2, rise: 1, jitter: 0.05"
+"""The balancer check's timing in these tests."""
 
-    async def one() -> None:
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=40)) as r:
-                await r.read()
 
-    return session, [asyncio.create_task(one()) for _ in range(count)]
+async def fill_and_release(nodes, backends: Backends, url: str, count: int, load: str) -> tuple[float, float]:
+    """Hold `count` requests open through the balancer until every node steers new clients
+    away, the status page's load line matches `load` and `geodns query` says why; release
+    them and wait until every node steers back. Seconds to each."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as session:
+        async def one() -> None:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=40)) as r:
+                    await r.read()
+
+        held = [asyncio.create_task(one()) for _ in range(count)]
+        try:
+            moved = await all_answer(nodes, WEST, 15)
+            await region_shows(nodes[0], lambda r: re.match(load, r["capacity"]["detail"] or ""))
+            assert "removed saturated us-east" in await asyncio.to_thread(query, nodes[1])
+            backends.released.set()
+            await asyncio.wait_for(asyncio.gather(*held), 15)
+        finally:
+            for task in held:
+                task.cancel()
+    return moved, await all_answer(nodes, EAST, 15)
 
 
 # --- HAProxy ------------------------------------------------------------------------------
@@ -206,10 +221,7 @@ async def test_haproxy_pool_down_fails_the_region_over_and_full_steers_around_it
     servers = "\n".join(f"    server s{i + 1} {BACKEND_HOST}:{p} check" for i, p in enumerate(backends.ports))
     (tmp_path / "haproxy.cfg").write_text(HAPROXY_CFG.format(host=LB_HOST, stats=stats, front=front, servers=servers))
     lb = start([haproxy, "-db", "-f", str(tmp_path / "haproxy.cfg")], tmp_path / "haproxy.log")
-    balancer = (f'{{type: haproxy, url: "http://{LB_HOST}:{stats}/stats;csv", backend: www, min_up: 2,'
-                f" interval: 0.3, timeout: 0.25, fall: 2, rise: 1, jitter: 0.05}}")
-    session = None
-    held: list[asyncio.Task] = []
+    balancer = f'{{type: haproxy, url: "http://{LB_HOST}:{stats}/stats;csv", backend: www, min_up: 2, {TIMING}}}'
     try:
         await asyncio.to_thread(wait_port, LB_HOST, stats)
         async with cluster(tmp_path, balancer, 73) as nodes:
@@ -217,13 +229,8 @@ async def test_haproxy_pool_down_fails_the_region_over_and_full_steers_around_it
             await region_shows(nodes[0], lambda r: "haproxy www: 3/3 servers up (min_up 2)" in r["balancer"]["cause"])
 
             # Full: 3 servers at maxconn 2 take 6 sessions; 8 held leave 2 queued (133%).
-            session, held = await hold(f"http://{LB_HOST}:{front}/slow", 8)
-            moved = await all_answer(nodes, WEST, 15)
-            await region_shows(nodes[0], lambda r: r["capacity"]["detail"].startswith("haproxy www: 6 sessions + 2 queued of 6 (133%)"))
-            assert "removed saturated us-east" in await asyncio.to_thread(query, nodes[1])
-            backends.released.set()
-            await asyncio.wait_for(asyncio.gather(*held), 15)
-            back = await all_answer(nodes, EAST, 15)
+            moved, back = await fill_and_release(
+                nodes, backends, f"http://{LB_HOST}:{front}/slow", 8, r"haproxy www: 6 sessions \+ 2 queued of 6 \(133%\)")
 
             # The pool dies behind a live HAProxy: 1 of 3 servers up is below min_up 2.
             await backends.kill(0)
@@ -241,10 +248,6 @@ async def test_haproxy_pool_down_fails_the_region_over_and_full_steers_around_it
         print(f"haproxy: full -> us-west {moved:.1f}s, released -> us-east {back:.1f}s, "
               f"pool down -> us-west {gone:.1f}s, pool back -> us-east {again:.1f}s")
     finally:
-        for task in held:
-            task.cancel()
-        if session is not None:
-            await session.close()
         stop(lb)
         await backends.close()
 
@@ -285,22 +288,15 @@ async def test_nginx_full_steers_around_the_region_and_a_dead_nginx_fails_it_ove
     conf = prefix / "nginx.conf"
     conf.write_text(NGINX_CONF.format(dir=prefix, host=LB_HOST, port=port, backend=f"{BACKEND_HOST}:{backends.ports[0]}"))
     lb = start([nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")], tmp_path / "nginx.log")
-    balancer = (f"{{type: nginx, url: 'http://{LB_HOST}:{port}/stub_status', capacity: 10,"
-                f" interval: 0.3, timeout: 0.25, fall: 2, rise: 1, jitter: 0.05}}")
-    session = None
-    held: list[asyncio.Task] = []
+    balancer = f"{{type: nginx, url: 'http://{LB_HOST}:{port}/stub_status', capacity: 10, {TIMING}}}"
     try:
         await asyncio.to_thread(wait_port, LB_HOST, port)
         async with cluster(tmp_path, balancer, 76) as nodes:
             await all_answer(nodes, EAST, 15)
 
             # 9 connections held open (and the readers' own) on a capacity of 10: above 80%.
-            session, held = await hold(f"http://{LB_HOST}:{port}/slow", 9)
-            moved = await all_answer(nodes, WEST, 15)
-            await region_shows(nodes[0], lambda r: re.match(r"nginx: (9|10|11) active connections of 10 ", r["capacity"]["detail"]))
-            backends.released.set()
-            await asyncio.wait_for(asyncio.gather(*held), 15)
-            back = await all_answer(nodes, EAST, 15)
+            moved, back = await fill_and_release(
+                nodes, backends, f"http://{LB_HOST}:{port}/slow", 9, r"nginx: (9|10|11) active connections of 10 ")
 
             await asyncio.to_thread(stop, lb)
             gone = await all_answer(nodes, WEST, 15)
@@ -308,9 +304,5 @@ async def test_nginx_full_steers_around_the_region_and_a_dead_nginx_fails_it_ove
             assert "balancer check down" in cause and "ClientConnectorError" in cause, cause
         print(f"nginx: full -> us-west {moved:.1f}s, released -> us-east {back:.1f}s, nginx stopped -> us-west {gone:.1f}s")
     finally:
-        for task in held:
-            task.cancel()
-        if session is not None:
-            await session.close()
         stop(lb)
         await backends.close()
