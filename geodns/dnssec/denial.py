@@ -9,8 +9,8 @@
 - A delegation: the NSEC at the cut lists NS (no DS), so the resolver knows the
   child is unsigned.
 - A wildcard answer: an NSEC whose owner is just before the next closer name
-  and whose next name is just after it (RFC 4470 epsilon functions), proving
-  the query name itself does not exist.
+  and whose next name is just after it and its subtree (RFC 4470 epsilon
+  functions), proving the query name itself does not exist.
 
 No NSEC ever spans another name of the zone, so no walking is possible.
 """
@@ -31,6 +31,19 @@ def successor(owner: bytes) -> bytes:
     if first < 63:
         return bytes((first + 1,)) + owner[1 : 1 + first] + b"\x00" + owner[1 + first :]
     return owner  # 63-octet label in a 254-octet name: nothing follows it closely; match it instead
+
+
+def after_subtree(owner: bytes) -> bytes:
+    """The first name after `owner` and all its descendants: its first label with a `\\000`
+    octet appended (a 63-octet label has its last octet increased instead). The next name
+    of a wildcard proof: a validator takes the closest encloser from the NSEC's owner and
+    next name (unbound: the longer shared ancestor with the query name), so the next
+    name must not sit below the query name."""
+    first = owner[0]
+    label, rest = owner[1 : 1 + first], owner[1 + first :]
+    if first < 63:
+        return bytes((first + 1,)) + label + b"\x00" + rest
+    return bytes((first,)) + label[:-1] + bytes((min(label[-1] + 1, 0xFF),)) + rest
 
 
 def predecessor(owner: bytes) -> bytes:

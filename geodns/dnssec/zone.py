@@ -257,7 +257,7 @@ class ZoneSigner:
         next_closer = ".".join(name.split(".")[-keep:])
         wire = _wire(_owner_label(next_closer))
         owner = denial.predecessor(wire)
-        rdata = denial.nsec_rdata(denial.successor(wire), set())
+        rdata = denial.nsec_rdata(denial.after_subtree(wire), set())
         return [RR(_label_of_wire(owner), NSEC, ttl=self._negative_ttl(), rdata=RD(rdata))]
 
     def _sign_section(self, rrs: list[RR], now: float, renew: list[float]) -> list[RR]:

@@ -1,0 +1,181 @@
+"""DNSSEC end to end: Knot signs the parent, geodns signs the child, unbound validates.
+
+    unbound (validator, subnetcache; trust anchor: example.test's key)
+      --stub--> knotd: example.test, signed by Knot (automatic signing), with
+                the DS records `geodns keys ds` printed for gslb.example.test
+      --ECS--> geodns 127.0.6.53:53 and 127.0.6.54:53 (same key files)
+
+Through unbound: the steered answer for a London subnet validates (AD,
+192.0.2.30), so do a name that does not exist and a type that does not
+(compact denial, RFC 9824); with a wrong DS at the parent the same query is
+SERVFAIL, proving validation ran.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from tests.e2e.conftest import (
+    NET,
+    ROOT,
+    Proc,
+    copy_zones,
+    free_port,
+    need,
+    spawn,
+    start_geodns,
+    unavailable,
+    wait_dns,
+)
+from tests.e2e.test_delegation import NODES, PARENT, UNBOUND_CONF, can_bind_53
+
+pytestmark = pytest.mark.slow
+
+KNOT_CONF = """\
+server:
+    rundir: "{dir}"
+    pidfile: "{dir}/knot.pid"
+    listen: {knot}@{port}
+log:
+  - target: stderr
+    any: info
+control:
+    listen: "{dir}/knot.sock"
+database:
+    storage: "{dir}/knot-db"
+policy:
+  - id: csk
+    algorithm: ecdsap256sha256
+    single-type-signing: on
+    nsec3: off
+template:
+  - id: default
+    storage: "{dir}"
+    semantic-checks: on
+zone:
+  - domain: example.test
+    file: "example.test.zone"
+    dnssec-signing: on
+    dnssec-policy: csk
+    zonefile-sync: -1
+"""
+
+
+def geodns_keys(*args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "geodns", "keys", *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def signed_parent(tmp: Path, knot_host: str, ds: str, procs: list[Proc]) -> tuple[int, str]:
+    """Knot serving example.test signed, with `ds` for the child; returns its port and the
+    DNSKEY (257) to trust."""
+    (tmp / "knot-db").mkdir(parents=True, exist_ok=True)  # Knot keeps its keys (KASP) there
+    port = free_port(knot_host)
+    (tmp / "example.test.zone").write_text(PARENT.format(knot=knot_host, ns1=NODES[0], ns2=NODES[1]) + ds)
+    (tmp / "knot.conf").write_text(KNOT_CONF.format(dir=tmp, knot=knot_host, port=port))
+    check = subprocess.run([need("knotc", "knot"), "-c", str(tmp / "knot.conf"), "conf-check"], capture_output=True, text=True, timeout=20)
+    assert check.returncode == 0, check.stdout + check.stderr
+    knot = spawn(f"knotd-{knot_host}", [need("knotd", "knot"), "-c", str(tmp / "knot.conf")], tmp)
+    procs.append(knot)
+    wait_dns(knot_host, port, "example.test", timeout=15, proc=knot)
+    deadline = time.monotonic() + 20
+    while True:  # signing runs just after the load
+        reply = dns.query.udp(dns.message.make_query("example.test.", "DNSKEY", want_dnssec=True), knot_host, port=port, timeout=2)
+        keys = [r for rrset in reply.answer if rrset.rdtype == dns.rdatatype.DNSKEY for r in rrset if r.flags == 257]
+        if keys:
+            return port, f"example.test. 3600 IN DNSKEY {keys[0].to_text()}"
+        assert time.monotonic() < deadline, knot.output()
+        time.sleep(0.2)
+
+
+def validating_resolver(tmp: Path, host: str, knot_host: str, knot_port: int, anchor: str, procs: list[Proc]) -> int:
+    port = free_port(host)
+    conf = UNBOUND_CONF.format(dir=tmp, unbound=host, port=port, net=NET, knot=knot_host, knot_port=knot_port)
+    conf = conf.replace('module-config: "subnetcache iterator"', 'module-config: "subnetcache validator iterator"')
+    conf = conf.replace("    cache-min-ttl: 0\n", f'    cache-min-ttl: 0\n    trust-anchor: "{anchor}"\n    val-log-level: 2\n')
+    (tmp / "unbound.conf").write_text(conf)
+    check = subprocess.run([need("unbound-checkconf", "unbound"), str(tmp / "unbound.conf")], capture_output=True, text=True, timeout=20)
+    assert check.returncode == 0, check.stdout + check.stderr
+    resolver = spawn(f"unbound-{host}", [need("unbound", "unbound"), "-d", "-c", str(tmp / "unbound.conf")], tmp)
+    procs.append(resolver)
+    wait_dns(host, port, "example.test", timeout=15, proc=resolver)
+    return port
+
+
+def ask(host: str, port: int, name: str, rdtype: str, subnet: str | None = None) -> dns.message.Message:
+    options = [dns.edns.ECSOption(subnet.split("/")[0], int(subnet.split("/")[1]))] if subnet else []
+    query = dns.message.make_query(name, rdtype, want_dnssec=True, options=options)
+    return dns.query.udp(query, host, port=port, timeout=8)
+
+
+def test_unbound_validates_the_signed_steered_child(tmp_path: Path, procs: list[Proc]) -> None:
+    need("knotd", "knot")
+    need("unbound", "unbound")
+    if not all(can_bind_53(h) for h in NODES):
+        unavailable("cannot bind port 53 on 127.0.6.53/54 (run as root or with CAP_NET_BIND_SERVICE)")
+
+    # The child: keys made and the DS printed by geodns, the same key files on both nodes.
+    zones = copy_zones(tmp_path)
+    geodns_keys("generate", "gslb.example.test", "--dir", str(tmp_path / "keys"))
+    example = zones / "example.yaml"
+    example.write_text(example.read_text() + "\ndnssec:\n  keys: ../keys\n")
+    ds = geodns_keys("ds", "gslb.example.test", "--dir", str(tmp_path / "keys"))
+    assert ds.startswith("gslb.example.test. 3600 IN DS ")
+    nodes = [start_geodns(tmp_path, host, 53, zones, name=f"geodns-{i + 1}") for i, host in enumerate(NODES)]
+    procs.extend(n.proc for n in nodes)
+
+    knot_host, resolver_host = f"{NET}.10", f"{NET}.20"
+    knot_port, anchor = signed_parent(tmp_path / "parent", knot_host, ds, procs)
+    port = validating_resolver(tmp_path, resolver_host, knot_host, knot_port, anchor, procs)
+    resolver = procs[-1]
+
+    reply = ask(resolver_host, port, "www.gslb.example.test.", "A", "81.2.69.0/24")
+    assert reply.rcode() == dns.rcode.NOERROR, resolver.output()[-3000:]
+    assert reply.flags & dns.flags.AD, resolver.output()[-3000:]
+    assert [r.address for rrset in reply.answer if rrset.rdtype == dns.rdatatype.A for r in rrset] == ["192.0.2.30"]
+    assert any(rrset.rdtype == dns.rdatatype.RRSIG for rrset in reply.answer)
+
+    other = ask(resolver_host, port, "www.gslb.example.test.", "A", "8.8.8.0/24")
+    assert other.flags & dns.flags.AD
+    assert [r.address for rrset in other.answer if rrset.rdtype == dns.rdatatype.A for r in rrset] == ["192.0.2.20"]
+
+    # Denial validates: a name that does not exist, and a type that does not.
+    for name, rdtype in (("nope.gslb.example.test.", "A"), ("mail.gslb.example.test.", "TXT")):
+        reply = ask(resolver_host, port, name, rdtype)
+        assert reply.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and not reply.answer, (name, reply)
+        assert reply.flags & dns.flags.AD, (name, resolver.output()[-3000:])
+
+    # A CNAME chain into the steered name, and a wildcard, validate as well.
+    for name in ("api.gslb.example.test.", "x.cdn.gslb.example.test."):
+        reply = ask(resolver_host, port, name, "A", "81.2.69.0/24")
+        assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AD, (name, resolver.output()[-3000:])
+
+    # A wrong DS at the parent (another key's): a fresh parent and resolver, the same child.
+    wrong = geodns_keys("generate", "gslb.example.test", "--dir", str(tmp_path / "other-keys"))
+    assert wrong
+    bad_ds = geodns_keys("ds", "gslb.example.test", "--dir", str(tmp_path / "other-keys"))
+    knot2, resolver2 = f"{NET}.11", f"{NET}.21"
+    knot2_port, anchor2 = signed_parent(tmp_path / "bad-parent", knot2, bad_ds, procs)
+    (tmp_path / "bad").mkdir()
+    port2 = validating_resolver(tmp_path / "bad", resolver2, knot2, knot2_port, anchor2, procs)
+    reply = ask(resolver2, port2, "www.gslb.example.test.", "A", "81.2.69.0/24")
+    assert reply.rcode() == dns.rcode.SERVFAIL, reply
+    # ...while the parent itself still validates through that resolver.
+    assert ask(resolver2, port2, "example.test.", "SOA").flags & dns.flags.AD
+    assert all(n.proc.popen.poll() is None for n in nodes)
