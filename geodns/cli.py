@@ -79,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         query_log=args.query_log,
         rrl=rrl,
         rrl_flags=rrl_flags,
+        cookie_secret_file=args.cookie_secret_file,
     )
     return run(controller, options)
 
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", default="info")
     p.add_argument("--cache-size", type=int, default=200_000, help="answer cache entries per worker")
+    p.add_argument("--cookie-secret-file", default=None, metavar="FILE", help="DNS cookie secret (32 hex digits; a second line: the previous one), shared by every node; or cookie_secret in the --node file (default: random at start)")
     rrl = p.add_argument_group("response rate limiting (UDP; TCP and valid DNS cookies are never limited)")
     rrl.add_argument("--rrl-rate", type=float, default=None, metavar="N", help="responses per second per client network, response class and name (default 0: off)")
     rrl.add_argument("--rrl-slip", type=int, default=None, metavar="N", help="send every N-th dropped response truncated (TC=1) so resolvers retry over TCP (default 2; 0 never, 1 always)")

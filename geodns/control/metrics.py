@@ -24,7 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from geodns.control.controller import Controller
-from geodns.dns.stats import LATENCY_BUCKETS
+from geodns.dns.stats import KNOWN_TYPES, LATENCY_BUCKETS
 from geodns.dns.wire import Rcode
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -34,7 +34,13 @@ StatsSource = Callable[[], dict]
 
 
 def qtype_name(qtype: int) -> str:
-    return QTYPE.get(qtype, str(qtype)) if qtype else "none"
+    """The `type` label: a known type's name, `none` (no question), or `other` for any other
+    number, so that clients cannot make a series per query type (`stats.type_key`)."""
+    if not qtype:
+        return "none"
+    if qtype not in KNOWN_TYPES:
+        return "other"
+    return QTYPE.get(qtype, "other")
 
 
 def rcode_name(rcode: int) -> str:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from geodns.control.controller import Controller, ReloadFailed
+from geodns.dns import cookies
+from geodns.dns.claim import AddressInUse, claim
 from geodns.dns.rrl import Limiter, RRLSettings, RRLSettingsError, settings_from_mapping
 from geodns.dns.server import Listen, start_listeners
 
@@ -37,6 +39,7 @@ class ServeOptions:
     """Response rate limiting from the command line (off unless --rrl-rate is given)."""
     rrl_flags: tuple[str, ...] = ()
     """The settings given as flags: they win over the node settings file's `rrl:`."""
+    cookie_secret_file: str | None = None
 
 
 def _module(name: str):
@@ -61,6 +64,28 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
     hup_while_starting: list[bool] = []
     loop.add_signal_handler(signal.SIGHUP, lambda: hup_while_starting.append(True))
     try:
+        claimed = claim(options.listens)  # before anything binds: one node per address
+    except AddressInUse as exc:
+        log.error("not starting: %s", exc)
+        return 1
+    try:
+        return await _serve(controller, options, ready, stop, hup_while_starting)
+    finally:
+        for lock in claimed:
+            lock.close()
+
+
+async def _serve(
+    controller: Controller,
+    options: ServeOptions,
+    ready: Callable[[], None] | None,
+    stop: asyncio.Event,
+    hup_while_starting: list[bool],
+) -> int:
+    loop = asyncio.get_running_loop()
+    if not _set_cookie_secrets(options):
+        return 2
+    try:
         snapshot = controller.start()
     except ReloadFailed as exc:
         for line in exc.errors:
@@ -70,11 +95,12 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
 
     health = None
     if options.node_file:
+        from geodns.control.cookie_settings import COOKIE_KEYS
         from geodns.health.service import HealthService
         from geodns.health.settings import NodeSettingsError, load_node_settings
 
         try:
-            settings = load_node_settings(options.node_file, extra_keys=("rrl",))
+            settings = load_node_settings(options.node_file, extra_keys=("rrl", *COOKIE_KEYS))
         except NodeSettingsError as exc:
             log.error("%s", exc)
             return 2
@@ -185,6 +211,28 @@ def rrl_settings(options: ServeOptions) -> RRLSettings:
     base = settings_from_mapping(section, source=f"{options.node_file}: rrl")
     flags = {name: getattr(options.rrl, name) for name in options.rrl_flags}
     return settings_from_mapping(flags, base, source="--rrl flags") if flags else base
+
+
+def _set_cookie_secrets(options: ServeOptions) -> bool:
+    """The DNS cookie secret for this node (the workers get the parent's); False if it is wrong."""
+    from geodns.control.cookie_settings import cookie_secrets
+    from geodns.health.settings import NodeSettingsError
+
+    try:
+        keys = cookie_secrets(options.node_file, options.cookie_secret_file)
+    except NodeSettingsError as exc:
+        log.error("not starting: %s", exc)
+        return False
+    if keys is None:
+        cookies.configure(cookies.CookieSecrets.random())
+        log.info(
+            "cookie secret: random, made at start: other nodes will not accept this node's DNS cookies "
+            "(set cookie_secret in the node settings to share one)"
+        )
+    else:
+        cookies.configure(keys)
+        log.info("cookie secret: from %s previous=%s", keys.origin, "yes" if keys.previous else "no")
+    return True
 
 
 def run(controller: Controller, options: ServeOptions) -> int:

@@ -2,14 +2,15 @@
  *
  * `geodns.dns.wire.parse_query` reads the shape nearly every resolver sends
  * (one question, no answer or authority records, nothing or one OPT record
- * holding nothing or one well-formed ECS option, no trailing bytes) in one
+ * holding at most one well-formed ECS option and one COOKIE option of a valid
+ * length, no trailing bytes) in one
  * pass, and hands anything else to the full parser, which decides and names
  * every error. This is that one pass without the interpreter: it costs about
  * a third as much, and a cache-miss storm parses every query it gets.
  *
  *   bind(Query, Edns, ECSOption)   the classes to build (geodns.dns.wire's)
  *   scan(data: bytes) -> Query | None
- *   patch(body: bytes, query: Query, scope: int | None, udp: bool) -> bytes
+ *   patch(body: bytes, query: Query, scope: int | None, udp: bool, cookie: bytes | None = None) -> bytes
  *
  * None means "not the common shape": the caller runs the full parser, so this
  * never raises for bad input. The rules are exactly the Python fast path's in
@@ -17,7 +18,8 @@
  * parsers agree on valid, mutated and random packets.
  *
  * `patch` is wire.patch_python's byte assembly (ID, RD/CD, the question as
- * sent, our OPT with the ECS echo, truncation to the question with TC) in one
+ * sent, our OPT with the ECS echo and the COOKIE option, truncation to the
+ * question with TC) in one
  * allocation; tests/dns/test_hotpath.py compares the two byte for byte.
  */
 #define PY_SSIZE_T_CLEAN
@@ -98,35 +100,61 @@ scan(PyObject *module, PyObject *arg)
         Py_ssize_t rdlen = u16(d + end + 9);
         if ((ttl & 0xFF0000) || end + 11 + rdlen != n) /* EDNS version > 0, or odd lengths */
             Py_RETURN_NONE;
-        PyObject *ecs = Py_None;
+        /* Options: at most one well-formed ECS and one COOKIE of a valid length, in either order. */
+        PyObject *ecs = Py_None, *cookie = Py_None;
         Py_INCREF(Py_None);
-        if (rdlen) {
-            const unsigned char *o = d + end + 11;
-            if (rdlen < 8)
+        Py_INCREF(Py_None);
+        Py_ssize_t pos = end + 11;
+        while (pos < n) {
+            if (pos + 4 > n)
                 goto not_common;
-            unsigned code = u16(o), optlen = u16(o + 2), family = u16(o + 4), source = o[6], scope = o[7];
-            unsigned nbytes = (source + 7) >> 3;
-            if (code != 8 || optlen != rdlen - 4 || optlen != 4 + nbytes || scope)
+            const unsigned char *o = d + pos;
+            unsigned code = u16(o), optlen = u16(o + 2);
+            pos += 4;
+            if (pos + (Py_ssize_t)optlen > n)
                 goto not_common;
-            unsigned width = family == 1 ? 4 : family == 2 ? 16 : 0;
-            if (!width || source > width * 8)
+            if (code == 8 && ecs == Py_None) {
+                if (optlen < 4)
+                    goto not_common;
+                unsigned family = u16(o + 4), source = o[6], scope = o[7];
+                unsigned nbytes = (source + 7) >> 3;
+                if (optlen != 4 + nbytes || scope)
+                    goto not_common;
+                unsigned width = family == 1 ? 4 : family == 2 ? 16 : 0;
+                if (!width || source > width * 8)
+                    goto not_common;
+                const unsigned char *address = o + 8;
+                if ((source & 7) && (address[nbytes - 1] & NO_TRAILING_BITS[source & 7]))
+                    goto not_common;
+                unsigned char full[16] = {0};
+                memcpy(full, address, nbytes);
+                PyObject *made = PyObject_CallFunction(ECSOption, "IIiy#", family, source, 0, (const char *)full, (Py_ssize_t)width);
+                if (made == NULL) {
+                    Py_DECREF(ecs);
+                    Py_DECREF(cookie);
+                    return NULL;
+                }
+                Py_SETREF(ecs, made);
+            } else if (code == 10 && cookie == Py_None && (optlen == 8 || (optlen >= 16 && optlen <= 40))) {
+                PyObject *made = PyBytes_FromStringAndSize((const char *)o + 4, optlen);
+                if (made == NULL) {
+                    Py_DECREF(ecs);
+                    Py_DECREF(cookie);
+                    return NULL;
+                }
+                Py_SETREF(cookie, made);
+            } else {
                 goto not_common;
-            const unsigned char *address = o + 8;
-            if ((source & 7) && (address[nbytes - 1] & NO_TRAILING_BITS[source & 7]))
-                goto not_common;
-            unsigned char full[16] = {0};
-            memcpy(full, address, nbytes);
-            Py_DECREF(ecs);
-            ecs = PyObject_CallFunction(ECSOption, "IIiy#", family, source, 0, (const char *)full, (Py_ssize_t)width);
-            if (ecs == NULL)
-                return NULL;
+            }
+            pos += optlen;
         }
-        edns = PyObject_CallFunction(Edns, "IiON", payload < 512 ? 512 : payload, 0, (ttl & 0x8000) ? Py_True : Py_False, ecs);
+        edns = PyObject_CallFunction(Edns, "IiONN", payload < 512 ? 512 : payload, 0, (ttl & 0x8000) ? Py_True : Py_False, ecs, cookie);
         if (edns == NULL)
             return NULL;
         goto build;
     not_common:
         Py_DECREF(ecs);
+        Py_DECREF(cookie);
         Py_RETURN_NONE;
     }
 build:
@@ -135,6 +163,7 @@ build:
 
 #define OUR_PAYLOAD 1232
 #define MAX_UDP 4096
+#define MAX_TCP 65535
 
 static PyObject *s_id, *s_flags, *s_qname, *s_question_end, *s_edns, *s_payload, *s_do, *s_ecs, *s_family, *s_source, *s_address;
 
@@ -152,11 +181,16 @@ long_attr(PyObject *obj, PyObject *name, long *out)
 static PyObject *
 patch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "patch(body, query, scope, udp)");
+    if (nargs != 4 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "patch(body, query, scope, udp, cookie=None)");
         return NULL;
     }
     PyObject *body = args[0], *query = args[1], *scope_obj = args[2];
+    PyObject *cookie = nargs == 5 ? args[4] : Py_None;
+    if (cookie != Py_None && (!PyBytes_Check(cookie) || PyBytes_GET_SIZE(cookie) > 40)) {
+        PyErr_SetString(PyExc_TypeError, "cookie is not bytes of at most 40");
+        return NULL;
+    }
     int udp = PyObject_IsTrue(args[3]);
     if (udp < 0)
         return NULL;
@@ -201,8 +235,9 @@ patch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(qname);
         return NULL;
     }
-    /* Our OPT record: root, type 41, our payload, extended flags (DO), then the ECS echo. */
-    unsigned char opt[11 + 8 + 16];
+    /* Our OPT record: root, type 41, our payload, extended flags (DO), then the ECS echo,
+     * then the COOKIE option. */
+    unsigned char opt[11 + 8 + 16 + 4 + 40];
     Py_ssize_t optlen = 0;
     long limit = 512;
     unsigned arcount = ((unsigned)b[10] << 8) | b[11];
@@ -251,14 +286,25 @@ patch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             memcpy(opt + 19, PyBytes_AS_STRING(address), nbytes);
             optlen = 19 + nbytes;
         }
+        if (cookie != Py_None) {
+            Py_ssize_t clen = PyBytes_GET_SIZE(cookie);
+            opt[optlen] = 0; opt[optlen + 1] = 10;
+            opt[optlen + 2] = 0; opt[optlen + 3] = (unsigned char)clen;
+            memcpy(opt + optlen + 4, PyBytes_AS_STRING(cookie), clen);
+            optlen += 4 + clen;
+            Py_ssize_t rdlen = optlen - 11;
+            opt[9] = (unsigned char)(rdlen >> 8); opt[10] = (unsigned char)rdlen;
+        }
         limit = payload < MAX_UDP ? payload : MAX_UDP;
         arcount += 1;
     }
+    if (!udp)
+        limit = MAX_TCP;
     unsigned flags = ((((unsigned)b[2] << 8) | b[3]) | ((unsigned)qflags & 0x0110)) & 0xFFFF;
     const Py_ssize_t nlen = PyBytes_GET_SIZE(qname);
     const unsigned char *name = (const unsigned char *)PyBytes_AS_STRING(qname);
-    if (udp && blen + optlen > limit) {
-        /* Too big for the client's UDP size: the header and question with TC, and our OPT. */
+    if (blen + optlen > limit) {
+        /* Too big for the client's UDP size (or TCP's 65,535): the header and question with TC, and our OPT. */
         result = PyBytes_FromStringAndSize(NULL, 12 + nlen + 4 + optlen);
         if (result == NULL)
             goto done;
@@ -295,7 +341,7 @@ done:
 static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS, "bind(Query, Edns, ECSOption): the classes scan() builds"},
     {"scan", scan, METH_O, "scan(data) -> Query, or None when the query is not of the common shape"},
-    {"patch", (PyCFunction)(void (*)(void))patch, METH_FASTCALL, "patch(body, query, scope, udp) -> the answer to this query"},
+    {"patch", (PyCFunction)(void (*)(void))patch, METH_FASTCALL, "patch(body, query, scope, udp, cookie=None) -> the answer to this query"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 from geodns.config.model import IPAddress, Node
 from geodns.dns.cache import Prepared
+from geodns.dns.cookies import answer_cookie
 from geodns.dns.resolve import Resolution, name_of, prepare, resolve, steer
 from geodns.dns.snapshot import CompiledZone, Snapshot, narrow_int
 from geodns.dns.stats import AnswerLabel, Stats, slot
@@ -86,24 +87,36 @@ def answer(snap: Snapshot, data: bytes, client: str, udp: bool = True, stats: St
     except Ignore:
         return None
     except WireError as exc:
-        stats.answers[(_ERROR_LABELS[exc.rcode], 0, udp)] += 1
+        stats.count_error(_ERROR_LABELS[exc.rcode], 0, udp)
         return error_response(exc)
+    edns = query.edns
+    cookie = None
+    if edns is not None and edns.cookie is not None:
+        # Every client cookie gets a server cookie, in errors too (RFC 7873 5.2); an invalid
+        # server cookie only gets a new one (5.2.3-5.2.4). A cookie's answer is per client:
+        # level 0 never stores it, `patch` puts it in the cached body.
+        try:
+            cookie = answer_cookie(edns.cookie, client)[0]
+        except (OSError, ValueError):  # not an IP address (a test's client name): no cookie
+            cookie = None
     try:
-        return _answer(snap, query, client, udp, stats, data)
+        return _answer(snap, query, client, udp, stats, data, cookie)
     except Exception:  # noqa: BLE001 - no input may stop the server; SERVFAIL is the honest answer
         global _failures
         _failures += 1
         if _failures <= 10 or _failures % 1000 == 0:
             log.exception("internal error answering %r (failure %d)", query.qname, _failures)
-        stats.answers[(_ERROR_LABELS[Rcode.SERVFAIL], query.qtype, udp)] += 1
-        return rcode_response(query, Rcode.SERVFAIL)
+        stats.count_error(_ERROR_LABELS[Rcode.SERVFAIL], query.qtype, udp)
+        return rcode_response(query, Rcode.SERVFAIL, cookie=cookie)
 
 
-def _answer(snap: Snapshot, query: Query, client: str, udp: bool, stats: Stats, data: bytes = b"") -> bytes:
+def _answer(
+    snap: Snapshot, query: Query, client: str, udp: bool, stats: Stats, data: bytes = b"", cookie: bytes | None = None
+) -> bytes:
     if query.qclass != CLASS_IN:
         # Before any cache level: levels 1-2 are keyed without the class (level 0 has it).
-        stats.answers[(_ERROR_LABELS[Rcode.REFUSED], query.qtype, udp)] += 1
-        return rcode_response(query, Rcode.REFUSED)
+        stats.count_error(_ERROR_LABELS[Rcode.REFUSED], query.qtype, udp)
+        return rcode_response(query, Rcode.REFUSED, cookie=cookie)
     cache = snap.cache
     key = (query.qname.lower(), query.qtype)
     if snap.signed and query.edns is not None and query.edns.do:
@@ -112,8 +125,8 @@ def _answer(snap: Snapshot, query: Query, client: str, udp: bool, stats: Stats, 
     if entry is None or (entry.deadline is not None and entry.deadline < _monotonic()):
         entry = _first_level(snap, query, key, client, stats)
         if entry is None:
-            stats.answers[(_ERROR_LABELS[Rcode.REFUSED], query.qtype, udp)] += 1
-            return rcode_response(query, Rcode.REFUSED)
+            stats.count_error(_ERROR_LABELS[Rcode.REFUSED], query.qtype, udp)
+            return rcode_response(query, Rcode.REFUSED, cookie=cookie)
     by_source = False
     if entry.client_dependent:
         prepared, scope, by_source = _client_level(snap, query, entry, client, stats)
@@ -136,6 +149,8 @@ def _answer(snap: Snapshot, query: Query, client: str, udp: bool, stats: Stats, 
         # Echo the scope for answers that depend on the client; 0 for those that do not
         # (RFC 7871 7.2.1); a source prefix of 0 asks us not to use it at all.
         scope = scope if edns.ecs.source else 0
+    if cookie is not None:
+        return patch(body, query, scope, udp, cookie)
     response = patch(body, query, scope, udp)
     if key[1] & COMPACT_OK:
         response = echo_co(response)

@@ -13,6 +13,8 @@ import bisect
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from dnslib import QTYPE
+
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
 
@@ -31,6 +33,17 @@ class AnswerLabel:
 
 NO_ZONE = AnswerLabel("", 5, "", "")
 
+KNOWN_TYPES = frozenset(QTYPE.forward) | {0}
+"""Query types counted by their own number (dnslib's table of named types, ~50; 0 for the
+messages that had none): a client picks the qtype, so any other is counted as OTHER_TYPE,
+or each of 65,536 numbers would become a counter here and a Prometheus series."""
+OTHER_TYPE = -1
+
+
+def type_key(qtype: int) -> int:
+    """The query type as counted: itself when known, else OTHER_TYPE."""
+    return qtype if qtype in KNOWN_TYPES else OTHER_TYPE
+
 _slot_of: dict[tuple, int] = {}
 _slot_keys: list[tuple] = []
 
@@ -44,8 +57,12 @@ def slot(key: tuple) -> int:
     """
     index = _slot_of.get(key)
     if index is None:
-        index = _slot_of[key] = len(_slot_keys)
-        _slot_keys.append(key)
+        label, qtype, transport = key
+        folded = (label, type_key(qtype), transport)
+        index = _slot_of.get(folded)
+        if index is None:
+            index = _slot_of[folded] = len(_slot_keys)
+            _slot_keys.append(folded)
     return index
 
 
@@ -75,6 +92,10 @@ class Stats:
 
     def count(self, key: tuple) -> None:
         self.counts[slot(key)] += 1
+
+    def count_error(self, label: AnswerLabel, qtype: int, udp: bool) -> None:
+        """An answer made without a prepared body (REFUSED, SERVFAIL, FORMERR, ...)."""
+        self.answers[(label, type_key(qtype), udp)] += 1
 
     def totals(self) -> Counter:
         """(AnswerLabel, qtype, transport) -> count, whichever way it was counted."""

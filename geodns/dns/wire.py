@@ -52,6 +52,7 @@ class QType(IntEnum):
 
 class OptionCode(IntEnum):
     ECS = 8
+    COOKIE = 10
 
 
 QR = 0x8000
@@ -92,6 +93,9 @@ class Edns:
     version: int
     do: bool
     ecs: ECSOption | None = None
+    cookie: bytes | None = None
+    """The COOKIE option (RFC 7873) as sent: a client cookie (8 bytes), then any server cookie
+    (8 to 32); the parsers refuse other lengths (FORMERR). `geodns.dns.cookies` answers it."""
 
 
 @dataclass(slots=True)
@@ -163,7 +167,8 @@ def read_name(data: bytes, offset: int, allow_pointers: bool) -> int:
         offset += length + 1
 
 
-_ECS_HEAD = struct.Struct("!HHHBB")  # option code, option length, family, source, scope
+_OPTION_HEAD = struct.Struct("!HH")  # option code, option length
+_ECS_FIXED = struct.Struct("!HBB")  # family, source prefix, scope prefix
 _NO_TRAILING_BITS = (0xFF, 0x7F, 0x3F, 0x1F, 0x0F, 0x07, 0x03, 0x01)
 
 
@@ -212,22 +217,37 @@ def scan_common(data: bytes) -> Query | None:
     _, _, payload, ttl, rdlen = _OPT_HEAD.unpack_from(data, end)
     if ttl & 0xFF0000 or end + 11 + rdlen != n:  # EDNS version > 0, or odd lengths
         return None
-    ecs = None
-    if rdlen:
-        if rdlen < 8:
+    # Options: at most one well-formed ECS and one COOKIE of a valid length, in either order.
+    ecs = cookie = None
+    pos = end + 11
+    while pos < n:
+        if pos + 4 > n:
             return None
-        code, optlen, family, source, scope = _ECS_HEAD.unpack_from(data, end + 11)
-        nbytes = (source + 7) >> 3
-        if code != 8 or optlen != rdlen - 4 or optlen != 4 + nbytes or scope:
+        code, optlen = _OPTION_HEAD.unpack_from(data, pos)
+        pos += 4
+        stop = pos + optlen
+        if stop > n:
             return None
-        width = 4 if family == 1 else 16 if family == 2 else 0
-        if not width or source > width * 8:
+        if code == 8 and ecs is None:
+            if optlen < 4:
+                return None
+            family, source, scope = _ECS_FIXED.unpack_from(data, pos)
+            nbytes = (source + 7) >> 3
+            if optlen != 4 + nbytes or scope:
+                return None
+            width = 4 if family == 1 else 16 if family == 2 else 0
+            if not width or source > width * 8:
+                return None
+            address = data[pos + 4 : stop]
+            if source & 7 and address[-1] & _NO_TRAILING_BITS[source & 7]:
+                return None
+            ecs = ECSOption(family, source, 0, address + bytes(width - nbytes))
+        elif code == 10 and cookie is None and (optlen == 8 or 16 <= optlen <= 40):
+            cookie = data[pos:stop]
+        else:
             return None
-        address = data[end + 19 :]
-        if source & 7 and address[-1] & _NO_TRAILING_BITS[source & 7]:
-            return None
-        ecs = ECSOption(family, source, 0, address + bytes(width - nbytes))
-    return Query(qid, flags, qname, qtype, qclass, Edns(max(payload, 512), 0, bool(ttl & DO), ecs), end)
+        pos = stop
+    return Query(qid, flags, qname, qtype, qclass, Edns(max(payload, 512), 0, bool(ttl & DO), ecs, cookie), end)
 
 
 def parse_query_full(data: bytes) -> Query:
@@ -302,12 +322,12 @@ def _parse_opt(data: bytes, offset: int) -> tuple[Edns, int]:
     edns = Edns(max(payload, 512), version, do)
     if version != 0:
         raise BadVers(f"EDNS version {version}", edns=edns)
-    ecs = None
+    ecs = cookie = None
     pos = offset
     while pos < end:
         if pos + 4 > end:
             raise FormErr("truncated EDNS option")
-        code, length = struct.unpack_from("!HH", data, pos)
+        code, length = _OPTION_HEAD.unpack_from(data, pos)
         pos += 4
         if pos + length > end:
             raise FormErr("EDNS option runs past the OPT record")
@@ -315,15 +335,22 @@ def _parse_opt(data: bytes, offset: int) -> tuple[Edns, int]:
             if ecs is not None:
                 raise FormErr("more than one ECS option", edns=edns)
             ecs = _parse_ecs(data[pos : pos + length], edns)
+        elif code == OptionCode.COOKIE:
+            # RFC 7873 5.2.2: a client cookie alone (8 bytes) or with a server cookie of 8 to 32.
+            if cookie is not None:
+                raise FormErr("more than one COOKIE option", edns=edns)
+            if length != 8 and not 16 <= length <= 40:
+                raise FormErr(f"COOKIE option of {length} bytes (8, or 16 to 40)", edns=edns)
+            cookie = data[pos : pos + length]
         pos += length
-    return Edns(edns.payload, 0, do, ecs), end
+    return Edns(edns.payload, 0, do, ecs, cookie), end
 
 
 def _parse_ecs(body: bytes, edns: Edns) -> ECSOption:
     """RFC 7871 section 6; a wrongly formatted option is FORMERR (7.2.1)."""
     if len(body) < 4:
         raise FormErr("ECS option shorter than 4 bytes", edns=edns)
-    family, source, scope = struct.unpack_from("!HBB", body)
+    family, source, scope = _ECS_FIXED.unpack_from(body)
     if family == 1:
         width = 4
     elif family == 2:
@@ -343,25 +370,30 @@ def _parse_ecs(body: bytes, edns: Edns) -> ECSOption:
 
 
 _OPT_ECS = struct.Struct("!BHHIHHHHBB")  # OPT header, then the ECS option header and its fixed part
+_COOKIE_HEAD = b"\x00\x0a"  # option code 10
 
 
-def opt_record(edns: Edns, ecs_scope: int | None, ext_rcode: int = 0) -> bytes:
-    """Our OPT record for a response to a query that had one."""
+def opt_record(edns: Edns, ecs_scope: int | None, ext_rcode: int = 0, cookie: bytes | None = None) -> bytes:
+    """Our OPT record for a response to a query that had one: the ECS echo when the query had
+    ECS, then `cookie` (the COOKIE option's data: client and server cookie) when given."""
     # Plain ints below, not the IntEnums: struct.pack converts an IntEnum ~10x slower.
     ttl = (ext_rcode << 24) | (0x8000 if edns.do else 0)
     ecs = edns.ecs
+    tail = b"" if cookie is None else _COOKIE_HEAD + _U16.pack(len(cookie)) + cookie
     if ecs is None:
-        return _OPT_HEAD.pack(0, 41, OUR_PAYLOAD, ttl, 0)
+        return _OPT_HEAD.pack(0, 41, OUR_PAYLOAD, ttl, len(tail)) + tail
     nbytes = (ecs.source + 7) >> 3
     return _OPT_ECS.pack(
-        0, 41, OUR_PAYLOAD, ttl, 8 + nbytes, 8, 4 + nbytes, ecs.family, ecs.source, ecs_scope or 0
-    ) + ecs.address[:nbytes]
+        0, 41, OUR_PAYLOAD, ttl, 8 + nbytes + len(tail), 8, 4 + nbytes, ecs.family, ecs.source, ecs_scope or 0
+    ) + ecs.address[:nbytes] + tail
 
 
 def error_response(exc: WireError) -> bytes:
     """The answer to a query we could not or would not process."""
     rcode = int(exc.rcode)
-    flags = QR | (exc.flags & (0x7800 | RD | CD)) | (rcode & 0xF)
+    # RD and CD are defined for QUERY only: echo them there, never for another opcode.
+    echo = 0x7800 if exc.flags & 0x7800 else 0x7800 | RD | CD
+    flags = QR | (exc.flags & echo) | (rcode & 0xF)
     qdcount = 1 if exc.question else 0
     opt = b""
     if exc.edns is not None:
@@ -369,21 +401,28 @@ def error_response(exc: WireError) -> bytes:
     return _HEADER.pack(exc.id, flags, qdcount, 0, 0, 1 if opt else 0) + exc.question + opt
 
 
-def rcode_response(query: Query, rcode: Rcode, aa: bool = False) -> bytes:
-    """A bare answer (REFUSED, NOTIMP, ...) echoing the question and EDNS."""
+def rcode_response(query: Query, rcode: Rcode, aa: bool = False, cookie: bytes | None = None) -> bytes:
+    """A bare answer (REFUSED, NOTIMP, ...) echoing the question and EDNS (and `cookie`, the
+    COOKIE option to send)."""
     flags = QR | (query.flags & (RD | CD)) | (AA if aa else 0) | int(rcode)
-    opt = opt_record(query.edns, 0) if query.edns is not None else b""
+    opt = opt_record(query.edns, 0, cookie=cookie) if query.edns is not None else b""
     question = query.qname + _QTAIL.pack(query.qtype, query.qclass)
     return _HEADER.pack(query.id, flags, 1, 0, 0, 1 if opt else 0) + question + opt
 
 
-def patch_python(body: bytes, query: Query, scope: int | None, udp: bool) -> bytes:
+MAX_TCP = 65535
+"""The largest message TCP's two-byte length can carry (RFC 1035 4.2.2)."""
+
+
+def patch_python(body: bytes, query: Query, scope: int | None, udp: bool, cookie: bytes | None = None) -> bytes:
     """A prepared answer (ID 0, no OPT) made into the answer to this query (`patch`; `_scan.c`
     does the same in C where it is built).
 
     Patches the ID, copies RD and CD, puts back the question's letter case,
-    appends our OPT (with the ECS echo and its scope), and truncates to the
-    header and question with TC set when it does not fit the client's UDP size.
+    appends our OPT (with the ECS echo and its scope, and `cookie`, the COOKIE
+    option's data for this client), and truncates to the header and question
+    with TC set when it does not fit the client's UDP size, or over TCP 65,535
+    bytes.
     """
     edns = query.edns
     qend = query.question_end
@@ -393,10 +432,12 @@ def patch_python(body: bytes, query: Query, scope: int | None, udp: bool) -> byt
         limit = 512
         arcount = body[10] << 8 | body[11]
     else:
-        opt = opt_record(edns, scope)
+        opt = opt_record(edns, scope, 0, cookie)
         limit = min(edns.payload, MAX_UDP)  # payload is at least 512 (parse_query)
         arcount = (body[10] << 8 | body[11]) + 1
-    if udp and len(body) + len(opt) > limit:
+    if not udp:
+        limit = MAX_TCP
+    if len(body) + len(opt) > limit:
         return (
             _HEADER.pack(query.id, flags | TC, 1, 0, 0, 1 if opt else 0)
             + query.qname

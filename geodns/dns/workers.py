@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from geodns.dns import cookies
 from geodns.dns.rrl import RRLSettings, create_shared, limiter_for_worker
 from geodns.dns.server import Listen, SnapshotRef, start_listeners
 from geodns.dns.snapshot import Snapshot, build_snapshot
@@ -182,6 +183,7 @@ class WorkerPool:
                 "rrl": self.rrl,
                 "rrl_table": self._rrl_table,
                 "workers": self.n,
+                "cookie_secrets": cookies.active(),  # one node, one secret
             }
         )
         shared = [self._rrl_table.fd] if self._rrl_table is not None else []
@@ -340,6 +342,7 @@ async def _worker(conn: Connection) -> int:
     kind, setup = conn.recv()
     setup = pickle.loads(setup)
     _worker_logging(setup)
+    cookies.configure(setup["cookie_secrets"])
     index = setup["index"]
     replica = _Replica()
     kind, state = conn.recv()
