@@ -56,6 +56,14 @@ def query(qid: int, qname: str = "www.gslb.example.test", qtype: int = 1, ecs: t
     return head + body + b"\0" + struct.pack("!HHIH", 41, payload, 0, len(opt)) + opt
 
 
+def with_cookie(data: bytes, cookie: bytes) -> bytes:
+    """`data` (a query ending in its OPT record) with a COOKIE option appended."""
+    opt_at = data.rindex(b"\0\0\x29")
+    rdlen = struct.unpack_from("!H", data, opt_at + 9)[0]
+    option = struct.pack("!HH", 10, len(cookie)) + cookie
+    return data[: opt_at + 9] + struct.pack("!H", rdlen + len(option)) + data[opt_at + 11 :] + option
+
+
 def parsed(parser, data: bytes):
     try:
         return parser(data)
@@ -85,6 +93,8 @@ def test_fast_parser_agrees_with_the_full_one_on_mutations():
         query(5, edns=False),
         query(6),
         query(7, qname="WwW.GsLb.ExAmPlE.TeSt", flags=0x0110),
+        with_cookie(query(8), bytes(range(8))),
+        with_cookie(query(9, ecs=("81.2.69.0", 24)), bytes(range(24))),
     ]
     for data in seeds:
         assert parse_query(data) == parse_query_full(data)
