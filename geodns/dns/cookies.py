@@ -141,13 +141,14 @@ def answer_cookie(option: bytes, client: str) -> tuple[bytes, bool]:
     return reply(_active, option, packed_address(client), int(time.time()))
 
 
-def valid_server_cookie(data: bytes, client: str) -> bool:
-    """Whether the query `data` from `client` carries a valid server cookie of ours.
+def valid_server_cookie(data: bytes, client: str | bytes) -> bool:
+    """Whether the query `data` from `client` (its address as text, or packed: 4 or 16 bytes,
+    as a raw sockaddr holds it) carries a valid server cookie of ours.
 
-    For the transports' response rate limiting (a client that returns our cookie
-    is not spoofed, so it is not limited): call it only for a response that
-    would be limited; it parses the query again (the C scanner, ~0.3 us) and
-    checks the hash (~0.2 us). A query without a COOKIE option costs the parse.
+    For response rate limiting (a client that returns our cookie is not spoofed, so it
+    is not limited): call it only for a response that would be limited; it parses the
+    query again (the C scanner, ~0.3 us) and checks the hash (~0.2 us). A query without
+    a COOKIE option costs the parse.
     """
     from geodns.dns.wire import parse_query
 
@@ -159,6 +160,9 @@ def valid_server_cookie(data: bytes, client: str) -> bool:
     if edns is None or edns.cookie is None or len(edns.cookie) != 24:
         return False
     try:
-        return answer_cookie(edns.cookie, client)[1]
+        address = packed_address(client) if isinstance(client, str) else bytes(client)
+        if len(address) == 16 and address[:12] == _V4_MAPPED:
+            address = address[12:]
     except (OSError, ValueError):
         return False
+    return reply(_active, edns.cookie, address, int(time.time()))[1]

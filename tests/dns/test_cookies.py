@@ -5,6 +5,7 @@ tests/integration/test_cookies.py)."""
 from __future__ import annotations
 
 import dataclasses
+import socket
 import struct
 import time
 from pathlib import Path
@@ -283,6 +284,8 @@ def test_valid_server_cookie_for_rate_limiting(known_secret):
     snap = fresh_snapshot()
     got = response_cookie(answer(snap, query(options=option(10, bytes(8))), "198.51.100.7", True, Stats()))
     assert cookies.valid_server_cookie(query(options=option(10, got)), "198.51.100.7")
+    assert cookies.valid_server_cookie(query(options=option(10, got)), packed_address("198.51.100.7"))
+    assert cookies.valid_server_cookie(query(options=option(10, got)), socket.inet_pton(socket.AF_INET6, "::ffff:198.51.100.7"))
     assert not cookies.valid_server_cookie(query(options=option(10, got)), "198.51.100.8")
     assert not cookies.valid_server_cookie(query(options=option(10, bytes(8))), "198.51.100.7")
     assert not cookies.valid_server_cookie(query(), "198.51.100.7")
