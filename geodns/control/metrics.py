@@ -152,6 +152,28 @@ class NodeCollector(Collector):
         for action, cls, n in sorted(exported.get("rrl", ())):
             rrl.add_metric([action, cls], n)
         yield rrl
+        yield from _dnssec(exported.get("dnssec") or {})
+
+
+def _dnssec(signing: dict) -> Iterator[Metric]:
+    """Signed zones: how long until the first signature being served expires (alert well
+    before 0: normally 6-8 days, since signatures are renewed daily), and signing work."""
+    expiry = GaugeMetricFamily(
+        "geodns_dnssec_signature_expiry_seconds",
+        "Seconds until the earliest expiration of an RRSIG this node serves, per signed zone.",
+        labels=["zone"],
+    )
+    made = CounterMetricFamily("geodns_dnssec_signatures", "RRSIGs made (private-key operations), per signed zone.", labels=["zone"])
+    entries = GaugeMetricFamily("geodns_dnssec_signature_cache_entries", "Signed RRsets held in the signature caches.", labels=["zone"])
+    now = time.time()
+    for zone, (expires, count, held) in sorted(signing.items()):
+        if expires is not None:
+            expiry.add_metric([zone], expires - now)
+        made.add_metric([zone], count)
+        entries.add_metric([zone], held)
+    yield expiry
+    yield made
+    yield entries
 
 
 class _Forward(Collector):

@@ -117,4 +117,14 @@ class Stats:
             "cache_hits": self.cache_hits,
             "cache_misses": self.cache_misses,
             "rrl": [(action, cls, n) for (action, cls), n in self.rrl.items()],
+            "dnssec": _signing_status(),
         }
+
+
+def _signing_status() -> dict:
+    """Signature expiry and counts of this process's signed zones (`geodns.dnssec.zone`);
+    empty when nothing was ever signed here (the module is not even imported then)."""
+    import sys
+
+    zone = sys.modules.get("geodns.dnssec.zone")
+    return zone.signing_status() if zone is not None else {}

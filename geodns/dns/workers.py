@@ -91,6 +91,7 @@ def merge_exports(exports: list[dict]) -> dict:
     latency_sum = 0.0
     hits = misses = 0
     rrl: Counter = Counter()
+    dnssec: dict[str, tuple] = {}
     for export in exports:
         for label, qtype, transport, n in export.get("answers", ()):
             answers[(tuple(label), qtype, transport)] += n
@@ -101,6 +102,10 @@ def merge_exports(exports: list[dict]) -> dict:
         misses += export.get("cache_misses", 0)
         for action, cls, n in export.get("rrl", ()):
             rrl[(action, cls)] += n
+        for zone, (expires, made, entries) in export.get("dnssec", {}).items():
+            was = dnssec.get(zone, (None, 0, 0))
+            soonest = min((e for e in (expires, was[0]) if e is not None), default=None)
+            dnssec[zone] = (soonest, was[1] + made, was[2] + entries)
     return {
         "answers": [(label, qtype, transport, n) for (label, qtype, transport), n in answers.items()],
         "latency": latency,
@@ -108,6 +113,7 @@ def merge_exports(exports: list[dict]) -> dict:
         "cache_hits": hits,
         "cache_misses": misses,
         "rrl": [(action, cls, n) for (action, cls), n in rrl.items()],
+        "dnssec": dnssec,
     }
 
 

@@ -45,8 +45,18 @@ _SOA, _NS, _CNAME = 6, 2, 5
 _ADDRESS_TYPES = {4: QTYPE.A, 6: QTYPE.AAAA}
 
 _caches: dict[tuple, tuple[SignatureCache, list[Signer]]] = {}
-"""Signature caches and loaded private keys by key set: a new snapshot (a reload, a health
-change) that keeps the keys keeps the signatures."""
+"""Signature caches and loaded private keys by zone and key set: a new snapshot (a reload,
+a health change) that keeps the keys keeps the signatures."""
+
+
+def signing_status(now: float | None = None) -> dict[str, tuple[int | None, int, int]]:
+    """Per signed zone, this process's (earliest expiration of a signature still served, Unix
+    time; signatures made; signature cache entries), for /metrics (`Stats.export`)."""
+    now = time.time() if now is None else now
+    out = {}
+    for key, (cache, _signers) in _caches.items():
+        out[key[0]] = (cache.earliest_expiration(now), cache.made, len(cache))  # the newest key set wins
+    return out
 
 
 class _Canonical(DNSBuffer):
@@ -84,7 +94,7 @@ class ZoneSigner:
         self.nodes = nodes
         self.existing = existing
         self.keys = keys
-        cache_key = tuple((k.rdata, k.private, k.state) for k in keys)
+        cache_key = (zone.origin, *((k.rdata, k.private, k.state) for k in keys))
         shared = _caches.get(cache_key)
         if shared is None:
             if len(_caches) >= 64:

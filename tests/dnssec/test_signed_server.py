@@ -237,3 +237,33 @@ def test_health_capped_ttl_is_the_rrsig_ttl(tmp_path: Path) -> None:
         reply = dns.message.from_wire(answer(snap, make(name, "A", do=True).to_wire(), "127.0.0.1"))
         assert [r.address for r in reply.answer[0]] == [address] and reply.answer[0].ttl == ttl
         assert validated(reply, keyring) == [(name, "A")]
+
+
+def test_metrics_report_signature_expiry(tmp_path: Path) -> None:
+    """/metrics shows how long until the first served signature expires (about a week: renewed
+    daily, valid eight days) and how many were made."""
+    import re
+    import time
+    import urllib.request
+
+    from netutil import free_port
+
+    from tests.integration.conftest import next_host
+
+    zones, _ = signed_zones(tmp_path)
+    admin = next_host()
+    admin_port = free_port(admin)
+    with running(tmp_path / "run", zones=zones, extra=["--admin", f"{admin}:{admin_port}"]) as srv:
+        assert udp(srv, make(f"www.{ZONE}.", "A", do=True, subnet="81.2.69.0/24")).answer
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + 10
+        while True:  # workers push their counters about once a second
+            text = opener.open(f"http://{admin}:{admin_port}/metrics", timeout=5).read().decode()
+            found = re.search(r'^geodns_dnssec_signature_expiry_seconds\{zone="gslb.example.test"\} (\S+)$', text, re.M)
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert found, text[-2000:]
+        assert 6 * 86400 < float(found.group(1)) <= 8 * 86400
+        made = re.search(r'^geodns_dnssec_signatures_total\{zone="gslb.example.test"\} (\S+)$', text, re.M)
+        assert made and float(made.group(1)) >= 1
