@@ -35,9 +35,14 @@ def unit_options(path: Path) -> dict[str, list[str]]:
 
 
 def serve_args(argv: list[str]) -> None:
-    """The arguments must be ones `geodns serve` accepts."""
+    """The arguments must be ones `geodns serve` accepts, and turn response rate limiting on
+    with the numbers docs/runbook.md documents."""
     assert argv[:2] == ["geodns", "serve"], argv
-    build_parser().parse_args(argv[1:])
+    args = build_parser().parse_args(argv[1:])
+    assert (args.rrl_rate, args.rrl_slip, args.rrl_window) == (50, 2, 2), argv
+    assert not args.rrl_log_only
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    assert "--rrl-rate 50 --rrl-slip 2 --rrl-window 2" in runbook
 
 
 def test_systemd_unit_is_hardened_and_binds_53_only() -> None:
