@@ -39,8 +39,9 @@ import fcntl
 import ipaddress
 import logging
 import os
+import socket
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -337,8 +338,11 @@ class Limiter:
     EXEMPT_MEMO = 65_536
     """Source addresses whose exemption is remembered (cleared when full)."""
 
-    def __init__(self, settings: RRLSettings, table: Table | None = None):
+    def __init__(self, settings: RRLSettings, table: Table | None = None, trusted: Trusted | None = None):
         self.settings = settings
+        self.trusted = trusted
+        """(query bytes, client address) -> whether the query carries a valid server cookie
+        (`geodns.dns.cookies.valid_server_cookie`): asked only of a response about to be limited."""
         self.table = table if table is not None else Table(settings.slots, settings.rate, settings.window, settings.slip)
         self.log_only = settings.log_only
         self._exempt = _int_networks(settings.exempt)
@@ -367,23 +371,38 @@ class Limiter:
         memo[packed] = key
         return key
 
-    def decide(self, network: bytes, response: bytes, now: float, counts: dict) -> Action:
-        """The action for one response to a client of `network` (a key from `network`)."""
+    def decide(self, network: bytes, response: bytes, now: float, counts: dict, query: Any = None) -> Action:
+        """The action for one response to a client of `network` (a key from `network`).
+        `query` is called for (query bytes, client address) when the response would be
+        limited, to ask `trusted` whether it carries a valid server cookie."""
         cls = classify(response)
         name = unit_name(response, cls)
         # Python's hash of bytes is SipHash keyed by the process's hash seed: secret, so a
         # client cannot aim units at one slot; workers sharing a table share the seed.
         action, changed = self.table.debit(hash(network + bytes((cls,)) + name), now)
+        if action is Action.SEND:
+            if changed:
+                self._log_change(network, cls, name, action)
+            return action
+        if self.trusted is not None and query is not None:
+            asked = query()
+            # A client that returns our cookie is not spoofed (RFC 7873 5.2.4): it is not
+            # limited (its response still took a token, as a spoofer's would).
+            if asked is not None and self.trusted(*asked):
+                counts[("cookie", CLASS_NAMES[cls])] = counts.get(("cookie", CLASS_NAMES[cls]), 0) + 1
+                return Action.SEND
         if changed:
             self._log_change(network, cls, name, action)
-        if action is Action.SEND:
-            return action
         label = (LOGGED if self.log_only else ACTION_NAMES[action], CLASS_NAMES[cls])
         counts[label] = counts.get(label, 0) + 1
         return Action.SEND if self.log_only else action
 
-    def screen(self, out: list, now: float, counts: dict) -> list:
-        """`out` (response, raw sockaddr) pairs as limited: dropped ones gone, slipped ones truncated."""
+    def screen(self, out: list, now: float, counts: dict, batch: list | None = None) -> list:
+        """`out` (response, raw sockaddr) pairs as limited: dropped ones gone, slipped ones truncated.
+
+        `batch` is the (query, sockaddr) list the responses answer, in the same order, with the
+        same sockaddr objects (as BatchedUDP builds `out`): the query of a response about to be
+        limited is found there, for its cookie."""
         memo = self._sockaddrs
         get = memo.get
         for _, addr in out:
@@ -392,6 +411,7 @@ class Limiter:
         else:
             return out  # every client exempt (the common case of a trusted load): one lookup each
         kept = []
+        find = _Finder(batch) if batch is not None and self.trusted is not None else None
         for item in out:
             response, addr = item
             net = get(addr, 0)
@@ -404,7 +424,7 @@ class Limiter:
             if net is None or len(response) < 12:
                 kept.append(item)
                 continue
-            action = self.decide(net, response, now, counts)
+            action = self.decide(net, response, now, counts, find and (lambda a=addr: find(a)))
             if action is Action.SEND:
                 kept.append(item)
             elif action is Action.SLIP:
@@ -413,12 +433,16 @@ class Limiter:
                     kept.append((truncated, addr))
         return kept
 
-    def screen_one(self, response: bytes, packed: bytes, now: float, counts: dict) -> bytes | None:
-        """One response to the client at `packed` (4 or 16 bytes): what to send, or None."""
+    def screen_one(
+        self, response: bytes, packed: bytes, now: float, counts: dict, query: bytes | None = None
+    ) -> bytes | None:
+        """One response to the client at `packed` (4 or 16 bytes), which asked `query`: what to
+        send, or None."""
         net = self.network(packed)
         if net is None or len(response) < 12:
             return response
-        action = self.decide(net, response, now, counts)
+        asked = None if query is None else (lambda: (query, _host(packed)))
+        action = self.decide(net, response, now, counts, asked)
         if action is Action.SEND:
             return response
         return slip_response(response) if action is Action.SLIP else None
@@ -435,6 +459,32 @@ class Limiter:
             "rrl limiting network=%s class=%s name=%s rate=%g/s%s",
             net, CLASS_NAMES[cls], _text(name), self.settings.rate, " (log-only: still answered)" if self.log_only else "",
         )
+
+
+Trusted = Callable[[bytes, str], bool]
+
+
+def _host(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
+
+class _Finder:
+    """The query of each response, found in the batch it came from (walking forward only)."""
+
+    __slots__ = ("batch", "at")
+
+    def __init__(self, batch: list):
+        self.batch = batch
+        self.at = 0
+
+    def __call__(self, addr: bytes) -> tuple[bytes, str] | None:
+        batch = self.batch
+        while self.at < len(batch):
+            data, source = batch[self.at]
+            self.at += 1
+            if source is addr:
+                return data, _host(addr[4:8] if addr[0] == 2 else addr[8:24])
+        return None
 
 
 def _text(name: bytes) -> str:

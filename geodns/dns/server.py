@@ -164,7 +164,7 @@ class UDPProtocol(asyncio.DatagramProtocol):
         if self.log_queries:
             log_query(self.ref.snapshot, addr[0], data, response, "udp")
         if response is not None and self.rrl is not None:
-            response = self.rrl.screen_one(response, packed_host(addr[0]), time.monotonic(), self.stats.rrl)
+            response = self.rrl.screen_one(response, packed_host(addr[0]), time.monotonic(), self.stats.rrl, data)
         if response is not None:
             self.transport.sendto(response, addr)
 
@@ -248,7 +248,7 @@ class BatchedUDP:
             stats.observe_latency_n((clock() - started) / len(batch), len(batch))
             stats.cache_hits += hits
             if out and self.rrl is not None:
-                out = self.rrl.screen(out, time.monotonic(), stats.rrl)
+                out = self.rrl.screen(out, time.monotonic(), stats.rrl, batch)
             if out:
                 send(fd, out)
             if len(batch) < 64:

@@ -186,3 +186,27 @@ def test_settings_are_checked() -> None:
     for bad in ([1], {"rat": 1}, {"rate": "fast"}, {"slip": True}, {"exempt": [1]}, {"window": -2}):
         with pytest.raises(RRLSettingsError):
             settings_from_mapping(bad)
+
+
+def test_a_trusted_query_is_never_limited(snap) -> None:
+    """The cookie hook: asked only for a response about to be limited, with that response's query
+    (found in the batch by its sockaddr object) and the client's address."""
+    asked: list[tuple[bytes, str]] = []
+
+    def trusted(data: bytes, host: str) -> bool:
+        asked.append((data, host))
+        return data.endswith(b"TRUST")
+
+    limiter = Limiter(RRLSettings(rate=1, window=1, slip=0), trusted=trusted)
+    big = answer(snap, query("big.gslb.example.test", 16), "127.0.9.1")
+    addrs = [struct.pack("=H", socket.AF_INET) + struct.pack("!H", 3000 + i) + packed("127.0.9.9") + bytes(8) for i in range(6)]
+    batch = [(b"q%d" % i + (b"TRUST" if i in (3, 5) else b""), a) for i, a in enumerate(addrs)]
+    out = [(big, a) for _, a in batch if _ != b"q1"]  # q1 got no response at all
+    counts: dict = {}
+    kept = limiter.screen(out, 1.0, counts, batch)
+    assert [a for _, a in kept] == [addrs[0], addrs[3], addrs[5]]
+    assert [d for d, _ in asked] == [b"q2", b"q3TRUST", b"q4", b"q5TRUST"]
+    assert {h for _, h in asked} == {"127.0.9.9"}
+    assert counts == {("dropped", "answer"): 2, ("cookie", "answer"): 2}
+    assert limiter.screen_one(big, packed("127.0.9.9"), 1.0, counts, b"xTRUST") is big
+    assert limiter.screen_one(big, packed("127.0.9.9"), 1.0, counts, b"x") is None
