@@ -10,6 +10,7 @@
 #   bench/dns.sh                 # ~35 min: 3 runs x (main, main-warm, hot, miss) + workers
 #   bench/dns.sh --quick         # 1 run of 5 s each, to try it
 #   WORKLOADS="main" RUNS=6 bench/dns.sh
+#   GEODNS_FLAGS="--rrl-rate 50 --rrl-exempt 127.0.0.1/32" bench/dns.sh   # extra serve flags
 #
 # Installs nothing. Needs gdnsd, gcc, python3 with maxminddb, and geodns's
 # dependencies (`pip install -e .` also builds the recvmmsg extension; without
@@ -30,6 +31,7 @@ WORKERS_RUN=${WORKERS_RUN:-1}
 MAIN_WARM=${MAIN_WARM:-12}   # warm-up seconds of the extra main-warm row; 0: no such row
 GDNSD_PORT=${GDNSD_PORT:-5301}
 GEODNS_PORT=${GEODNS_PORT:-5302}
+GEODNS_FLAGS=${GEODNS_FLAGS:-}   # added to every geodns command line (e.g. rate limiting)
 if [ "${1:-}" = "--quick" ]; then RUNS=1; DURATION=5; fi
 
 command -v gdnsd >/dev/null || [ -x /usr/sbin/gdnsd ] || { echo "needs gdnsd: apt-get install gdnsd" >&2; exit 2; }
@@ -58,7 +60,7 @@ mkdir -p "$out"
 
 geodns() {  # geodns WORKERS PORT: the product as an operator runs it, every feature on
     echo "python3 -m geodns serve --zones $repo/zones/example.yaml --geoip $DB --state none" \
-         "--listen 127.0.0.1:$2 --admin 127.0.0.1:$(($2 + 1000)) --workers $1"
+         "--listen 127.0.0.1:$2 --admin 127.0.0.1:$(($2 + 1000)) --workers $1 $GEODNS_FLAGS"
 }
 compare() {  # compare WORKLOAD JSON WARMUP SERVER...: bounded in time whatever happens
     w=$1; json=$2; warm=$3; shift 3
@@ -67,7 +69,7 @@ compare() {  # compare WORKLOAD JSON WARMUP SERVER...: bounded in time whatever 
         --json-out "$json" "$@" | tee "${json%.json}.txt"
 }
 
-echo "GeoIP: $DB; workloads in $wl; results in $out" >&2
+echo "GeoIP: $DB; workloads in $wl; results in $out; geodns flags: ${GEODNS_FLAGS:-none}" >&2
 both() {  # both WORKLOAD LABEL WARMUP: gdnsd then geodns, one worker
     compare "$1" "$out/$2.json" "$3" \
         --server gdnsd "$GDNSD_PORT" "$kit/gdnsd-run --foreground --port $GDNSD_PORT --db $DB" \
