@@ -13,9 +13,10 @@ The unit counted (Knot's `rrl_classify`, BIND's `rrl_key`):
 - the client network: the source address cut to /24 (IPv4) or /56 (IPv6);
 - the response class, read from the response itself (`classify`): answer,
   NODATA, NXDOMAIN, referral, error;
-- the name: the query name for answers, NODATA and referrals; the zone (the
-  SOA owner in the authority section) for NXDOMAIN, so that a random-subdomain
-  flood is one bucket, not millions; none for errors.
+- the name: the query name for answers and NODATA; the zone (the SOA owner in
+  the authority section) for NXDOMAIN and the delegation (the NS owner) for
+  referrals, so that a random-subdomain flood is one bucket, not millions;
+  none for errors.
 
 Each unit has a token bucket (Knot's design): it holds up to `rate x window`
 tokens, gains `rate` per second, and a response takes one. So over any T
@@ -217,19 +218,18 @@ def unit_name(response: bytes, cls: ResponseClass) -> bytes:
     end = response.find(b"\x00", 12)
     if end < 0:
         return b""
-    if cls != ResponseClass.NXDOMAIN:
+    if cls != ResponseClass.NXDOMAIN and cls != ResponseClass.REFERRAL:
         return response[12:end].lower()
-    # The zone: the owner of the SOA in the authority section, which our NXDOMAIN answers
-    # carry, compressed as a pointer into the question name (the zone is its suffix).
+    # As BIND: an NXDOMAIN counts under its zone (the SOA's owner) and a referral under the
+    # delegation (the NS records' owner), so a random-subdomain flood is one unit, not one per
+    # name. That owner is the first authority record's, a pointer into the question name.
     if response[6] or response[7] or response[8:10] == b"\x00\x00" or end + 7 > len(response):
-        return b""
+        return b"" if cls == ResponseClass.NXDOMAIN else response[12:end].lower()
     head = response[end + 5]
     if head & 0xC0 == 0xC0:
         start = ((head & 0x3F) << 8) | response[end + 6]
         if 12 <= start <= end:
             return response[start:end].lower()
-    elif head == 0:
-        return b""  # the root zone
     return b""
 
 

@@ -53,7 +53,8 @@ def snap():
         # A random-subdomain flood is one unit: the zone, not each name.
         ("nope-1234.gslb.example.test", 1, ResponseClass.NXDOMAIN, "gslb.example.test"),
         ("x.y.gslb.example.test", 1, ResponseClass.NXDOMAIN, "gslb.example.test"),
-        ("host.legacy.gslb.example.test", 1, ResponseClass.REFERRAL, "host.legacy.gslb.example.test"),
+        ("host.legacy.gslb.example.test", 1, ResponseClass.REFERRAL, "legacy.gslb.example.test"),
+        ("legacy.gslb.example.test", 1, ResponseClass.REFERRAL, "legacy.gslb.example.test"),
         ("www.not-ours.test", 1, ResponseClass.ERROR, ""),
     ],
 )
