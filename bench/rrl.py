@@ -12,6 +12,9 @@ flooding network also asks over TCP. Each case runs on a fresh `geodns serve`:
 and prints, per case: full answers the flood got (and the most RRL allows,
 rate x (seconds + window)), truncated (slipped) ones, bytes out / bytes in
 (the amplification factor), the other network's and TCP's answered share.
+The other network asks at 3/4 of the rate from one socket, so the kernel
+sends all its queries to one worker: with the rate divided among workers,
+that worker's share of the rate is less than it asks.
 
     python3 bench/rrl.py                        # ~1 min, prints a Markdown table
     python3 bench/rrl.py --rate 20 --flood-qps 3000 --duration 4
@@ -292,9 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slip", type=int, default=2)
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--flood-qps", type=float, default=3000)
-    ap.add_argument("--good-qps", type=float, default=10)
+    ap.add_argument("--good-qps", type=float, default=None, help="the other network's rate, from one socket (default 0.75 x rate)")
     ap.add_argument("--host", default="127.0.8.53")
     args = ap.parse_args(argv)
+    if args.good_qps is None:
+        args.good_qps = 0.75 * args.rate
     rrl = ["--rrl-rate", f"{args.rate:g}", "--rrl-window", f"{args.window:g}", "--rrl-slip", str(args.slip)]
     cases = [
         ("RRL off, 1 worker", ["--workers", "1"]),
