@@ -128,7 +128,7 @@ async def _serve(
             from geodns.dns.stats import Stats
 
             stats = Stats()
-            limiter = Limiter(rrl) if rrl.enabled else None
+            limiter = Limiter(rrl, trusted=cookies.valid_server_cookie) if rrl.enabled else None
             closers = await start_listeners(
                 controller.ref, list(options.listens), log_queries=options.query_log, stats=stats, rrl=limiter
             )

@@ -40,7 +40,6 @@ import fcntl
 import ipaddress
 import logging
 import os
-import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -83,6 +82,10 @@ class Action(IntEnum):
 ACTION_NAMES = ("sent", "dropped", "slipped")
 LOGGED = "logged"
 """The metric action for a response that would have been limited, sent in full (`log_only`)."""
+
+
+Trusted = Callable[[bytes, bytes], bool]
+"""(query bytes, the client's address as 4 or 16 bytes) -> whether it carries a valid server cookie."""
 
 
 class RRLSettingsError(ValueError):
@@ -341,7 +344,7 @@ class Limiter:
     def __init__(self, settings: RRLSettings, table: Table | None = None, trusted: Trusted | None = None):
         self.settings = settings
         self.trusted = trusted
-        """(query bytes, client address) -> whether the query carries a valid server cookie
+        """(query bytes, client address packed) -> whether the query carries a valid server cookie
         (`geodns.dns.cookies.valid_server_cookie`): asked only of a response about to be limited."""
         self.table = table if table is not None else Table(settings.slots, settings.rate, settings.window, settings.slip)
         self.log_only = settings.log_only
@@ -441,7 +444,7 @@ class Limiter:
         net = self.network(packed)
         if net is None or len(response) < 12:
             return response
-        asked = None if query is None else (lambda: (query, _host(packed)))
+        asked = None if query is None else (lambda: (query, packed))
         action = self.decide(net, response, now, counts, asked)
         if action is Action.SEND:
             return response
@@ -461,12 +464,6 @@ class Limiter:
         )
 
 
-Trusted = Callable[[bytes, str], bool]
-
-
-def _host(packed: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
-
 
 class _Finder:
     """The query of each response, found in the batch it came from (walking forward only)."""
@@ -477,13 +474,13 @@ class _Finder:
         self.batch = batch
         self.at = 0
 
-    def __call__(self, addr: bytes) -> tuple[bytes, str] | None:
+    def __call__(self, addr: bytes) -> tuple[bytes, bytes] | None:
         batch = self.batch
         while self.at < len(batch):
             data, source = batch[self.at]
             self.at += 1
             if source is addr:
-                return data, _host(addr[4:8] if addr[0] == 2 else addr[8:24])
+                return data, addr[4:8] if addr[0] == 2 else addr[8:24]
         return None
 
 
@@ -513,13 +510,15 @@ def create_shared(settings: RRLSettings) -> SharedTable:
     return SharedTable(fd, settings.slots)
 
 
-def limiter_for_worker(settings: RRLSettings, workers: int, shared: SharedTable | None) -> Limiter:
+def limiter_for_worker(
+    settings: RRLSettings, workers: int, shared: SharedTable | None, trusted: Trusted | None = None
+) -> Limiter:
     """The limiter of one of `workers` data-plane processes."""
     import mmap
 
     if shared is not None and settings.share == "shared":
         buf = mmap.mmap(shared.fd, shared.slots * SLOT_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         table = Table(settings.slots, settings.rate, settings.window, settings.slip, memoryview(buf), shared.fd)
-        return Limiter(settings, table)
+        return Limiter(settings, table, trusted)
     rate = settings.rate / max(1, workers)
-    return Limiter(settings, Table(settings.slots, rate, settings.window, settings.slip))
+    return Limiter(settings, Table(settings.slots, rate, settings.window, settings.slip), trusted)

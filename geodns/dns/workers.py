@@ -360,7 +360,9 @@ async def _worker(conn: Connection) -> int:
     stats = Stats()
     rrl = None
     if setup.get("rrl") is not None:
-        rrl = limiter_for_worker(setup["rrl"], setup.get("workers", 1), setup.get("rrl_table"))
+        rrl = limiter_for_worker(
+            setup["rrl"], setup.get("workers", 1), setup.get("rrl_table"), trusted=cookies.valid_server_cookie
+        )
     try:
         closers = await start_listeners(
             replica.ref, setup["listens"], log_queries=setup["query_log"], reuse_port=True, stats=stats, rrl=rrl

@@ -5,10 +5,15 @@ while another network (127.0.10.1) is answered in full, and so is TCP from the f
 from __future__ import annotations
 
 import re
+import socket
+import struct
 import sys
+import threading
 import time
 import urllib.request
 
+import dns.edns
+import dns.message
 import pytest
 from netutil import free_port
 
@@ -126,3 +131,61 @@ def test_node_file_rrl_section_with_flags_over_it(tmp_path) -> None:
         log = server.log_text()
     assert f"rrl=rate={RATE}/s slip=0" in log
     assert f.full <= RATE * (1 + WINDOW + 0.5) and f.truncated == 0  # the flag's rate, the file's slip
+
+
+def cookie_query(qid: int, cookie: bytes) -> bytes:
+    """The flood's query with a COOKIE option (RFC 7873): a client cookie, or client + server."""
+    base = flood.big_query(qid)
+    option = struct.pack("!HH", 10, len(cookie)) + cookie
+    return base[:-2] + struct.pack("!H", len(option)) + option
+
+
+def test_a_valid_server_cookie_is_answered_during_a_flood(tmp_path) -> None:
+    """The flooding network's own resolver, once it holds our cookie, is not limited; the same
+    queries without it (or with a forged server cookie) are."""
+    host = "127.0.9.7"
+    with running(tmp_path, workers=False, extra=["--workers", "2", *rrl_flags()]) as server:
+        target = (server.host, server.port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((host, 0))
+            s.settimeout(3)
+            s.sendto(cookie_query(1, b"clientck"), target)
+            first = dns.message.from_wire(s.recv(65535))
+        (option,) = [o for o in first.options if o.otype == dns.edns.OptionType.COOKIE]
+        assert option.client == b"clientck" and len(option.server) == 16
+        cookie = option.client + option.server
+        forged = option.client + option.server[:8] + bytes(8)
+
+        results: dict[str, list[int]] = {"cookie": [], "plain": [], "forged": []}
+
+        flood_seconds = 5.0
+        stop_asking = time.monotonic() + flood_seconds - 0.5
+
+        def ask_during_flood() -> None:
+            time.sleep(1.0)  # the flood has used the bucket by now
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind((host, 0))
+                s.settimeout(0.3)
+                for n in range(10):
+                    if time.monotonic() > stop_asking:
+                        break
+                    for kind, wire in (("cookie", cookie_query(100 + n, cookie)), ("plain", flood.big_query(200 + n)),
+                                       ("forged", cookie_query(300 + n, forged))):
+                        s.sendto(wire, target)
+                        try:
+                            while (data := s.recv(65535))[:2] != wire[:2]:
+                                pass
+                            results[kind].append(len(data) if not data[2] & 0x02 and data[7] else 0)
+                        except TimeoutError:
+                            results[kind].append(-1)
+                    time.sleep(0.05)
+
+        asker = threading.Thread(target=ask_during_flood)
+        asker.start()
+        f = flood.udp_flood(target, flood.big_query(), [f"127.0.9.{i}" for i in range(1, 51)], flood_seconds, FLOOD_QPS)
+        asker.join()
+    assert f.full <= RATE * (flood_seconds + WINDOW + 0.5)
+    assert len(results["cookie"]) >= 5, results
+    assert all(n > 1000 for n in results["cookie"]), results  # every one answered in full
+    assert sum(n > 0 for n in results["plain"]) <= 3, results  # the flood's share: limited
+    assert sum(n > 0 for n in results["forged"]) <= 3, results
