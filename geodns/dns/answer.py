@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 from geodns.config.model import IPAddress, Node
 from geodns.dns.cache import Prepared
-from geodns.dns.cookies import answer_cookie
+from geodns.dns.cookies import answer_cookie, echo_seconds_left
 from geodns.dns.resolve import Resolution, name_of, prepare, resolve, steer
 from geodns.dns.snapshot import CompiledZone, Snapshot, narrow_int
 from geodns.dns.stats import AnswerLabel, Stats, slot
@@ -78,7 +78,7 @@ def answer(snap: Snapshot, data: bytes, client: str, udp: bool = True, stats: St
         # Level 0: this exact query was answered before (see AnswerCache). The UDP
         # transports inline the same lookup; this copy serves the other callers.
         hit = snap.cache.packets.get(data[2:])
-        if hit is not None and (hit[1] is None or hit[1] >= _monotonic()):
+        if hit is not None and (hit[1] is None or (hit[1] >= _monotonic() and (hit[3] is None or hit[3] == client))):
             stats.counts[hit[2]] += 1
             stats.cache_hits += 1
             return data[:2] + hit[0]
@@ -94,7 +94,7 @@ def answer(snap: Snapshot, data: bytes, client: str, udp: bool = True, stats: St
     if edns is not None and edns.cookie is not None:
         # Every client cookie gets a server cookie, in errors too (RFC 7873 5.2); an invalid
         # server cookie only gets a new one (5.2.3-5.2.4). A cookie's answer is per client:
-        # level 0 never stores it, `patch` puts it in the cached body.
+        # `patch` puts it in the cached body (and level 0 keeps it only for its client).
         try:
             cookie = answer_cookie(edns.cookie, client)[0]
         except (OSError, ValueError):  # not an IP address (a test's client name): no cookie
@@ -149,14 +149,22 @@ def _answer(
         # Echo the scope for answers that depend on the client; 0 for those that do not
         # (RFC 7871 7.2.1); a source prefix of 0 asks us not to use it at all.
         scope = scope if edns.ecs.source else 0
-    if cookie is not None:
-        return patch(body, query, scope, udp, cookie)
-    response = patch(body, query, scope, udp)
+    response = patch(body, query, scope, udp, cookie)
     if key[1] & COMPACT_OK:
         response = echo_co(response)
-    if udp and data and body is prepared.body and not by_source:
-        # Same query bytes, same answer until the deadline: level 0 may serve it.
-        cache.put_packet(data[2:], (response[2:], prepared.deadline, stat_slot))
+    if udp and data and body is prepared.body:
+        if cookie is None:
+            if not by_source:
+                # Same query bytes, same answer until the deadline: level 0 may serve it.
+                cache.put_packet(data[2:], (response[2:], prepared.deadline, stat_slot, None))
+        elif cookie == edns.cookie:
+            # A valid server cookie of ours, echoed as it came: this client gets the same bytes
+            # for the same query until the cookie is due for renewal. Level 0 may serve them
+            # until then, to this source address only (the cookie is valid for it alone).
+            deadline = _monotonic() + echo_seconds_left(cookie, int(time.time()))
+            if prepared.deadline is not None and prepared.deadline < deadline:
+                deadline = prepared.deadline
+            cache.put_packet(data[2:], (response[2:], deadline, stat_slot, client))
     return response
 
 

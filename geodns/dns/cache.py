@@ -57,8 +57,11 @@ DEPENDS_ON_CLIENT = Prepared([b""], client_dependent=True)
 """Stored under the client-independent key of names whose answer depends on the client."""
 
 
-PacketEntry = tuple[bytes, float | None, tuple]
-"""Level 0: (the answer without its 2-byte ID, deadline or None, its `stats.slot` to count)."""
+PacketEntry = tuple[bytes, float | None, int, str | None]
+"""Level 0: (the answer without its 2-byte ID, deadline or None, its `stats.slot` to count, and
+the one client address it is for, or None). Only an answer that echoes a valid DNS cookie has a
+client: the cookie is valid for that address alone, and until it is due for renewal (the
+deadline), so an entry with a client always has a deadline."""
 
 PACKET_CACHE = os.environ.get("GEODNS_PACKET_CACHE", "1") != "0"
 """Off only to measure what it buys (bench/RESULTS.md); behaviour is the same either way."""
@@ -73,7 +76,8 @@ class AnswerCache:
     and the ECS subnet exactly as sent, so a hit is the answer this very query
     would get; only answers that do not depend on the source address, have a
     single body (no per-query weighted pick) and came out of the normal path go
-    in. A hit costs one slice, one dict lookup and one concatenation. An answer is
+    in, and answers to a query with a DNS cookie only when they echo its valid
+    server cookie, for that client alone (`PacketEntry`). A hit costs one slice, one dict lookup and one concatenation. An answer is
     admitted on its second sighting only (a doorkeeper set of key hashes, as in
     TinyLFU): in a miss storm no query repeats, and storing each answer cost time
     and ~60 MB per worker for entries nothing ever hit.

@@ -35,6 +35,7 @@ __all__ = [
     "active",
     "answer_cookie",
     "configure",
+    "echo_seconds_left",
     "packed_address",
     "parse_secret",
     "reply",
@@ -112,6 +113,14 @@ def reply(keys: CookieSecrets, option: bytes, address: bytes, now: int) -> tuple
             if keys.previous is not None and siphash(keys.previous, signed) == mac:
                 return client + server_cookie(keys.current, client, address, now), True
     return client + server_cookie(keys.current, client, address, now), False
+
+
+def echo_seconds_left(option: bytes, now: int) -> int:
+    """For a valid server cookie `reply` echoed: seconds until it is due for renewal."""
+    age = (now - int.from_bytes(option[12:16], "big")) & 0xFFFFFFFF
+    if age >= 0x80000000:
+        age -= 1 << 32
+    return max(0, REFRESH_AGE - age)
 
 
 def packed_address(host: str) -> bytes:

@@ -271,13 +271,38 @@ def same_message(a: bytes, b: bytes) -> bool:
             mb.id, mb.flags, mb.rcode(), mb.question, mb.answer, mb.authority, mb.additional, list(mb.options))
 
 
-def test_answers_with_cookies_never_enter_level0(known_secret):
+def test_a_new_cookie_never_enters_level0(known_secret):
     snap = fresh_snapshot()
     data = query(options=option(10, bytes(8)))
-    first = answer(snap, data, "198.51.100.7", True, Stats())
-    second = answer(snap, data, "198.51.100.8", True, Stats())
+    for _ in range(3):
+        first = answer(snap, data, "198.51.100.7", True, Stats())
+        second = answer(snap, data, "198.51.100.8", True, Stats())
     assert not snap.cache.packets
     assert response_cookie(first) != response_cookie(second)  # per client address
+
+
+def test_an_echoed_cookie_is_served_from_level0_to_its_client_only(known_secret):
+    snap = fresh_snapshot()
+    client = bytes(range(8))
+    now = int(time.time())
+    mine = client + server_cookie(SECRET, client, packed_address("198.51.100.7"), now - 60)
+    data = query(options=ECS + option(10, mine))
+    responses = [answer(snap, data, "198.51.100.7", True, Stats()) for _ in range(3)]
+    assert len(snap.cache.packets) == 1, "admitted on its second sighting"
+    (entry,) = snap.cache.packets.values()
+    assert entry[3] == "198.51.100.7" and entry[1] is not None
+    assert 1700 < entry[1] - time.monotonic() <= 1740, "until the cookie is half an hour old"
+    assert responses[0] == responses[1] == responses[2] and response_cookie(responses[2]) == mine
+    # The same bytes from another address: not this entry; a new cookie for that address.
+    other = answer(snap, data, "198.51.100.8", True, Stats())
+    got = response_cookie(other)
+    assert got != mine and reply(KEYS, got, packed_address("198.51.100.8"), int(time.time()))[1]
+    # A cookie due for renewal soon: the entry lives only until then.
+    old = client + server_cookie(SECRET, client, packed_address("198.51.100.9"), now - 1795)
+    data = query(options=ECS + option(10, old))
+    for _ in range(2):
+        answer(snap, data, "198.51.100.9", True, Stats())
+    assert snap.cache.packets[data[2:]][1] - time.monotonic() <= 5
 
 
 def test_valid_server_cookie_for_rate_limiting(known_secret):

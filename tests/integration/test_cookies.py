@@ -115,6 +115,12 @@ def test_every_worker_of_a_node_has_the_same_secret(two_nodes):
     for i in range(24):
         status, echoed = ask(b, "www.cookie.test", full, source=a.host, qid=i)
         assert status == 0 and echoed == full, i
+    # The same query bytes from another address (the echoed answers above are cached for
+    # their client only): not valid there, so a new cookie for that address, every time.
+    other = next_host()
+    for i in range(8):
+        status, got = ask(b, "www.cookie.test", full, source=other, qid=i)
+        assert status == 0 and got != full and got[:8] == client, i
 
 
 def query(name: str, cookie: bytes | None, qid: int = 7) -> bytes:
