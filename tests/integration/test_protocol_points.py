@@ -9,6 +9,7 @@ import re
 import struct
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -95,13 +96,21 @@ def test_random_query_types_make_a_bounded_set_of_series(tmp_path):
         for qtype in qtypes:
             for name in ("www", "nope"):
                 assert raw_udp(server, make(fqdn(name), qtype).to_wire()) is not None
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
-            f"http://{host}:{admin_port}/metrics", timeout=10
-        ) as response:
-            text = response.read().decode()
+        # Workers push their counters once a second: wait until every query is counted.
+        deadline = time.monotonic() + 15
+        while True:
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                f"http://{host}:{admin_port}/metrics", timeout=10
+            ) as response:
+                text = response.read().decode()
+            counted = sum(float(n) for n in re.findall(r"^geodns_queries_total\{.*\} (\S+)$", text, re.M))
+            if counted >= 2 * len(qtypes) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
     finally:
         server.stop()
     types = set(re.findall(r'^geodns_queries_total\{[^}]*type="([^"]*)"', text, re.M))
+    assert counted >= 2 * len(qtypes), text
     assert "other" in types
     assert not any(t.isdigit() for t in types), types
     from dnslib import QTYPE
