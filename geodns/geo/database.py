@@ -1,19 +1,31 @@
 """GeoIP lookups: where a client is, and how far the answer may be shared.
 
 Reads MaxMind GeoIP2/GeoLite2 City and Country databases and DB-IP's flat
-schema (`country_code`, `latitude`, `longitude`, `state1`) with maxminddb in
-mmap mode, so that every worker process shares the file through the page
-cache. A lookup returns the matched network too: its prefix length becomes the
-ECS scope of the answer (RFC 7871 7.2.1) and part of the answer cache key.
+schema (`country_code`, `latitude`, `longitude`, `state1`). A lookup returns
+the matched network too: its prefix length becomes the ECS scope of the answer
+(RFC 7871 7.2.1) and part of the answer cache key.
+
+The file is copied once into a sealed memfd (anonymous shared memory nobody can
+write, shrink or grow) and mapped from there, never mapped itself: an operator
+who overwrites the file in place (`cp new.mmdb geoip.mmdb` truncates it first)
+would otherwise pull pages from under the mapping, and the next lookup would
+die of SIGBUS. Worker processes map the parent's memfd (`source`), so the copy
+is made once per node, not once per worker. See docs/runbook.md for the cost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import io
 import ipaddress
+import logging
 import math
 import mmap
 import os
 import socket
+import stat
 import weakref
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -22,6 +34,8 @@ from typing import Any
 import maxminddb
 
 from geodns.geo._continents import CONTINENT_OF_COUNTRY
+
+log = logging.getLogger("geodns.geo")
 
 try:
     from geodns.geo._tree import Tree as _Tree
@@ -59,7 +73,17 @@ LOCATION_MEMO = 50_000
 
 
 class GeoDatabaseError(Exception):
-    pass
+    """The file cannot be used as a GeoIP database: missing, unreadable, or not a valid one."""
+
+
+_DECODE_ERRORS = (
+    ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RecursionError, MemoryError,
+    maxminddb.InvalidDatabaseError,
+)
+"""What maxminddb and `_tree.c` raise on a corrupt file (UnicodeDecodeError is a ValueError)."""
+
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE if hasattr(fcntl, "F_SEAL_SEAL") else 0
+_IMMUTABLE = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_WRITE if _SEALS else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,65 +97,84 @@ class FileIdentity:
 
     @classmethod
     def of(cls, path: str) -> FileIdentity:
-        st = os.stat(path)
+        return cls.stat(os.stat(path))
+
+    @classmethod
+    def stat(cls, st: os.stat_result) -> FileIdentity:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class GeoDatabase:
-    """One opened GeoIP database file. Lookups are thread- and process-safe (read-only mmap)."""
+    """One opened GeoIP database file. Lookups are thread- and process-safe (read-only memory)."""
 
     def __init__(self, path: str, walk: bool = True):
         """Open `path`. With `walk` (and the C extension built), lookups walk and decode the
-        file in one shared mapping of our own; otherwise maxminddb does it (slower)."""
+        copy in one shared mapping of our own; otherwise maxminddb does it (slower).
+
+        Raises GeoDatabaseError for anything that is not a usable database: a missing or
+        truncated file, corrupt metadata, a search tree that does not fit the file."""
         self.path = path
         self.source: str | None = None
-        """`/proc/<our pid>/fd/<n>`: this very file, for worker processes to open even after the
-        path has been given another file (None where /proc is missing: they use the path)."""
+        """`/proc/<our pid>/fd/<n>`: our sealed copy of the file, for worker processes to map
+        (None where memfds or /proc are missing: they open the path and copy it themselves)."""
+        self._reader: Any = None
+        self._tree: _SearchTree | None = None
+        self._opened: str | None = None
         try:
-            self.identity = FileIdentity.of(path)
-            self._reader = maxminddb.open_database(path, maxminddb.MODE_AUTO)
-        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+            memory, self.identity = _immutable_copy(path)
+        except OSError as exc:
             raise GeoDatabaseError(f"{path}: cannot open GeoIP database: {exc}") from None
-        meta = self._reader.metadata()
+        self._release = weakref.finalize(self, _release, memory)
+        try:
+            meta = self._open(memory, walk)
+        except (GeoDatabaseError, *_DECODE_ERRORS) as exc:
+            self.close()
+            why = str(exc).replace(self._opened, path) if self._opened else str(exc)  # name the operator's file
+            raise GeoDatabaseError(f"{path}: cannot open GeoIP database: {why or type(exc).__name__}") from None
         self.database_type: str = meta.database_type
         self.build_epoch: int = meta.build_epoch
         self.ip_version: int = meta.ip_version
         self.description: str = meta.description.get("en", "") if meta.description else ""
-        self._get = self._reader.get_with_prefix_len
         # Decoding a record is the expensive part of a lookup; networks that
         # share a record (same place) share one Location object.
         self._locations: dict[Hashable, Location | None] = {}
-        self._keep_open(path)
-        self._tree = _SearchTree.open(self.source or path, meta) if walk else None
+        self._corrupt_logged = False
         if self._tree is not None:
             # The C walk does all of find(), 6to4 included: call it without a Python frame
             # (find runs on every query that is not a level-0 hit).
             self.find = self._tree.find
-            # One mapping of the file per process: a second one (maxminddb's) would make
+
+    def _open(self, memory: int | bytes, walk: bool) -> Any:
+        """Read and check the metadata, then build the tree walker or keep maxminddb's reader."""
+        if isinstance(memory, int):
+            self._opened = f"/proc/self/fd/{memory}"
+            self.source = f"/proc/{os.getpid()}/fd/{memory}"
+            # maxminddb's pure-Python reader: libmaxminddb (its C extension) crashes on some
+            # corrupt files; the walk (`_tree.c`) checks every read, so this one serves only
+            # the metadata, and lookups where the C walk is not built.
+            self._reader = maxminddb.open_database(self._opened, maxminddb.MODE_MMAP)
+        else:  # no memfd on this system: maxminddb's own copy, in memory too
+            self._reader = maxminddb.open_database(io.BytesIO(memory), maxminddb.MODE_FD)
+        meta = self._reader.metadata()
+        _check_metadata(meta, memory)
+        self._get = self._reader.get_with_prefix_len
+        self._tree = _SearchTree.open(memory, meta) if walk else None
+        if self._tree is not None:
+            # One mapping of the copy per process: a second one (maxminddb's) would make
             # RSS count every page both touch twice, though they are the same pages.
             self._reader.close()
             self._reader = self._get = None
-
-    def _keep_open(self, path: str) -> None:
-        """Hold a descriptor of the file we opened, if it is still the one at `path`."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return
-        st = os.fstat(fd)
-        source = f"/proc/{os.getpid()}/fd/{fd}"
-        if FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != self.identity or not os.path.exists(source):
-            os.close(fd)  # replaced already (the workers then use the path), or no /proc
-            return
-        self.source = source
-        weakref.finalize(self, os.close, fd)
+        return meta
 
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
+            self._reader = self._get = None
         if self._tree is not None:
-            del self.find  # it holds the tree, which holds the mapping
+            self.__dict__.pop("find", None)  # it holds the tree, which holds the mapping
             self._tree.close()
+            self._tree = None
+        self._release()
 
     def changed(self) -> bool:
         """Whether the file at our path is no longer the one we opened."""
@@ -168,11 +211,14 @@ class GeoDatabase:
             return record, 16 + prefix
         if self._tree is not None:
             return self._tree.find(packed)
+        if len(packed) == 16 and self.ip_version == 4:
+            return None, 0  # an IPv6 address in an IPv4-only database: nothing is known about it
         try:
             record, prefix = self._get(_text(packed))
-        except ValueError:
-            # An IPv6 address in an IPv4-only database: nothing is known about it.
-            return None, 0
+        except _DECODE_ERRORS as exc:
+            # Unknown place; the answer's scope is the address alone (we cannot tell its network).
+            self._corrupt(packed, exc)
+            return None, len(packed) * 8
         # Without the C walk maxminddb has decoded the record already; remember its place.
         if not record or not isinstance(record, dict):
             return None, prefix
@@ -195,14 +241,25 @@ class GeoDatabase:
             return self._locations[record]
         except KeyError:
             pass
-        if self._tree is not None:
-            fields = self._tree.place(record)
-            if fields is not None:  # the plain GeoIP2 City shape, read in place
-                return self._remember(record, location_from_fields(*fields))
-            return self._remember(record, _location_of(self._tree.record(record)))
-        if len(packed) == 16 and packed[0] == 0x20 and packed[1] == 0x02:
-            packed = packed[2:6]
-        return self._remember(record, _location_of(self._reader.get(_text(packed))))
+        try:
+            if self._tree is not None:
+                fields = self._tree.place(record)
+                if fields is not None:  # the plain GeoIP2 City shape, read in place
+                    return self._remember(record, location_from_fields(*fields))
+                return self._remember(record, _location_of(self._tree.record(record)))
+            if len(packed) == 16 and packed[0] == 0x20 and packed[1] == 0x02:
+                packed = packed[2:6]
+            return self._remember(record, _location_of(self._reader.get(_text(packed))))
+        except _DECODE_ERRORS as exc:
+            # A corrupt record: its clients are located nowhere (the default answer), not SERVFAILed.
+            self._corrupt(packed, exc)
+            return self._remember(record, None)
+
+    def _corrupt(self, packed: bytes, exc: BaseException) -> None:
+        if not self._corrupt_logged:  # once per file: a corrupt file fails lookups by the thousand
+            self._corrupt_logged = True
+            log.error("geoip record unreadable path=%s address=%s error=%s: %s; such clients have no location "
+                      "(replace the file)", self.path, _text(packed), type(exc).__name__, exc)
 
     def _remember(self, key: Hashable, location: Location | None) -> Location | None:
         if len(self._locations) >= LOCATION_MEMO:
@@ -217,10 +274,98 @@ def _text(packed: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
 
+def _immutable_copy(path: str) -> tuple[int | bytes, FileIdentity]:
+    """The bytes of the file at `path`, somewhere nobody can change them under us, and the
+    identity of that file: a sealed memfd (its descriptor), or the file itself when it is
+    already one (a worker opening the parent's copy), or bytes where memfds are missing."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    keep = False
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        identity = FileIdentity.stat(before)
+        if _sealed(fd):
+            keep = True
+            return fd, identity
+        if not _SEALS or not hasattr(os, "memfd_create") or not os.path.isdir(f"/proc/{os.getpid()}/fd"):
+            return _read_all(fd), identity  # a copy in this process only: workers make their own
+        copy = os.memfd_create("geodns-geoip", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            size = _copy_all(fd, copy)
+            if FileIdentity.stat(os.fstat(fd)) != identity or size != before.st_size:
+                raise OSError(errno.EAGAIN, "the file changed while it was read (written in place?)")
+            fcntl.fcntl(copy, fcntl.F_ADD_SEALS, _SEALS)
+        except BaseException:
+            os.close(copy)
+            raise
+        return copy, identity
+    finally:
+        if not keep:
+            os.close(fd)
+
+
+def _sealed(fd: int) -> bool:
+    if not _SEALS:
+        return False
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GET_SEALS) & _IMMUTABLE == _IMMUTABLE
+    except OSError:  # a file system without seals: an ordinary file
+        return False
+
+
+def _copy_all(src: int, dst: int) -> int:
+    """Copy `src` to `dst` in the kernel (sendfile), without mapping either here; bytes copied."""
+    offset = 0
+    try:
+        while sent := os.sendfile(dst, src, offset, 1 << 24):
+            offset += sent
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS) or offset:
+            raise
+        while chunk := os.read(src, 1 << 20):
+            os.write(dst, chunk)
+            offset += len(chunk)
+    return offset
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _release(memory: int | bytes) -> None:
+    if isinstance(memory, int):
+        with contextlib.suppress(OSError):
+            os.close(memory)
+
+
+def _check_metadata(meta: Any, memory: int | bytes) -> None:
+    """What the walk and the status page rely on; ValueError naming the first field that is wrong."""
+    size = os.fstat(memory).st_size if isinstance(memory, int) else len(memory)
+    if meta.binary_format_major_version != 2:
+        raise ValueError(f"binary format version {meta.binary_format_major_version!r} is not 2")
+    if meta.record_size not in (24, 28, 32):
+        raise ValueError(f"record_size {meta.record_size!r} is not 24, 28 or 32")
+    if meta.ip_version not in (4, 6):
+        raise ValueError(f"ip_version {meta.ip_version!r} is not 4 or 6")
+    if not isinstance(meta.node_count, int) or not 0 < meta.node_count * meta.record_size // 4 + 16 <= size:
+        raise ValueError(f"node_count {meta.node_count!r}: the search tree does not fit the file")
+    if not isinstance(meta.database_type, str):
+        raise ValueError("database_type is not a string")
+    if not isinstance(meta.build_epoch, int) or not 0 <= meta.build_epoch < 1 << 40:
+        raise ValueError(f"build_epoch {meta.build_epoch!r} is not a time")
+    description = meta.description or {}
+    if not isinstance(description, dict) or not all(isinstance(v, str) for v in description.values()):
+        raise ValueError("description is not a map of strings")
+
+
 class _SearchTree:
     """The file's search tree, mapped read-only and walked by `geodns.geo._tree.Tree` (C)."""
 
-    def __init__(self, buffer: mmap.mmap, tree: Any):
+    def __init__(self, buffer: mmap.mmap | bytes, tree: Any):
         self._buffer = buffer
         self._tree = tree
         self.find = tree.find
@@ -232,25 +377,24 @@ class _SearchTree:
         for a record of another shape (decode it with `record`)."""
 
     @classmethod
-    def open(cls, path: str, meta: Any) -> _SearchTree | None:
-        """The walker, or None when the C extension is not built (lookups then decode every record)."""
+    def open(cls, memory: int | bytes, meta: Any) -> _SearchTree | None:
+        """The walker over our copy (a memfd's descriptor, or bytes), or None when the C
+        extension is not built (lookups then decode every record)."""
         if _Tree is None:
             return None
-        try:
-            with open(path, "rb") as fileobj:
-                buffer = mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):
-            return None
+        buffer = mmap.mmap(memory, 0, access=mmap.ACCESS_READ) if isinstance(memory, int) else memory
         try:
             tree = _Tree(buffer, meta.node_count, meta.record_size, meta.ip_version)
-        except (ValueError, TypeError):
-            buffer.close()
-            return None  # maxminddb opened it, so it will say what is wrong on lookup
+        except (ValueError, TypeError, OverflowError) as exc:
+            if isinstance(buffer, mmap.mmap):
+                buffer.close()
+            raise GeoDatabaseError(f"search tree refused: {exc}") from None
         return cls(buffer, tree)
 
     def close(self) -> None:
         self.find = self.record = self.place = self._tree = None  # releases the buffer the tree holds
-        self._buffer.close()
+        if isinstance(self._buffer, mmap.mmap):
+            self._buffer.close()
 
 
 def _record_key(record: dict) -> tuple:
@@ -318,28 +462,34 @@ def location_from_fields(
     return Location(lat, lon, continent, country, subdivision, city, subdivision_name)
 
 
+def _text_of(value: Any) -> str | None:
+    """A string field, else None: a corrupt or foreign record may hold a map or a number
+    where a code belongs (an unhashable one would break the continent table lookup)."""
+    return value if isinstance(value, str) else None
+
+
 def location_from_record(record: dict) -> Location | None:
     """Decode one database record, in the GeoIP2 or the DB-IP flat schema."""
     if "country_code" in record:  # DB-IP flat schema
-        country = record.get("country_code") or None
-        country = country.upper() if isinstance(country, str) else None
+        country = _text_of(record.get("country_code"))
+        country = country.upper() if country else None  # "" is no country either
         return Location(
             latitude=_coordinate(record.get("latitude"), 90),
             longitude=_coordinate(record.get("longitude"), 180),
             continent=CONTINENT_OF_COUNTRY.get(country) if country else None,
             country=country,
             subdivision=None,
-            city=record.get("city") or None,
-            subdivision_name=record.get("state1") or None,
+            city=_text_of(record.get("city")) or None,
+            subdivision_name=_text_of(record.get("state1")) or None,
         )
     country_rec = record.get("country") or record.get("registered_country") or {}
-    country = country_rec.get("iso_code") if isinstance(country_rec, dict) else None
+    country = _text_of(country_rec.get("iso_code")) if isinstance(country_rec, dict) else None
     continent_rec = record.get("continent")
-    continent = continent_rec.get("code") if isinstance(continent_rec, dict) else None
+    continent = _text_of(continent_rec.get("code")) if isinstance(continent_rec, dict) else None
     code = subdivision_name = None
     subs = record.get("subdivisions")
     if isinstance(subs, list) and subs and isinstance(subs[0], dict):
-        code = subs[0].get("iso_code")
+        code = _text_of(subs[0].get("iso_code"))
         subdivision_name = _en(subs[0])
     location = record.get("location")
     lat, lon = (location.get("latitude"), location.get("longitude")) if isinstance(location, dict) else (None, None)
