@@ -10,8 +10,8 @@ running an event loop) that talks to the parent over one socketpair:
 
 A SnapshotState is what `build_snapshot` needs, minus the GeoIP reader: the
 zones, latency tables, verdicts and utilisation are small (a few kB pickled);
-the GeoIP file is opened by path in each worker, memory-mapped, so its pages
-are shared through the page cache and never copied. Workers push their
+each worker maps the parent's sealed in-memory copy of the GeoIP file
+(`GeoDatabase.source`), so the copy is made once per node, not per worker. Workers push their
 cumulative counters once a second (and when they stop); `WorkerPool.stats()`
 merges the latest of each, in `Stats.export()` shape, for /metrics.
 
@@ -303,8 +303,8 @@ class _Replica:
         if state.geoip_path is None:
             self.geo, self.geo_key = None, key
         elif key != self.geo_key:
-            # Opened by path (mmap): the page cache shares it between workers. The file may
-            # have been replaced again since the parent opened it; if what is there now is
+            # The parent's copy (shared memory), else the path. The file may have been
+            # replaced again since the parent opened it; if what is there now is
             # unreadable, keep serving the reader we have (as the parent does).
             try:
                 self.geo, self.geo_key = _open_geo(state), key
