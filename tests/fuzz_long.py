@@ -436,6 +436,8 @@ class PacketTarget:
             snaps.append(c.snapshot)
         self.c_snap, self.py_snap = snaps
         self.clients = ("127.0.0.1", "81.2.69.160", "2001:db8::1", "175.16.199.7")
+        for client in self.clients:  # cookies this process's secret makes valid for them
+            self.pool += fuzzing.cookie_seeds(client)
         self.n = 0
 
     def seeds(self) -> list[bytes]:

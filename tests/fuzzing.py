@@ -19,10 +19,11 @@ from __future__ import annotations
 import contextlib
 import random
 import struct
+import time
 from collections.abc import Callable, Iterator
 
 from geodns.dns import answer as answer_mod
-from geodns.dns import wire
+from geodns.dns import cookies, wire
 from geodns.dns.stats import Stats
 
 try:
@@ -185,6 +186,22 @@ def seeds() -> list[bytes]:
     return out
 
 
+def cookie_seeds(client: str) -> list[bytes]:
+    """Queries with a server cookie of ours that is valid for `client` now (made with this
+    process's secret), fresh and due for renewal, with and without ECS."""
+    www = name_wire(f"www.{ZONE}")
+    address = cookies.packed_address(client)
+    now = int(time.time())
+    out = []
+    for age in (0, cookies.REFRESH_AGE + 60):
+        client_cookie = bytes(range(1, 9))
+        server = cookies.server_cookie(cookies.active().current, client_cookie, address, now - age)
+        option_ = option(10, client_cookie + server)
+        out.append(query(www, 1, (opt_rr(options=option_),)))
+        out.append(query(www, 28, (opt_rr(options=ecs(1, 24, bytes([81, 2, 69])) + option_),)))
+    return out
+
+
 def mutate(rng: random.Random, pool: list[bytes]) -> bytes:
     """One to five mutations of a packet from `pool`; a tenth are random bytes instead."""
     if rng.random() < 0.1:
@@ -285,6 +302,30 @@ def python_twins() -> Iterator[None]:
         wire._scan, answer_mod.patch = saved
 
 
+class _Clock:
+    """`time` as the cookie code sees it, stopped: a server cookie carries the second it was
+    made, so the two builds' answers are compared at one instant."""
+
+    def __init__(self, now: float):
+        self._now = now
+
+    def time(self) -> float:
+        return self._now
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+@contextlib.contextmanager
+def stopped_clock() -> Iterator[None]:
+    saved = cookies.time, answer_mod.time
+    cookies.time = answer_mod.time = _Clock(time.time())
+    try:
+        yield
+    finally:
+        cookies.time, answer_mod.time = saved
+
+
 def check_answers(data: bytes, c_snap, py_snap, client: str = "127.0.0.1") -> bytes | None:
     """answer() over UDP and TCP with the C twins on `c_snap` and the Python ones on `py_snap`
     (two snapshots of one zone state, fed the same packets): the same bytes, and no internal
@@ -292,9 +333,10 @@ def check_answers(data: bytes, c_snap, py_snap, client: str = "127.0.0.1") -> by
     failures = answer_mod._failures
     first = None
     for udp in (True, False):
-        c = answer_mod.answer(c_snap, data, client, udp, Stats())
-        with python_twins():
-            py = answer_mod.answer(py_snap, data, client, udp, Stats())
+        with stopped_clock():
+            c = answer_mod.answer(c_snap, data, client, udp, Stats())
+            with python_twins():
+                py = answer_mod.answer(py_snap, data, client, udp, Stats())
         assert c == py, f"udp={udp} {data.hex()}: C {c!r} != Python {py!r}"
         first = c if first is None else first
     assert answer_mod._failures == failures, f"internal error (SERVFAIL) answering {data.hex()}"

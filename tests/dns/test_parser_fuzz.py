@@ -17,6 +17,7 @@ from fuzzing import (
     c_scan_mod,
     check_answers,
     check_parsers,
+    cookie_seeds,
     long_name,
     opt_rr,
     packets,
@@ -135,7 +136,7 @@ def test_c_and_python_answers_agree_on_mutated_packets():
     rng = random.Random(SEED + 1)
     rcodes: dict[int, int] = {}
     deadline = time.monotonic() + BUDGET_S
-    pool = seeds()
+    pool = seeds() + cookie_seeds("127.0.0.1") + cookie_seeds("81.2.69.160")
     for i, data in enumerate(packets(SEED + 1, ANSWERS, pool)):
         client = rng.choice(("127.0.0.1", "81.2.69.160", "2001:db8::1"))
         response = check_answers(data, c_snap, py_snap, client)
@@ -145,6 +146,19 @@ def test_c_and_python_answers_agree_on_mutated_packets():
             assert i >= ANSWERS // 4
             break
     assert rcodes.get(0, 0) > 100 and rcodes.get(1, 0) > 100, rcodes  # answers and FORMERRs both
+
+
+@needs_c
+def test_answers_with_a_valid_server_cookie_agree():
+    """The cookie paths of the patch (echoed as sent, renewed, appended after the ECS echo) and
+    level 0's per-client echo: the same bytes from both builds, twice over (a cache hit)."""
+    c_snap, py_snap = snapshot(), snapshot()
+    for data in cookie_seeds("127.0.0.1") * 2:
+        response = check_answers(data, c_snap, py_snap, "127.0.0.1")
+        assert rcode(response) == wire.Rcode.NOERROR
+        assert (
+            b"\x00\x0a\x00\x18" + data[-24:-16] in response
+        )  # COOKIE, 24 bytes, our client cookie
 
 
 def test_random_packets_never_raise_anything_else():
