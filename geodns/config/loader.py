@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,16 +244,22 @@ def zone_files(path: str | Path) -> list[Path]:
     return [path]
 
 
-def load_zones(path: str | Path) -> list[Zone]:
-    """Every zone of a file or a directory of `*.yaml`, validated whole. Raises ConfigInvalid."""
-    files = zone_files(path)
+def load_zones(path: str | Path, replace: Mapping[Path, str | None] | None = None) -> list[Zone]:
+    """Every zone of a file or a directory of `*.yaml`, validated whole. Raises ConfigInvalid.
+
+    `replace` validates the directory as it would be after a change, without touching
+    it: a file's text given in place of what is on disk, or None for a removed file."""
+    replace = replace or {}
+    files = sorted({*(f for f in zone_files(path) if replace.get(f, "") is not None),
+                    *(f for f, text in replace.items() if text is not None)})
     if not files:
         raise ConfigInvalid([ConfigError(str(path), 0, "", "no zone files (*.yaml) found")])
     zones: list[Zone] = []
     errors: list[ConfigError] = []
     for file in files:
         try:
-            zones.append(load_zone_file(file))
+            text = replace.get(file)
+            zones.append(load_zone_file(file) if text is None else load_zone_text(text, str(file)))
         except ConfigInvalid as exc:
             errors.extend(exc.errors)
     seen: dict[str, str] = {}

@@ -58,6 +58,8 @@ class AdminState:
     admin_hosts: frozenset[str] = frozenset()
     """Names the admin port answers to besides its addresses and localhost (`--admin-host`)."""
     listen_host: str | None = None
+    zone_store: Any = None
+    """`geodns.control.zonestore.ZoneStore`: each zone's content hash, and what peers serve."""
 
     def __init__(self, controller: Controller, token: str | None, stats: StatsSource | None, health: Any) -> None:
         self.controller = controller
@@ -324,8 +326,9 @@ def status_document(state: AdminState) -> dict[str, Any]:
     shares = state.shares()
     regions: dict[str, dict[str, Any]] = {}
     zones = []
+    hashes = state.zone_store.hashes() if state.zone_store is not None else {}
     for origin, czone in sorted(snap.zones.items()):
-        zones.append({"zone": origin, "regions": sorted(czone.regions)})
+        zones.append({"zone": origin, "regions": sorted(czone.regions), "hash": hashes.get(origin)})
         for name, info in czone.regions.items():
             region = info.region
             entry = regions.setdefault(
@@ -623,6 +626,10 @@ def make_admin_app(
     app.router.add_post("/v1/reload", reload)
     app.router.add_post("/v1/drain", drain)
     app.router.add_post("/v1/undrain", undrain)
+    from geodns.control import zones_api, zonestore  # they use this module's access rules
+
+    state.zone_store = zonestore.ZoneStore(controller)
+    zones_api.add_routes(app, state.zone_store)
 
     async def startup(app: web.Application) -> None:
         if state.controller.ref is not None and not state._last_up:

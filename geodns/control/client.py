@@ -112,6 +112,10 @@ def format_status(doc: dict[str, Any]) -> str:
     if reload.get("last_error"):
         lines.append(f"last reload REFUSED ({reload['failures']} failure(s) so far):")
         lines.extend(f"  {e}" for e in reload["last_error"])
+    for z in doc["zones"]:
+        if z.get("hash"):
+            stale = f"  DIFFERS on {', '.join(z['stale_peers'])}" if z.get("stale_peers") else ""
+            lines.append(f"zone {z['zone']}: {z['hash'][:19]}{stale}")
     lines.append("")
     lines.append(f"{'REGION':<16} {'STATE':<9} {'SHARE':>6}  WHY")
     for name, r in sorted(doc["regions"].items()):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geodns.config import ConfigInvalid, Zone, load_zones
+from geodns.config import ConfigError, ConfigInvalid, Zone, load_zones
 from geodns.dns.server import SnapshotRef
 from geodns.dns.snapshot import Snapshot, build_snapshot
 from geodns.geo import GeoDatabase, GeoDatabaseError
@@ -28,8 +28,10 @@ log = logging.getLogger("geodns.control")
 
 
 class ReloadFailed(Exception):
-    def __init__(self, errors: list[str]):
+    def __init__(self, errors: list[str], details: list[ConfigError] | None = None):
         self.errors = errors
+        self.details = details or []
+        """The same errors as values (file, line, field, message), where they have them."""
         super().__init__("\n".join(errors))
 
 
@@ -41,27 +43,34 @@ class Config:
     latency_tables: Mapping[str, LatencyTable]
 
 
-def load_config(zones_path: str | Path) -> Config:
-    """Load zones and their latency tables, validated whole. Raises ReloadFailed with file:line errors."""
+def load_config(zones_path: str | Path, replace: Mapping[Path, str | None] | None = None) -> Config:
+    """Load zones and their latency tables, validated whole. Raises ReloadFailed with file:line errors.
+
+    `replace`: validate with these files' texts instead of the disk's (`load_zones`)."""
     try:
-        zones = load_zones(zones_path)
+        zones = load_zones(zones_path, replace)
     except ConfigInvalid as exc:
-        raise ReloadFailed([str(e) for e in exc.errors]) from None
+        raise ReloadFailed([str(e) for e in exc.errors], exc.errors) from None
     tables: dict[str, LatencyTable] = {}
-    errors: list[str] = []
+    errors: list[ConfigError] = []
     for zone in zones:
         for node in zone.nodes.values():
             uses_latency = node.steered and any(s.kind == "latency" for s in node.steered.chain)
             if uses_latency and not zone.latency_table:
-                errors.append(f"{zone.source}:{node.line}: records: a latency step needs the zone's latency_table")
+                errors.append(ConfigError(zone.source, node.line, "records", "a latency step needs the zone's latency_table"))
         if zone.latency_table:
             try:
                 tables[zone.origin] = load_latency_table(zone.latency_table, set(zone.regions))
             except LatencyTableError as exc:
-                errors.append(str(exc))
+                errors.append(ConfigError(zone.source, 0, "latency_table", str(exc)))
     if errors:
-        raise ReloadFailed(errors)
+        raise ReloadFailed([_latency_line(e) for e in errors], errors)
     return Config(tuple(zones), tables)
+
+
+def _latency_line(error: ConfigError) -> str:
+    # A latency table's own errors already say file:line of the table.
+    return error.message if error.field == "latency_table" else str(error)
 
 
 def load_admin_state(path: str | None, *, strict: bool = True) -> dict[str, Verdict]:

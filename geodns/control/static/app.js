@@ -71,7 +71,20 @@ function drawRegions(doc) {
   document.getElementById("window").textContent = w ? Math.round(w) + " s" : "(collecting)";
 }
 
+function drawZones(doc) {
+  // Each zone's content hash; a peer that has served another version too long is named.
+  const zones = document.getElementById("zones");
+  zones.replaceChildren();
+  for (const z of doc.zones) {
+    const stale = z.stale_peers || [];
+    zones.append(el("li", { "data-zone": z.zone, "data-stale": stale.length ? "yes" : "no" },
+      el("b", {}, z.zone), " ", el("code", { title: z.hash || "" }, (z.hash || "-").slice(0, 19)),
+      stale.length ? el("span", { class: "state state-down" }, " differs on " + stale.join(", ")) : ""));
+  }
+}
+
 function drawLists(doc) {
+  drawZones(doc);
   const drains = document.getElementById("drains");
   drains.replaceChildren();
   const entries = Object.entries(doc.drains);
