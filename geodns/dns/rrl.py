@@ -28,10 +28,13 @@ it over (Knot does the same, with a slow start this table does not need:
 the hash key is secret, so a client cannot aim at a slot). Memory is
 `slots x 32` bytes whatever the traffic. The buffer may be shared memory:
 with `--workers N` the kernel spreads a flood's packets over the workers, and
-all of them debit the same buckets (`share="shared"`); or each worker has its
-own table at `rate / N` (`share="divided"`). Updates between workers are not
-locked: two workers that debit one bucket at the same instant may lose one
-debit, which lets a flood through by a fraction of a percent, not more.
+all of them debit the same buckets (`share="shared"`, the default); or each
+worker has its own table at `rate / N` (`share="divided"`). A shared slot is
+locked (fcntl, its 32 bytes) while it is read and written: unlocked, a worker
+preempted between the two wrote back a stale bucket over the other's debits,
+and a flood spread over two workers got 2 to 6 times the rate (measured).
+Both hold a flood to the rate; `divided` gives a client whose packets the
+kernel sends to one worker (one source port) only `rate / N` (bench/rrl.py).
 """
 
 from __future__ import annotations

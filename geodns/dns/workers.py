@@ -17,7 +17,10 @@ merges the latest of each, in `Stats.export()` shape, for /metrics.
 
 The kernel spreads UDP queries over the workers' sockets by a hash of the
 client's address and port, and TCP connections likewise; each worker has its
-own answer cache (per snapshot, as in one process).
+own answer cache (per snapshot, as in one process). Response rate limiting
+holds for the node: the workers share one table in memory (a memfd the parent
+makes and passes down) and one hash seed, or each has rate / N
+(`geodns.dns.rrl`).
 """
 
 from __future__ import annotations

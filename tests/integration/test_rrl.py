@@ -4,6 +4,7 @@ while another network (127.0.10.1) is answered in full, and so is TCP from the f
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import struct
@@ -17,7 +18,7 @@ import dns.message
 import pytest
 from netutil import free_port
 
-from .conftest import REPO, running
+from .conftest import REPO, ipv6_loopback, running
 
 sys.path.insert(0, str(REPO / "bench"))
 import rrl as flood  # noqa: E402  - bench/rrl.py: the same flood the bench runs
@@ -72,6 +73,35 @@ def test_flood_is_held_to_the_rate_and_others_are_answered(tmp_path, workers) ->
             time.sleep(0.3)
         assert slipped >= f.truncated * 0.9 and dropped > 0
         assert slipped + dropped <= limited
+        # The flood was answered from the answer cache's exact-query level (the batched
+        # fast path, no parse) and limited all the same.
+        hits = re.search(r"^geodns_cache_hits_total (\S+)$", text, re.M)
+        assert hits and float(hits.group(1)) >= f.sent * 0.8
+
+
+def test_ipv6_clients_are_limited_per_56(tmp_path) -> None:
+    if not ipv6_loopback():
+        pytest.skip("no IPv6 loopback")
+    port = free_port("::1")
+    extra = ["--workers", "1", "--listen", f"[::1]:{port}", *rrl_flags()]
+    with running(tmp_path, workers=False, extra=extra) as server:
+        wire = flood.big_query()
+        got = []
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            started = time.monotonic()
+            for n in range(100):  # within a fraction of a second
+                s.sendto(struct.pack("!H", n) + wire[2:], ("::1", port))
+            s.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                while len(got) < 100:
+                    got.append(s.recv(65535))
+            elapsed = time.monotonic() - started
+        assert server.alive()
+    full = [r for r in got if not r[2] & 0x02 and r[7]]
+    truncated = [r for r in got if r[2] & 0x02]
+    assert RATE * WINDOW <= len(full) <= RATE * (WINDOW + elapsed)
+    assert len(truncated) >= (100 - len(full)) // 2 - 1
 
 
 def test_off_by_default_and_log_only_answers_everything(tmp_path) -> None:
