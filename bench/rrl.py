@@ -178,25 +178,14 @@ def tcp_queries(target: tuple[str, int], wire: bytes, source: str, count: int, i
         tally.sent += 1
         tally.sent_bytes += len(query)
         try:
-            with socket.create_connection(target, timeout=3.0, source_address=(source, 0)) as s:
+            with socket.create_connection(target, timeout=3.0, source_address=(source, 0)) as s, s.makefile("rb") as f:
                 s.sendall(struct.pack("!H", len(query)) + query)
-                head = _recv_exact(s, 2)
-                tally.count(_recv_exact(s, struct.unpack("!H", head)[0]))
-        except OSError:
+                (length,) = struct.unpack("!H", f.read(2))
+                tally.count(f.read(length))
+        except (OSError, struct.error):
             pass
         time.sleep(interval)
     return tally
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
-
 
 @dataclass
 class Attack:
@@ -237,23 +226,12 @@ def attack(
 # ---------------------------------------------------------------- running servers
 
 
-def free_port(host: str) -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind((host, 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError(f"no free port on {host}")
-
-
 @contextlib.contextmanager
 def serving(host: str, flags: list[str], log_path: Path):
     """`geodns serve` on host:PORT with the example zone and `flags`; yields (host, port)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from netutil import free_port
+
     port = free_port(host)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))))
     args = [
@@ -279,13 +257,12 @@ def serving(host: str, flags: list[str], log_path: Path):
                     time.sleep(0.1)
         yield host, port
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # a stuck server: ours, by its pid
+            proc.kill()
+            proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -341,7 +341,7 @@ class Limiter:
     does per response that is not exempt costs one keyed hash and one table visit.
     """
 
-    EXEMPT_MEMO = 65_536
+    EXEMPT_MEMO = 16_384
     """Source addresses whose exemption is remembered (cleared when full)."""
 
     def __init__(self, settings: RRLSettings, table: Table | None = None, trusted: Trusted | None = None):
