@@ -6,6 +6,8 @@ without a cookie (with and without level 0, the exact-query cache), with a clien
 
     python3 bench/cookies.py                 # the bench's main and hot workloads when built
     python3 bench/cookies.py --queries 20000 # else (or also) synthetic ones over the bundled GeoIP
+    python3 bench/cookies.py --wire          # over UDP: `geodns serve` (1 worker, CPU 0) and the
+                                             # bench's loadgen (CPU 1), the variants taking turns
 
 Workloads: `main.bin` / `hot.bin` from ../shared/bench/workload (in the bench cache), else a
 synthetic main (every query a new /24) and hot (300 /24s) over the bundled GeoIP file.
@@ -114,7 +116,11 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=50_000, help="queries per workload (default 50,000)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--synthetic", action="store_true", help="synthetic workloads even when the bench's exist")
+    parser.add_argument("--wire", action="store_true", help="over UDP against `geodns serve` with the bench's loadgen")
+    parser.add_argument("--seconds", type=float, default=5.0, help="with --wire: seconds per turn (default 5)")
     args = parser.parse_args()
+    if args.wire:
+        return wire(args)
 
     cache = Path(os.environ.get("GEODNS_CACHE", Path.home() / ".cache" / "geodns")) / "bench" / "workloads"
     found = sorted(cache.glob("*/main.bin"))
@@ -156,6 +162,84 @@ def main() -> int:
             delta = "" if name == "no cookie" else f"{(t - base) * 1e6:+.2f} us"
             extra = f"{(t - levels) * 1e6:+.2f} us" if name not in ("no cookie", "no cookie, level 0 off") else ""
             print(f"{wname:<18} {name:<26} {t * 1e6:>9.2f} {delta:>13} {extra:>15}")
+    return 0
+
+
+def wire(args: argparse.Namespace) -> int:
+    """The variants of the main workload over UDP against one `geodns serve` process: queries/s
+    and the server's CPU time per query (from /proc, so that other load on the machine counts
+    less than in queries/s)."""
+    import shutil
+    import signal
+    import socket
+    import statistics
+    import subprocess
+    import tempfile
+
+    root = Path(os.environ.get("GEODNS_CACHE", Path.home() / ".cache" / "geodns")) / "bench"
+    loadgen = root / "bin" / "loadgen"
+    main_bin = next(iter(sorted(root.glob("workloads/*/main.bin"))), None)
+    if not loadgen.exists() or main_bin is None:
+        print("needs the bench's loadgen and main workload (../shared/bench: build-loadgen, workload)", file=sys.stderr)
+        return 2
+    db = root.parent / "geoip" / "dbip-city-geoip2.mmdb"
+    geoip = db if db.exists() else REPO / "data" / "geoip-bundle.mmdb"
+    tmp = Path(tempfile.mkdtemp(prefix="geodns-cookies-"))
+    secret = os.urandom(16)
+    (tmp / "cookie.key").write_text(secret.hex() + "\n")
+    cookies.configure(cookies.CookieSecrets(secret))
+    files = {}
+    for name, queries in variants(read_bin(main_bin, 100_000)).items():
+        files[name] = tmp / f"{name.replace(' ', '-')}.bin"
+        files[name].write_bytes(b"".join(struct.pack("!H", len(q)) + q for q in queries))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    pin = shutil.which("taskset")
+    cmd = [sys.executable, "-m", "geodns", "serve", "--zones", str(REPO / "zones" / "example.yaml"), "--geoip", str(geoip),
+           "--state", "none", "--admin", "none", "--workers", "1", "--listen", f"127.0.0.1:{port}",
+           "--cookie-secret-file", str(tmp / "cookie.key")]
+    server = subprocess.Popen((([pin, "-c", "0"] if pin else []) + cmd), cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    def cpu() -> float:
+        with open(f"/proc/{server.pid}/stat") as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def load(path: Path, seconds: float) -> dict:
+        argv = ([pin, "-c", "1"] if pin else []) + [str(loadgen), "-f", str(path), "-p", str(port), "-c", "256",
+                                                   "-d", str(seconds), "--json"]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
+        import json
+
+        return json.loads(out.strip().splitlines()[-1])
+
+    try:
+        time.sleep(3)
+        for path in files.values():  # warm: every level, twice (level 0 admits on a second sighting)
+            load(path, 4)
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in files}
+        names = list(files)
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                before = cpu()
+                got = load(files[name], args.seconds)
+                used = cpu() - before
+                results[name].append((got["qps"], used / max(1, got["received"])))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(20)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"geodns serve (1 worker) over UDP, main workload (100k client /24s, ECS), GeoIP {geoip.name}; "
+          f"median of {args.rounds} turns of {args.seconds:g} s")
+    print(f"{'variant':<26} {'queries/s':>10} {'server CPU us/query':>20} {'vs no cookie':>13}")
+    base = statistics.median(c for _, c in results["no cookie"])
+    for name, runs in results.items():
+        qps = statistics.median(q for q, _ in runs)
+        per = statistics.median(c for _, c in runs)
+        delta = "" if name == "no cookie" else f"{(per - base) * 1e6:+.2f} us"
+        print(f"{name:<26} {qps:>10.0f} {per * 1e6:>20.2f} {delta:>13}")
     return 0
 
 
