@@ -54,9 +54,10 @@ def two_nodes(tmp_path_factory):
     node_file.write_text(f'node: a\ncookie_secret: "{SECRET.hex()}"\ncookie_secret_previous: "{OLD_SECRET.hex()}"\n')
     secret_file = tmp / "cookie.key"
     secret_file.write_text(SECRET.hex() + "\n")
-    a = start_server(tmp / "a", zones(tmp), None, extra=["--node", str(node_file), "--state", "none"])
+    a = start_server(tmp / "a", zones(tmp), None, ipv6=True, extra=["--node", str(node_file), "--state", "none"])
     try:
-        b = start_server(tmp / "b", zones(tmp), None, extra=["--cookie-secret-file", str(secret_file), "--state", "none"])
+        b = start_server(tmp / "b", zones(tmp), None, ipv6=True,
+                         extra=["--cookie-secret-file", str(secret_file), "--state", "none"])
     except BaseException:
         a.stop()
         raise
@@ -137,15 +138,16 @@ def query(name: str, cookie: bytes | None, qid: int = 7) -> bytes:
 def ask(server: Server, name: str, cookie: bytes | None, source: str, qid: int = 7, tcp: bool = False) -> tuple[int, bytes | None]:
     """(rcode, the COOKIE option of the response) for a query sent from `source`."""
     data = query(name, cookie, qid)
+    host, port = (source, server.hosts[-1][1]) if ":" in source else (server.host, server.port)
     if tcp:
-        with socket.create_connection((server.host, server.port), timeout=3, source_address=(source, 0)) as s:
+        with socket.create_connection((host, port), timeout=3, source_address=(source, 0)) as s:
             s.sendall(struct.pack("!H", len(data)) + data)
             response = read_framed(s)
     else:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with socket.socket(socket.AF_INET6 if ":" in source else socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind((source, 0))
             s.settimeout(3)
-            s.sendto(data, (server.host, server.port))
+            s.sendto(data, (host, port))
             response = s.recv(65535)
     msg = dns.message.from_wire(response)
     assert msg.id == qid
@@ -186,6 +188,20 @@ def test_lifetime_and_bad_cookies_over_the_wire(two_nodes, over_tcp):
         assert rcode == 1 and got is None, f"a {length}-byte COOKIE option is FORMERR"
     rcode, got = ask(a, "static.cookie.test", None, source, tcp=over_tcp)
     assert rcode == 0 and got is None, "no cookie in, no cookie out"
+
+
+@pytest.mark.parametrize("over_tcp", [False, True])
+def test_ipv6_clients_get_cookies_for_their_address(two_nodes, over_tcp):
+    a, b = two_nodes
+    if len(a.hosts) < 2:
+        pytest.skip("no IPv6 loopback")
+    client = b"\x06" * 8
+    rcode, got = ask(a, "www.cookie.test", client, "::1", tcp=over_tcp)
+    assert rcode == 0 and got is not None and len(got) == 24
+    stamp = int.from_bytes(got[12:16], "big")
+    assert got[8:] == server_cookie(SECRET, client, packed_address("::1"), stamp), "hashed over the 16-byte address"
+    older = client + server_cookie(SECRET, client, packed_address("::1"), stamp - 60)
+    assert ask(b, "www.cookie.test", older, "::1", tcp=over_tcp) == (0, older), "valid (echoed) on the other node"
 
 
 def test_a_node_without_a_secret_makes_one_and_says_so(tmp_path):
