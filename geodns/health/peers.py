@@ -214,7 +214,7 @@ class PeerService(Protocol):
 
     verifier: Verifier
 
-    def peer_message(self) -> dict[str, Any]: ...
+    def reply_body(self, sender: str, message: Any) -> bytes: ...
 
     def accept_peer_message(self, sender: str, message: Any, received: float) -> None:
         """Raise Rejected("malformed") if it cannot be taken."""
@@ -253,10 +253,11 @@ def add_routes(app: web.Application, service: PeerService) -> None:
         try:
             body = await _read_limited(request.content, request.content_length)
             sender = service.verifier.verify("push", request.headers, body, now)
-            service.accept_peer_message(sender, decode(body), now)
+            message = decode(body)
+            service.accept_peer_message(sender, message, now)
         except Rejected as e:
             return _refused(service, request, e)
-        reply = encode(service.peer_message())
+        reply = service.reply_body(sender, message)
         service.record_bytes(len(reply), len(body))
         headers = service.verifier.sign("reply", sender, reply, nonce=request.headers[NONCE_HEADER])
         return web.Response(body=reply, headers={**headers, "Content-Type": CONTENT_TYPE})

@@ -124,8 +124,19 @@ def needed_down(rule: str | int, reporting: int) -> int:
     return min(int(rule), reporting)
 
 
+_CLOCKS: dict[int, str] = {}
+
+
 def _clock(t: float) -> str:
-    return _time.strftime("%H:%M:%S", _time.gmtime(t)) + "Z"
+    """HH:MM:SSZ of an epoch time (cached: a recompute of 10,000 targets asks
+    for the same few seconds over and over)."""
+    second = int(t // 1)
+    text = _CLOCKS.get(second)
+    if text is None:
+        if len(_CLOCKS) > 4096:
+            _CLOCKS.clear()
+        text = _CLOCKS[second] = _time.strftime("%H:%M:%S", _time.gmtime(second)) + "Z"
+    return text
 
 
 def _drained(drain: Drain) -> Verdict:
@@ -149,9 +160,18 @@ def decide_target(
     """The verdict on one target from every observer's latest view of it."""
     if drain is not None and drain.active:
         return _drained(drain)
-    fresh = [v for v in views if now - v.heard <= stale_after]
-    decided = [v for v in fresh if v.state is not State.UNKNOWN]
-    silent = [v for v in views if now - v.heard > stale_after]
+    fresh: list[ObserverView] = []
+    silent: list[ObserverView] = []
+    decided: list[ObserverView] = []
+    downs = 0
+    for v in views:
+        if now - v.heard > stale_after:
+            silent.append(v)
+            continue
+        fresh.append(v)
+        if v.state is not State.UNKNOWN:
+            decided.append(v)
+            downs += v.state is State.DOWN
     if not decided:
         pending = [v.until for v in fresh if v.until > now]
         until = min([now + UNKNOWN_RETRY, *pending])
@@ -160,23 +180,27 @@ def decide_target(
                            cause=f"no fresh observation yet; {fallback.cause}")
         return Verdict(up=True, until=until,
                        cause="unknown: no observer has decided yet; assumed up for now")
-    downs = [v for v in decided if v.state is State.DOWN]
     need = needed_down(rule, len(decided))
-    down = len(downs) >= need
+    down = downs >= need
     # The verdict could change when any counted view could, or when a view
     # goes stale and leaves the count.
     until = min(
         max(now, min(v.until for v in fresh)),
-        min(v.heard + stale_after for v in fresh),
+        min(v.heard for v in fresh) + stale_after,
     )
+    if len(decided) > 1:
+        decided.sort(key=lambda v: v.observer)
     parts = [
-        f"{v.observer} {v.state.value} since {_clock(v.since)}" + (f" ({v.detail})" if v.detail else "")
-        for v in sorted(decided, key=lambda v: v.observer)
+        f"{v.observer} {v.state.value} since {_clock(v.since)} ({v.detail})" if v.detail
+        else f"{v.observer} {v.state.value} since {_clock(v.since)}"
+        for v in decided
     ]
-    parts += [f"{v.observer} undecided" for v in fresh if v.state is State.UNKNOWN]
-    parts += [f"{v.observer} silent {now - v.heard:.0f}s" for v in silent]
+    if len(decided) < len(fresh):
+        parts += [f"{v.observer} undecided" for v in fresh if v.state is State.UNKNOWN]
+    if silent:
+        parts += [f"{v.observer} silent {now - v.heard:.0f}s" for v in silent]
     rule_text = rule if isinstance(rule, str) else f"{rule} down"
-    cause = f"{len(downs)}/{len(decided)} observers say down ({rule_text} needs {need}): " + "; ".join(parts)
+    cause = f"{downs}/{len(decided)} observers say down ({rule_text} needs {need}): " + "; ".join(parts)
     return Verdict(up=not down, until=until, cause=cause)
 
 

@@ -70,8 +70,14 @@ MESSAGE_VERSION = 2
 STARTUP_EXCHANGE_TIMEOUT = 1.0
 REFUSAL_LOG_EVERY = 60.0
 """A refused peer message is logged at most once a minute per claimed peer."""
-MAX_RELATIVE = 1e9
-"""Seconds a view's times may lie from the message's `sent_at` (about 30 years)."""
+MAX_RELATIVE = 1e12
+"""Milliseconds a view's times may lie from the message's `sent_at` (about 30 years)."""
+QUANTUM_MS = 100
+"""Views' times travel in milliseconds floored to this, so that equal views group."""
+RECOMPUTE_CHUNK = 1000
+"""Targets recomputed per event-loop iteration (about 20-50 ms of work)."""
+VERDICT_LOG_PER_SECOND = 20
+_STATES = {s.value: s for s in State}
 
 FAILOPEN = Counter(
     "geodns_failopen_total",
@@ -154,13 +160,17 @@ class HealthService:
         self.verifier = _peers.Verifier(node.name, node.private_key, self._keys, node.replay_window)
         self._store = DrainStore(os.path.join(node.state_dir, "drains.json") if node.state_dir else None)
         self._refusals: dict[str, tuple[float, int]] = {}
-        self._message_cache: tuple[int, float, bytes] | None = None
+        self._message_cache: dict[bool, tuple[tuple[int, bool], float, bytes]] = {}
         self._message_version = 0
         self.metrics = _Metrics(registry if registry is not None else REGISTRY)
         self._plan: Plan = plan_zones(zones, node.name, node.members)
         self._own: dict[str, View] = {}
+        self._own_views: dict[str, tuple[View, ObserverView]] = {}
+        """Our own views as the quorum reads them, rebuilt when the view changes."""
         self._peer_views: dict[str, dict[str, ObserverView]] = {}
         self._peer_seen: dict[str, float] = {}
+        self._views_heard: dict[str, float] = {}
+        """When each peer's views last came (its push, or a reply we asked views in)."""
         self._peer_error: dict[str, str] = {}
         self._drains: dict[str, Drain] = {}
         self._fallback: dict[str, Verdict] = {}
@@ -175,6 +185,8 @@ class HealthService:
         self._probe_http: aiohttp.ClientSession | None = None
         self._peer_http: aiohttp.ClientSession | None = None
         self._recompute_pending = False
+        self._publish_pending = False
+        self._verdict_log: list = [0.0, 0, 0]  # window start, lines logged, lines suppressed
         self._dirty: set[str] | None = set()
         self._state_dirty = False
         self._started = False
@@ -231,6 +243,7 @@ class HealthService:
         """Take new zones: keep views of targets whose probe is unchanged."""
         old = self._plan
         self._plan = plan_zones(zones, self.node.name, self.node.members)
+        self._own_views.clear()
         now = time.time()
         for target, tp in self._plan.targets.items():
             before = old.targets.get(target)
@@ -328,30 +341,51 @@ class HealthService:
 
     # ---- peer protocol (used by geodns.health.peers) ----------------------
 
-    def peer_message(self) -> dict[str, Any]:
+    def peer_message(self, views: bool = True, want_views: bool = False) -> dict[str, Any]:
         """Our own views (only ours: a node speaks for itself) and the signed
-        drains we hold, in the compact form of `geodns.health.peers`."""
+        drains we hold, in the compact form of `geodns.health.peers`.
+
+        Each node pushes its views to every peer once a period; a reply holds
+        views only when the push asks for them (`want_views`: a node that has
+        not had the peer's own push lately, at start or when the peer cannot
+        reach it), so a period moves each node's views once per peer, not twice."""
         now = time.time()
+        if not views:
+            return {"v": MESSAGE_VERSION, "node": self.node.name, "sent_at": now,
+                    "drains": [drain_to_json(d) for d in self._drains.values()]}
+        # Views that read the same (state, times to QUANTUM_MS, detail) travel
+        # as one group with its targets: in an outage, a region's endpoints
+        # all say the same thing, so 10,000 views are a few dozen groups.
+        # Times are floored: a view looks a little older and could change a
+        # little sooner than it does, never the other way round.
         details: dict[str, int] = {}
-        views = []
+        groups: dict[tuple, list[str]] = {}
+        q = QUANTUM_MS
         for target, view in self._own.items():
             tp = self._plan.targets.get(target)
             if tp is None or tp.key is None:
                 continue
-            views.append([
-                target, view.state.value, round(view.since - now, 3),
-                round(earliest_change(view, _rules(tp.key.check)) - now, 3),
-                round(view.at - now, 3) if view.at else None, view.seq,
-                details.setdefault(view.detail, len(details)),
-            ])
+            until = earliest_change(view, _rules(tp.key.check))
+            key = (view.state.value, int((view.since - now) * 1000 // q * q), int((until - now) * 1000 // q * q),
+                   int((view.at - now) * 1000 // q * q) if view.at else None,
+                   details.setdefault(view.detail, len(details)))
+            groups.setdefault(key, []).append(target)
+        rows = [[*key, targets] for key, targets in groups.items()]
         return {
             "v": MESSAGE_VERSION,
             "node": self.node.name,
             "sent_at": now,
+            "want_views": want_views,
             "details": list(details),
-            "views": views,
+            "views": rows,
             "drains": [drain_to_json(d) for d in self._drains.values()],
         }
+
+    def reply_body(self, sender: str, message: Any) -> bytes:
+        """The encoded reply to a push we accepted (see `peer_message`)."""
+        if isinstance(message, dict) and message.get("want_views") is True:
+            return self._peer_body()
+        return _peers.encode(self.peer_message(views=False))
 
     def accept_peer_message(self, sender: str, message: Any, received: float) -> None:
         """Take a verified message from `sender`: its views of the targets it
@@ -359,53 +393,21 @@ class HealthService:
         try:
             if not isinstance(message, dict) or message.get("v") != MESSAGE_VERSION:
                 raise ValueError(f"not a version {MESSAGE_VERSION} message")
-            sent_at, raw_views = message["sent_at"], message["views"]
+            sent_at, raw_views = message["sent_at"], message.get("views")
             raw_drains, details = message.get("drains", []), message.get("details", [])
             if message.get("node") != sender:
                 raise ValueError("node differs from the signer")
             if isinstance(sent_at, bool) or not isinstance(sent_at, int | float) \
-                    or not isinstance(raw_views, list) or not isinstance(raw_drains, list) \
+                    or not isinstance(raw_views, list | None) or not isinstance(raw_drains, list) \
                     or not isinstance(details, list) or not all(isinstance(d, str) for d in details):
                 raise TypeError("wrong types")
         except (KeyError, TypeError, ValueError) as e:
             raise _peers.Rejected("malformed", str(e)) from None
         if not math.isfinite(sent_at) or abs(received - sent_at) > self.node.replay_window:
             raise _peers.Rejected("stale", f"sent_at {received - sent_at:+.1f}s away from now")
-        # Translate the peer's clock into ours: its sent_at is our `received`
-        # (less transit time, which only makes its views look slightly older).
-        views: dict[str, ObserverView] = {}
-        not_observed = 0
-        try:
-            for row in raw_views:
-                if not isinstance(row, list) or len(row) != 7:
-                    raise ValueError("a view is a list of 7 fields")
-                target, state, since, until, at, _seq, detail = row
-                tp = self._plan.targets.get(target) if isinstance(target, str) else None
-                if tp is None:
-                    continue  # a target our zones do not have (config rollout in progress)
-                if sender not in tp.observers:
-                    not_observed += 1
-                    continue
-                for t in (since, until) if at is None else (since, until, at):
-                    if isinstance(t, bool) or not isinstance(t, int | float) or not abs(t) <= MAX_RELATIVE:
-                        raise ValueError(f"{target}: time out of range")
-                if isinstance(detail, bool) or not isinstance(detail, int) or not 0 <= detail < len(details):
-                    raise ValueError(f"{target}: bad detail index")
-                since = received + since
-                heard = min(received, received + at) if at is not None else min(received, since)
-                views[target] = ObserverView(
-                    observer=sender, state=State(state), since=since, until=received + until,
-                    heard=heard, detail=details[detail][:300],
-                )
-        except (TypeError, ValueError) as e:
-            raise _peers.Rejected("malformed", f"bad view: {str(e)[:200]}") from None
-        if not_observed:
-            self._refused(sender, "not_observer", f"{not_observed} views of targets {sender} does not observe")
-        old = self._peer_views.get(sender, {})
-        touched = {t for t in set(views) | set(old)
-                   if (a := views.get(t)) is None or (b := old.get(t)) is None
-                   or (a.state, a.since, a.detail) != (b.state, b.since, b.detail)}
-        self._peer_views[sender] = views
+        touched: set[str] = set()
+        if raw_views is not None:
+            touched = self._take_views(sender, raw_views, details, received)
         self._peer_seen[sender] = received
         self._peer_error.pop(sender, None)
         changed = False
@@ -428,6 +430,53 @@ class HealthService:
             self._message_version += 1
             self._save_drains()
         self._schedule_recompute(touched)
+
+    def _take_views(self, sender: str, raw_views: list, details: list[str], received: float) -> set[str]:
+        """Replace `sender`'s views with a message's groups; return the targets
+        whose view changed (a new `heard` alone does not count: the tick sees
+        to staleness). Raises Rejected("malformed"); nothing is taken then."""
+        # Times are milliseconds relative to the peer's sent_at, which we take
+        # as our `received` (transit time only makes views look a little older).
+        targets, old = self._plan.targets, self._peer_views.get(sender, {})
+        views: dict[str, ObserverView] = {}
+        touched: set[str] = set()
+        not_observed = 0
+        try:
+            for group in raw_views:
+                if type(group) is not list or len(group) != 6 or type(group[5]) is not list:
+                    raise ValueError("a view group is [state, since, until, at, detail, [targets]]")
+                state, since, until, at, detail, names = group
+                for t in (since, until) if at is None else (since, until, at):
+                    if type(t) is not int or not -MAX_RELATIVE <= t <= MAX_RELATIVE:
+                        raise ValueError("times are integer milliseconds within range")
+                if type(detail) is not int or not 0 <= detail < len(details):
+                    raise ValueError("bad detail index")
+                since = received + since / 1000
+                view = ObserverView(sender, _STATES[state], since, received + until / 1000,
+                                    min(received, received + at / 1000) if at is not None else min(received, since),
+                                    details[detail][:300])
+                for target in names:
+                    tp = targets.get(target) if type(target) is str else None
+                    if tp is None:
+                        continue  # a target our zones do not have (config rollout in progress)
+                    if sender not in tp.observers:
+                        not_observed += 1
+                        continue
+                    views[target] = view
+                    # `since` moves with the transit time's jitter from one message
+                    # to the next: only a real change is worth a recompute.
+                    before = old.get(target)
+                    if before is None or before.state is not view.state or abs(before.since - since) > 1.0 \
+                            or before.detail != view.detail:
+                        touched.add(target)
+        except (TypeError, ValueError, KeyError) as e:
+            raise _peers.Rejected("malformed", f"bad view: {str(e)[:200]}") from None
+        if not_observed:
+            self._refused(sender, "not_observer", f"{not_observed} views of targets {sender} does not observe")
+        touched.update(t for t in old if t not in views)
+        self._peer_views[sender] = views
+        self._views_heard[sender] = received
+        return touched
 
     def record_rejection(self, reason: str, claimed: str | None, remote: str | None, detail: str = "") -> None:
         self._refused(claimed, reason, detail, remote)
@@ -506,8 +555,9 @@ class HealthService:
         assert self._peer_http is not None
         reason = None
         try:
+            want = time.time() - self._views_heard.get(peer.name, -math.inf) > 2 * self.node.exchange_interval + 1
             doc, received, sent_bytes, got_bytes = await _peers.push(
-                self._peer_http, peer.name, peer.url, self._peer_body(), self.verifier, timeout=timeout)
+                self._peer_http, peer.name, peer.url, self._peer_body(want), self.verifier, timeout=timeout)
             self.record_bytes(sent_bytes, got_bytes)
             self.accept_peer_message(peer.name, doc, received)
             self.metrics.exchanges.labels(peer=peer.name).inc()
@@ -524,16 +574,16 @@ class HealthService:
                             peer.name, reason, _kv(text))
             self._peer_error[peer.name] = text
 
-    def _peer_body(self) -> bytes:
+    def _peer_body(self, want_views: bool = False) -> bytes:
         """Our encoded message, shared by the pushes of one round (all peers'
         loops wake together) instead of being built once per peer."""
         now = time.time()
-        cached = self._message_cache
-        if cached is not None and cached[0] == self._message_version and \
-                0 <= now - cached[1] < min(0.1, self.node.exchange_interval / 4):
+        key = (self._message_version, want_views)
+        cached = self._message_cache.get(want_views)
+        if cached is not None and cached[0] == key and 0 <= now - cached[1] < min(0.1, self.node.exchange_interval / 4):
             return cached[2]
-        body = _peers.encode(self.peer_message())
-        self._message_cache = (self._message_version, now, body)
+        body = _peers.encode(self.peer_message(want_views=want_views))
+        self._message_cache[want_views] = (key, now, body)
         return body
 
     def _push_now(self) -> None:
@@ -550,17 +600,25 @@ class HealthService:
 
     def _views_of(self, target: str, now: float) -> list[ObserverView]:
         out = []
-        tp = self._plan.targets[target]
         own = self._own.get(target)
-        if own is not None and tp.key is not None:
-            out.append(ObserverView(
-                observer=self.node.name, state=own.state, since=own.since,
-                until=earliest_change(own, _rules(tp.key.check)),
-                heard=own.at or own.since, detail=own.detail,
-            ))
+        if own is not None:
+            cached = self._own_views.get(target)
+            if cached is not None and cached[0] is own:
+                out.append(cached[1])
+            else:
+                tp = self._plan.targets[target]
+                if tp.key is not None:
+                    ov = ObserverView(
+                        observer=self.node.name, state=own.state, since=own.since,
+                        until=earliest_change(own, _rules(tp.key.check)),
+                        heard=own.at or own.since, detail=own.detail,
+                    )
+                    self._own_views[target] = (own, ov)
+                    out.append(ov)
         for views in self._peer_views.values():
-            if target in views:
-                out.append(views[target])
+            v = views.get(target)
+            if v is not None:
+                out.append(v)
         return out
 
     def _reset_views(self, now: float) -> None:
@@ -586,8 +644,25 @@ class HealthService:
             self._recompute_dirty()
 
     def _recompute_dirty(self) -> None:
-        dirty, self._dirty = self._dirty, set()
-        self._recompute(only=dirty)
+        """Recompute what is dirty, RECOMPUTE_CHUNK targets per loop iteration:
+        a message that changes 10,000 views must not stop the loop (DNS, other
+        peers) for the whole recompute; what comes meanwhile joins the rest."""
+        while True:
+            if self._dirty is None:
+                self._dirty = set(self._plan.targets) | set(self._plan.regions)
+            dirty = self._dirty
+            if len(dirty) <= RECOMPUTE_CHUNK:
+                self._dirty = set()
+                self._recompute(only=dirty)
+                return
+            chunk = {dirty.pop() for _ in range(RECOMPUTE_CHUNK)}
+            self._recompute(only=chunk, publish=False)
+            self._recompute_pending = True
+            try:
+                asyncio.get_running_loop().call_soon(self._recompute_dirty)
+                return
+            except RuntimeError:  # no loop (tests calling directly): go on now
+                continue
 
     def _recompute(self, publish: bool = True, only: set[str] | None = None) -> None:
         """Verdicts from views; `only`: just these targets and their regions."""
@@ -598,6 +673,8 @@ class HealthService:
         stale_peers = 3 * self.node.exchange_interval + 2.0
         isolated = bool(self.node.peers) and not any(
             now - t <= stale_peers for t in self._peer_seen.values())
+        if isolated != self._isolated:
+            only = None  # every cause says whether it rests on this node's view only
         if isolated != self._isolated and self._started:
             if isolated:
                 log.warning("health isolated=true node=%s no peer heard for %.0fs: verdicts use this "
@@ -647,9 +724,7 @@ class HealthService:
                 self._state_dirty = True
                 if was is not None:
                     self.metrics.changes.labels(target=target).inc()
-                    log.warning("health verdict node=%s target=%s up=%s forced=%s was=%s cause=%s",
-                                self.node.name, target, str(v.up).lower(), str(v.forced).lower(),
-                                "up" if was.up else "down", _kv(v.cause))
+                    self._log_verdict(target, v, was)
                 self.metrics.up.labels(target=target).set(1 if v.up else 0)
                 self.metrics.forced.labels(target=target).set(1 if v.forced else 0)
         for target in set(old) - set(new):
@@ -657,8 +732,28 @@ class HealthService:
             with contextlib.suppress(KeyError):
                 self.metrics.up.remove(target)
                 self.metrics.forced.remove(target)
-        if publish and self._started and (changed or self._bounds_expired(now)):
+        if changed and not publish:
+            self._publish_pending = True
+        if publish and self._started and (changed or self._publish_pending or self._bounds_expired(now)):
             self._publish(now)
+
+    def _log_verdict(self, target: str, v: Verdict, was: Verdict) -> None:
+        """One line per verdict change, at most VERDICT_LOG_PER_SECOND a second:
+        an outage of 10,000 endpoints is a count, not 10,000 lines."""
+        now = time.monotonic()
+        if now - self._verdict_log[0] >= 1.0:
+            if self._verdict_log[2]:
+                log.warning("health verdict changes not logged node=%s count=%d (more than %d a second; "
+                            "see geodns status or /v1/health)", self.node.name, self._verdict_log[2],
+                            VERDICT_LOG_PER_SECOND)
+            self._verdict_log = [now, 0, 0]
+        if self._verdict_log[1] >= VERDICT_LOG_PER_SECOND:
+            self._verdict_log[2] += 1
+            return
+        self._verdict_log[1] += 1
+        log.warning("health verdict node=%s target=%s up=%s forced=%s was=%s cause=%s",
+                    self.node.name, target, str(v.up).lower(), str(v.forced).lower(),
+                    "up" if was.up else "down", _kv(v.cause))
 
     def _bounds_expired(self, now: float) -> bool:
         """A published `until` has passed: the snapshot needs fresher bounds
@@ -668,6 +763,7 @@ class HealthService:
         return any(v.until is not None and v.until <= now for v in self._published.values())
 
     def _publish(self, now: float) -> None:
+        self._publish_pending = False
         self._published = dict(self._verdicts)
         self._published_at = now
         try:
@@ -699,7 +795,11 @@ class HealthService:
         last_save = 0.0
         while True:
             await asyncio.sleep(tick)
-            self._recompute()
+            # Only verdicts whose `until` has passed can have changed with the
+            # clock alone (a view went stale, a hold-down ended); new views
+            # recompute their own targets as they come.
+            now = time.time()
+            self._recompute(only={t for t, v in self._verdicts.items() if v.until is not None and v.until <= now})
             now = time.monotonic()
             if self._state_dirty and now - last_save >= 1.0:
                 last_save = now

@@ -64,7 +64,7 @@ def as_node(name: str, key=None) -> Verifier:
 
 def message(node: str = "n2", state: str = "down", drains=(), target: str = "eu/10.0.0.1", **extra) -> dict:
     return {"v": 2, "node": node, "sent_at": time.time(), "details": ["HTTP 503"], "drains": list(drains),
-            "views": [[target, state, -5.0, 5.0, -0.1, 9, 0]], **extra}
+            "views": [[state, -5000, 5000, -100, 0, [target]]], **extra}
 
 
 async def post(http, base, body: bytes, headers: dict) -> tuple[int, bytes, aiohttp.typedefs.LooseHeaders]:
@@ -152,7 +152,10 @@ async def test_tampered_garbage_and_oversized_bodies(node):
     assert (await post(http, base, tampered, headers))[0] == 401
     for junk in (b"not zlib at all", zlib.compress(b'{"v": 2, "node": "n2"}'),
                  zlib.compress(b'{"v": 2, "node": "n2", "sent_at": NaN, "views": []}'),
-                 encode(message(views=[["eu/10.0.0.1", "down", 1e300, 5, 0, 1, 0]]))):
+                 encode(message(views=[["down", 1e300, 5000, 0, 0, ["eu/10.0.0.1"]]])),
+                 encode(message(views=[["down", 10**400, 5000, 0, 0, ["eu/10.0.0.1"]]])),
+                 encode(message(views=[["sideways", -5000, 5000, -100, 0, ["eu/10.0.0.1"]]])),
+                 encode(message(views=[["down", -5000, 5000, -100, 7, ["eu/10.0.0.1"]]]))):
         code, reply, _ = await post(http, base, junk, n2.sign("push", "n1", junk))
         assert code == 400 and b"malformed" in reply, (junk, reply)
     bomb = zlib.compress(b" " * (80 * 1024 * 1024), 9)
@@ -161,7 +164,7 @@ async def test_tampered_garbage_and_oversized_bodies(node):
     huge = b"\0" * (MAX_BODY + 1)
     code, reply, _ = await post(http, base, huge, n2.sign("push", "n1", huge))
     assert code == 413
-    assert rejected(registry, "malformed") == 4 and rejected(registry, "too_large") == 2
+    assert rejected(registry, "malformed") == 7 and rejected(registry, "too_large") == 2
     assert views(svc) == []
 
 
@@ -179,7 +182,7 @@ async def test_views_only_for_targets_the_sender_observes(node):
     mine = next(a for a in addresses if choose_observers(members, f"tcp|{a}|None|9|/|None|", 1) == {"n2"})
     theirs = next(a for a in addresses if choose_observers(members, f"tcp|{a}|None|9|/|None|", 1) == {"n3"})
     msg = message()
-    msg["views"] = [[f"eu/{a}", "down", -5.0, 5.0, -0.1, 9, 0] for a in (mine, theirs)]
+    msg["views"] = [["down", -5000, 5000, -100, 0, [f"eu/{a}" for a in (mine, theirs)]]]
     body = encode(msg)
     assert (await post(http, base, body, as_node("n2").sign("push", "n1", body)))[0] == 200
     now = time.time()
