@@ -34,7 +34,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from geodns.health import keys, strictjson
+from geodns.health import keys
 from geodns.health.quorum import Drain
 
 __all__ = [
@@ -147,7 +147,7 @@ def write_json_atomic(path: str, doc: Any) -> None:
 
 
 def read_json_file(path: str, what: str) -> Any:
-    """A JSON file's content, or None (missing, unreadable or not strict JSON: logged)."""
+    """A JSON file's content, or None (missing, unreadable or not JSON: logged)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -157,7 +157,9 @@ def read_json_file(path: str, what: str) -> Any:
         log.error("health cannot read %s path=%s error=%s", what, path, json.dumps(str(e)))
         return None
     try:
-        return strictjson.loads(data or b"null")
+        # Not strictjson: one NaN must not cost the file's good entries. Every
+        # value read from here is checked (check_drain refuses a NaN `at`).
+        return json.loads(data or b"null")
     except (ValueError, RecursionError) as e:
         log.error("health %s is not valid JSON, ignored path=%s error=%s", what, path, json.dumps(str(e)))
         return None

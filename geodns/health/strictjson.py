@@ -1,9 +1,11 @@
-"""JSON in from outside (peer messages, admin API bodies, saved state): strict.
+"""JSON in from outside (peer messages, admin API bodies, the admin state file): strict.
 
 Python's `json.loads` accepts `NaN`, `Infinity` and `-Infinity`, which are not
 JSON (RFC 8259 section 6) and, as timestamps, poison every comparison they
 reach. Every JSON entry point of the health and drain code goes through
-`loads`, which refuses them. Finite numbers too large for a float (`1e400`)
+`loads`, which refuses them. (The node's own saved files, drains.json and
+state.json, are parsed permissively and checked entry by entry, so that one
+NaN drops one entry, not the file: `geodns.health.drains.read_json_file`.) Finite numbers too large for a float (`1e400`)
 parse as infinity, so they are refused the same way.
 """
 

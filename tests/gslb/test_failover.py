@@ -45,11 +45,11 @@ class Backend:
         await self.runner.cleanup()
 
 
-def zone_text(east: Backend, west: Backend) -> str:
+def zone_text(east: Backend, west: Backend, interval: float = INTERVAL, timeout: float = 0.25) -> str:
     def check(b: Backend) -> str:
         return (
-            f"{{type: http, host: {b.host}, port: {b.port}, path: /health, interval: {INTERVAL},"
-            f" timeout: 0.25, fall: {FALL}, rise: {RISE}, jitter: 0.05}}"
+            f"{{type: http, host: {b.host}, port: {b.port}, path: /health, interval: {interval},"
+            f" timeout: {timeout}, fall: {FALL}, rise: {RISE}, jitter: 0.05}}"
         )
 
     return f"""
@@ -123,6 +123,33 @@ async def test_region_failover_and_drain_reach_every_node(tmp_path: Path) -> Non
             await all_answer(nodes, ["192.0.2.10"], 5)
         for node in nodes:
             assert node.proc.poll() is None, f"{node.name} exited"
+    finally:
+        for node in nodes:
+            node.stop()
+        await west.stop()
+        if east.runner is not None:
+            await east.runner.cleanup()
+
+
+async def test_failover_at_a_one_second_interval_moves_every_node_within_five_seconds(tmp_path: Path) -> None:
+    """Production-like timing: 1 s probes, 1 s exchange, signed per-node messages."""
+    east, west = Backend("127.0.0.63"), Backend("127.0.0.64")
+    await east.start()
+    await west.start()
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "z.yaml").write_text(zone_text(east, west, interval=1.0, timeout=0.5))
+    nodes = make_cluster(tmp_path, ["n1", "n2", "n3"], 141, exchange_interval=1.0)
+    try:
+        for node in nodes:
+            node.start(zones, TOKEN)
+        await all_answer(nodes, ["192.0.2.10"], 15)
+        await asyncio.sleep(1.0)
+        await east.stop()
+        down = await all_answer(nodes, ["192.0.2.20"], 10)
+        print(f"\n1 s interval: us-east down -> gone from all 3 nodes in {down:.2f}s "
+              f"(fall {FALL} x 1 s + exchange 1 s + timeout 0.5 s = {FALL + 1.5:.1f}s)")
+        assert down < 5.0
     finally:
         for node in nodes:
             node.stop()

@@ -1,0 +1,190 @@
+"""Attacks on the peer exchange, against three real `geodns serve` nodes.
+
+The attacker holds n3's key (valid credentials: a stolen agent key, a
+compromised node). It cannot speak for n1 or n2, cannot forge their drains,
+and cannot poison a node with a drain from the far future: every node keeps
+deciding, and a node restarted over a poisoned drains.json starts cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from geodns.health import keys
+from geodns.health.drains import drain_to_json, sign_drain
+from geodns.health.peers import CONTENT_TYPE, OBSERVATIONS_PATH, Verifier, encode
+from geodns.health.quorum import Drain
+
+from .cluster import make_cluster, wait_port
+from .test_failover import TOKEN, Backend, all_answer, zone_text
+
+pytestmark = pytest.mark.slow
+
+EAST, WEST = ["192.0.2.10"], ["192.0.2.20"]
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def cluster(tmp_path: Path, first_host: int, backend_hosts: tuple[str, str]):
+    east, west = Backend(backend_hosts[0]), Backend(backend_hosts[1])
+    await east.start()
+    await west.start()
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "z.yaml").write_text(zone_text(east, west))
+    nodes = make_cluster(tmp_path, ["n1", "n2", "n3"], first_host)
+    for node in nodes:
+        node.start(zones, TOKEN)
+    await all_answer(nodes, EAST, 15)
+    return nodes, zones, east, west
+
+
+def attacker(nodes) -> Verifier:
+    """What whoever stole n3's key file can sign."""
+    n3 = nodes[2]
+    key, _ = keys.load_private_key(str(n3.dir / "n3.key"))
+    return Verifier("n3", key, {})
+
+
+def as_claimed(signer: Verifier, name: str) -> Verifier:
+    """The same key, claiming another node's name."""
+    return Verifier(name, signer.key, {})
+
+
+def forged_message(node: str, state: str, targets: list[str], drains=()) -> dict:
+    return {"v": 2, "node": node, "sent_at": time.time(), "details": ["forged"],
+            "views": [[state, -9000, 60000, -100, 0, targets]], "drains": list(drains)}
+
+
+async def send(http: aiohttp.ClientSession, node, signer: Verifier, message: dict) -> tuple[int, str]:
+    body = encode(message)
+    headers = {**signer.sign("push", node.name, body), "Content-Type": CONTENT_TYPE}
+    async with http.post(f"http://{node.admin}{OBSERVATIONS_PATH}", data=body, headers=headers) as r:
+        return r.status, (await r.read()).decode("latin-1")
+
+
+def metric(node, name: str, labels: dict[str, str]) -> float:
+    req = urllib.request.Request(f"http://{node.admin}/metrics", headers=AUTH)
+    with urllib.request.urlopen(req, timeout=5) as r:
+        text = r.read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            inner = line[len(name) + 1:line.index("}")]
+            if ",".join(sorted(inner.split(","))) == want:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def stop_all(nodes, east: Backend, west: Backend) -> None:
+    for node in nodes:
+        node.stop()
+    await west.stop()
+    if east.runner is not None:
+        await east.runner.cleanup()
+
+
+async def test_a_node_with_valid_credentials_cannot_speak_for_another(tmp_path: Path) -> None:
+    nodes, _, east, west = await cluster(tmp_path, 151, ("127.0.0.161", "127.0.0.162"))
+    n1, n2, _ = nodes
+    targets = ["us-east/192.0.2.10"]
+    n3 = attacker(nodes)
+    try:
+        async with aiohttp.ClientSession() as http:
+            forged_drain = drain_to_json(sign_drain(Drain("us-east", True, "forged", time.time(), "n2"), n3.key))
+            deadline = time.monotonic() + 3.0
+            answers = []
+            while time.monotonic() < deadline:
+                for victim in (n1, n2):
+                    # n3's signature over a body that says n2: refused, whoever it names.
+                    status, text = await send(http, victim, n3, forged_message("n2", "down", targets))
+                    assert status == 400 and "malformed" in text, text
+                    # n3's key, claiming to be n1 or n2 in the signed headers: refused.
+                    for name in ("n1", "n2"):
+                        if name != victim.name:
+                            status, text = await send(http, victim, as_claimed(n3, name),
+                                                      forged_message(name, "down", targets))
+                            assert status == 401 and "bad_signature" in text, text
+                    # A drain in n2's name, signed with n3's key, relayed by n3: dropped.
+                    status, _ = await send(http, victim, n3, {**forged_message("n3", "up", []), "views": None,
+                                                              "drains": [forged_drain]})
+                    assert status == 200
+                answers.append({n.name: await asyncio.to_thread(n.ask, "www.gslb.example.test") for n in nodes})
+                await asyncio.sleep(0.1)
+        # The forged views never reached a quorum: every node kept answering us-east.
+        assert all(a == {"n1": EAST, "n2": EAST, "n3": EAST} for a in answers), answers
+        for victim in (n1, n2):
+            assert metric(victim, "geodns_peer_messages_rejected_total", {"reason": "malformed", "peer": "n3"}) >= 5
+            assert metric(victim, "geodns_peer_messages_rejected_total", {"reason": "bad_drain", "peer": "n3"}) >= 5
+            other = "n2" if victim is n1 else "n1"
+            assert metric(victim, "geodns_peer_messages_rejected_total",
+                          {"reason": "bad_signature", "peer": other}) >= 5
+            log = (victim.dir / "serve.log").read_text()
+            # Logged once for the minute per claimed name, however many came.
+            assert log.count(f"peer message refused claimed={other} ") == 1, log[-3000:]
+            assert log.count("peer message refused claimed=n3 ") == 1
+        # /v1/health is not for whoever can connect; the admin token reads it.
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://{n1.admin}/v1/health") as r:
+                assert r.status == 401
+            async with http.get(f"http://{n1.admin}/v1/health", headers=AUTH) as r:
+                doc = await r.json()
+        assert doc["node"] == "n1" and not doc["drains"]
+        cause = doc["verdicts"]["us-east/192.0.2.10"]["cause"]
+        assert cause.startswith("0/3 observers say down"), cause
+    finally:
+        await stop_all(nodes, east, west)
+
+
+async def test_poisoned_drains_are_refused_and_every_node_keeps_deciding_and_restarts(tmp_path: Path) -> None:
+    nodes, zones, east, west = await cluster(tmp_path, 171, ("127.0.0.181", "127.0.0.182"))
+    n1, n2, _ = nodes
+    n3 = attacker(nodes)
+    try:
+        async with aiohttp.ClientSession() as http:
+            # Signed by n3 itself (valid credentials), but from the far future.
+            far = drain_to_json(sign_drain(Drain("us-west", True, "poison", 1e300, "n3"), n3.key))
+            soon = drain_to_json(sign_drain(Drain("us-west", True, "poison", time.time() + 3600, "n3"), n3.key))
+            for victim in (n1, n2):
+                status, _ = await send(http, victim, n3, {**forged_message("n3", "up", []), "views": None,
+                                                          "drains": [far, soon]})
+                assert status == 200
+            # The admin API refuses NaN and an unbounded reason, and changes nothing.
+            url = f"http://{n1.admin}/v1/drain"
+            for body in (b'{"target": "us-west", "reason": NaN}', b'{"target": "us-west", "at": Infinity}',
+                         json.dumps({"target": "us-west", "reason": "r" * 5000}).encode()):
+                async with http.post(url, data=body, headers={**AUTH, "Content-Type": "application/json"}) as r:
+                    assert r.status == 400, await r.text()
+        for node in nodes:
+            assert metric(node, "geodns_verdict_forced", {"target": "us-west"}) == 0
+        # Every node keeps deciding: us-east dies, all of them move to us-west.
+        await east.stop()
+        moved = await all_answer(nodes, WEST, 10)
+        print(f"\nafter the poisoned drains, us-east down -> all 3 nodes moved in {moved:.2f}s")
+
+        # n1 restarts over a poisoned drains.json and admin state file: it starts.
+        n1.stop()
+        state = n1.dir / "state"
+        (state / "drains.json").write_text(
+            '{"drains": [{"target": "us-west", "active": true, "reason": "x", "at": 1e300, "by": "n1"},'
+            ' {"target": "us-west", "active": true, "reason": "x", "at": NaN, "by": "n2"},'
+            ' {"target": "us-west", "active": true, "reason": "x", "at": 1764000000.0, "by": "n2"},'
+            ' "not a drain", {"target": 7}]}')
+        (n1.dir / "admin.json").write_text('{"drains": {"us-west": 12}, "down": "us-west"}')
+        n1.start(zones, TOKEN)
+        wait_port(n1.host, n1.dns_port)
+        await all_answer(nodes, WEST, 10)
+        log = (n1.dir / "serve.log").read_text()
+        assert log.count("health drain dropped from disk") >= 4, log[-3000:]
+        assert n1.proc.poll() is None
+        await east.start()
+        back = await all_answer(nodes, EAST, 20)
+        print(f"us-east back -> all 3 nodes answer it again after {back:.2f}s")
+    finally:
+        await stop_all(nodes, east, west)
