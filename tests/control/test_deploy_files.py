@@ -11,6 +11,7 @@ import yaml
 
 from geodns.cli import build_parser
 from geodns.control.controller import load_config
+from geodns.control.cookie_settings import COOKIE_KEYS, load_cookie_secrets
 from geodns.health.settings import load_node_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,19 +128,22 @@ def test_compose_runs_three_regions_with_backends(tmp_path: Path) -> None:
         assert [str(e.address) for e in region.endpoints] == [ips[f"backend-{name}"]]
         assert region.check is not None
     assert sorted(str(a) for ns in zone.nameservers for a in ns.glue) == sorted(ips[n] for n in nodes)
+    cookie_secrets: set[bytes] = set()
     for name, service in nodes.items():
         region = name.removeprefix("geodns-")
         serve_args(service["command"])
         node_file = service["command"][service["command"].index("--node") + 1]
         local = DEPLOY / "compose" / "nodes" / Path(node_file).name
-        settings = load_node_settings(str(local))
+        settings = load_node_settings(str(local), extra_keys=COOKIE_KEYS)
         assert settings.name == region
+        cookie_secrets.add(load_cookie_secrets(str(local)).current)
         assert {p.url for p in settings.peers} == {f"http://{ips[n]}:8053" for n in nodes if n != name}
         assert set(service["depends_on"]) == set(backends)
         assert any(v.startswith("./zones:/etc/geodns/zones") for v in service["volumes"])
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
         udp = [p for p in service["ports"] if p.endswith("/udp")]
         assert udp and all(p.startswith("127.0.0.1:") for p in service["ports"])
+    assert len(cookie_secrets) == 1, "every node shares one DNS cookie secret"
 
 
 def test_kubernetes_manifest(tmp_path: Path) -> None:
