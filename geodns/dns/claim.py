@@ -49,15 +49,18 @@ def claim(listens: Iterable[_Address]) -> list[socket.socket]:
     """Claim every address (see the module doc); returns the lock sockets, to keep open while
     serving (close them to release). Raises AddressInUse and holds nothing when one is taken."""
     held: list[socket.socket] = []
+    names: set[str] = set()
     try:
         for listen in listens:
-            if listen.port == 0:
+            name = lock_name(listen.host, listen.port)
+            if listen.port == 0 or name in names:  # any free port; or the same address twice
                 continue
+            names.add(name)
             where = _where(listen.host, listen.port)
             lock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             held.append(lock)
             try:
-                lock.bind(lock_name(listen.host, listen.port))
+                lock.bind(name)
             except OSError:
                 raise AddressInUse(
                     f"{where} is already served by another geodns serve on this host; stop it first "

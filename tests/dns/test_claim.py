@@ -53,3 +53,13 @@ def test_an_address_another_process_serves_is_refused(kind):
 
 def test_port_0_is_not_claimed():
     assert claim([Listen(HOST, 0)]) == []
+
+
+def test_an_address_given_twice_is_claimed_once():
+    port = free_port(HOST)
+    held = claim([Listen(HOST, port), Listen(HOST, port)])
+    try:
+        assert len(held) == 1
+    finally:
+        for sock in held:
+            sock.close()
