@@ -331,3 +331,19 @@ def test_notimp_for_other_opcodes_echoes_no_rd_or_cd():
     # A QUERY keeps its RD and CD
     response = answer(snap, query(flags=0x0110), "192.0.2.1", True, Stats())
     assert struct.unpack_from("!H", response, 2)[0] & 0x0110 == 0x0110
+
+
+def test_notimp_is_decided_by_the_full_parser_for_both_scanners():
+    """Neither scanner takes a message with an opcode (C and Python alike return None), so the
+    full parser names it NotImp, and `error_response` drops RD and CD for it."""
+    from geodns.dns.wire import NotImp, error_response
+
+    for opcode in (1, 2, 4, 5, 15):
+        data = query(flags=opcode << 11 | 0x0110)
+        assert scan_common(data) is None
+        if c_scan is not None:
+            assert c_scan(data) is None
+        with pytest.raises(NotImp) as caught:
+            parse_query_full(data)
+        (flags,) = struct.unpack_from("!H", error_response(caught.value), 2)
+        assert flags & 0xF == 4 and (flags >> 11) & 0xF == opcode and not flags & 0x0110
