@@ -176,8 +176,8 @@ def parse_query(data: bytes) -> Query:
     """Parse a query. Raises Ignore (drop it), or a WireError (answer with its rcode).
 
     The shape nearly every resolver sends (one question, nothing or one OPT
-    record holding nothing or one well-formed ECS option, no trailing bytes) is
-    read in one pass, in C where `geodns.dns._scan` is built; anything else,
+    record holding at most one well-formed ECS option and one COOKIE option of
+    a valid length, no trailing bytes) is read in one pass, in C where `geodns.dns._scan` is built; anything else,
     valid or not, goes to the full parser, which decides and names every error.
     tests/dns/test_hotpath.py checks the three agree.
     """
