@@ -236,20 +236,12 @@ class Controller:
 
     def check_files(self) -> None:
         """Pick up a replaced GeoIP file and a changed admin state file."""
-        if self.geo is not None and self.geo.changed():
-            current = _file_identity(self.geoip_path)
-            if current is not None and current != self._refused_geo:
-                try:
-                    geo = GeoDatabase(self.geoip_path)
-                except GeoDatabaseError as exc:
-                    # Remember the bad file so that we do not retry it every second; the reader
-                    # keeps its own identity, which workers compare against.
-                    self._refused_geo = current
-                    log.error("geoip file replaced but unreadable, keeping the old one: %s", exc)
-                else:
-                    self.geo = geo
-                    snapshot = self.publish()
-                    log.info("geoip reopened path=%s build_epoch=%d generation=%d", geo.path, geo.build_epoch, snapshot.generation)
+        current = self._replaced_geo()
+        if current is not None:
+            self._take_geo(current, _open_geo_file(self.geoip_path))
+        self._check_state_file()
+
+    def _check_state_file(self) -> None:
         mtime = _mtime(self.state_path)
         if mtime != self._state_mtime:
             self._state_mtime = mtime
@@ -263,13 +255,44 @@ class Controller:
                 snapshot = self.publish()
                 log.info("admin state changed targets=%s generation=%d", sorted(admin), snapshot.generation)
 
+    def _replaced_geo(self):
+        """The identity of a replaced GeoIP file to open, or None (unchanged, or refused already)."""
+        if self.geo is not None and self.geo.changed():
+            current = _file_identity(self.geoip_path)
+            if current is not None and current != self._refused_geo:
+                return current
+        return None
+
+    def _take_geo(self, current, opened: GeoDatabase | GeoDatabaseError) -> None:
+        if isinstance(opened, GeoDatabaseError):
+            # Remember the bad file so that we do not retry it every second; the reader
+            # keeps its own identity, which workers compare against.
+            self._refused_geo = current
+            log.error("geoip file replaced but unreadable, keeping the old one: %s", opened)
+        else:
+            self.geo = opened
+            snapshot = self.publish()
+            log.info("geoip reopened path=%s build_epoch=%d generation=%d", opened.path, opened.build_epoch, snapshot.generation)
+
     async def watch(self, interval: float = 1.0) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
-                self.check_files()
+                current = self._replaced_geo()
+                if current is not None:
+                    # Copying and checking a new file takes up to a second (the full city
+                    # file): in a thread, so that answers served by this loop do not pause.
+                    self._take_geo(current, await asyncio.to_thread(_open_geo_file, self.geoip_path))
+                self._check_state_file()
             except Exception:  # noqa: BLE001 - keep watching whatever happens
                 log.exception("file watch failed")
+
+
+def _open_geo_file(path: str) -> GeoDatabase | GeoDatabaseError:
+    try:
+        return GeoDatabase(path)
+    except GeoDatabaseError as exc:
+        return exc
 
 
 def _mtime(path: str | None) -> float | None:

@@ -12,6 +12,7 @@
  *   Tree.find(packed: bytes) -> (value | None, prefix)
  *   Tree.record(value) -> the decoded record (dict, as maxminddb returns it)
  *   Tree.place(value) -> the fields of its Location, or None (see below)
+ *   Tree.verify() -> None, or ValueError: every record the tree points to decodes
  *
  * `packed` is an address in network byte order, 4 or 16 bytes. An IPv4
  * address in an IPv6 tree is looked up under ::/96, its prefix counted in IPv4
@@ -636,6 +637,257 @@ Tree_place(Tree *self, PyObject *arg)
     return Py_BuildValue("(NNNNNNN)", f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
 }
 
+/* ---- Checking the whole file once, at open ----
+ *
+ * `verify` walks every node and checks every record a node points to, as
+ * `record` would decode it (types, sizes, bounds, UTF-8, string map keys,
+ * nesting), without building anything: a corrupt file is refused when it is
+ * opened, not discovered one client at a time. A value checked once (a record,
+ * or the shared map a pointer leads to) is remembered in a bitmap over the data
+ * section and not checked again, so the cost is one pass over the tree and one
+ * over the data: about 0.1 s for the 135 MB DB-IP city file.
+ */
+static int check_at(const Section *s, Py_ssize_t *pos, int depth, unsigned char *seen);
+
+static int
+seen_bit(const unsigned char *seen, Py_ssize_t pos)
+{
+    return (seen[pos >> 3] >> (pos & 7)) & 1;
+}
+
+/* Strict UTF-8, as Python's decoder takes it: no overlongs, no surrogates, nothing past U+10FFFF. */
+static int
+utf8_ok(const unsigned char *p, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    while (i < n) {
+        unsigned char c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        int len;
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF)
+            len = 2;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            len = 3;
+            if (c == 0xE0)
+                lo = 0xA0;
+            else if (c == 0xED)
+                hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4;
+            if (c == 0xF0)
+                lo = 0x90;
+            else if (c == 0xF4)
+                hi = 0x8F;
+        } else
+            return 0;
+        if (n - i < len || p[i + 1] < lo || p[i + 1] > hi)
+            return 0;
+        for (int k = 2; k < len; k++)
+            if ((p[i + k] & 0xC0) != 0x80)
+                return 0;
+        i += len;
+    }
+    return 1;
+}
+
+static int
+corrupt(const char *what, Py_ssize_t pos)
+{
+    PyErr_Format(PyExc_ValueError, "%s at data offset %zd", what, pos);
+    return -1;
+}
+
+/* The value at `*pos` (a map key when `key`): check it, and move `*pos` past it. */
+static int
+check_value(const Section *s, Py_ssize_t *pos, int depth, unsigned char *seen, int key)
+{
+    if (depth > MAX_DEPTH)
+        return corrupt("record nested too deeply", *pos);
+    if (need(s, *pos, 1) < 0)
+        return -1;
+    if (is_pointer(s, *pos)) {
+        Py_ssize_t there;
+        if (pointer_at(s, pos, &there) < 0)
+            return -1;
+        if (key) { /* a key must be a string, wherever it is */
+            Py_ssize_t at = there, size;
+            int type;
+            if (head_at(s, &at, &type, &size) < 0)
+                return -1;
+            if (type != 2)
+                return corrupt("map key is not a string", there);
+        }
+        if (seen_bit(seen, there))
+            return 0;
+        if (check_at(s, &there, depth + 1, seen) < 0)
+            return -1;
+        return 0;
+    }
+    if (key) {
+        Py_ssize_t at = *pos, size;
+        int type;
+        if (head_at(s, &at, &type, &size) < 0)
+            return -1;
+        if (type != 2)
+            return corrupt("map key is not a string", *pos);
+    }
+    return check_at(s, pos, depth, seen);
+}
+
+/* The (non-pointer, or pointer-target) value at `*pos`, as decode_at would decode it. */
+static int
+check_at(const Section *s, Py_ssize_t *pos, int depth, unsigned char *seen)
+{
+    const Py_ssize_t start = *pos;
+    if (depth > MAX_DEPTH)
+        return corrupt("record nested too deeply", start);
+    if (need(s, *pos, 1) < 0)
+        return -1;
+    if (is_pointer(s, *pos)) { /* a pointer to a pointer: decode_at follows it, so do we */
+        Py_ssize_t there;
+        if (pointer_at(s, pos, &there) < 0)
+            return -1;
+        return seen_bit(seen, there) ? 0 : check_at(s, &there, depth + 1, seen);
+    }
+    int type;
+    Py_ssize_t size;
+    if (head_at(s, pos, &type, &size) < 0)
+        return -1;
+    switch (type) {
+    case 2: /* string */
+        if (need(s, *pos, size) < 0)
+            return -1;
+        if (!utf8_ok(s->data + *pos, size))
+            return corrupt("string is not UTF-8", start);
+        break;
+    case 4: /* bytes */
+        if (need(s, *pos, size) < 0)
+            return -1;
+        break;
+    case 3: /* double */
+        if (size != 8)
+            return corrupt("double of the wrong size", start);
+        if (need(s, *pos, 8) < 0)
+            return -1;
+        break;
+    case 15: /* float */
+        if (size != 4)
+            return corrupt("float of the wrong size", start);
+        if (need(s, *pos, 4) < 0)
+            return -1;
+        break;
+    case 5: case 6: case 9: case 10: { /* unsigned ints: 2, 4, 8, 16 bytes at most */
+        Py_ssize_t max = type == 5 ? 2 : type == 6 ? 4 : type == 9 ? 8 : 16;
+        if (size > max)
+            return corrupt("integer too long", start);
+        if (need(s, *pos, size) < 0)
+            return -1;
+        break;
+    }
+    case 8: /* int32 */
+        if (size > 4)
+            return corrupt("int32 too long", start);
+        if (need(s, *pos, size) < 0)
+            return -1;
+        break;
+    case 14: /* boolean: the value is the size */
+        if (size > 1)
+            return corrupt("boolean larger than 1", start);
+        size = 0;
+        break;
+    case 7: /* map */
+    case 11: /* array */
+        if ((type == 7 ? 2 * size : size) > s->size)
+            return corrupt("container longer than the data section", start);
+        for (Py_ssize_t i = 0; i < size; i++) {
+            if (type == 7 && check_value(s, pos, depth + 1, seen, 1) < 0)
+                return -1;
+            if (check_value(s, pos, depth + 1, seen, 0) < 0)
+                return -1;
+        }
+        size = 0;
+        break;
+    default:
+        PyErr_Format(PyExc_ValueError, "unknown data type %d at data offset %zd", type, start);
+        return -1;
+    }
+    *pos += size;
+    seen[start >> 3] |= (unsigned char)(1 << (start & 7));
+    return 0;
+}
+
+static PyObject *
+Tree_verify(Tree *self, PyObject *Py_UNUSED(ignored))
+{
+    const unsigned char *tree = self->buf.buf;
+    const uint64_t node_bytes = (uint64_t)self->record_size / 4;
+    const uint64_t tree_size = self->node_count * node_bytes;
+    if (tree_size + 16 > (uint64_t)self->buf.len) {
+        PyErr_SetString(PyExc_ValueError, "no data section after the search tree");
+        return NULL;
+    }
+    for (int i = 0; i < 16; i++)
+        if (tree[tree_size + i] != 0) {
+            PyErr_SetString(PyExc_ValueError, "the 16 bytes after the search tree are not zero");
+            return NULL;
+        }
+    Section s = {tree + tree_size + 16, (Py_ssize_t)(self->buf.len - tree_size - 16)};
+    unsigned char *seen = PyMem_Calloc((size_t)s.size / 8 + 1, 1);
+    if (seen == NULL)
+        return PyErr_NoMemory();
+    int failed = 0;
+    uint64_t last = 0; /* neighbouring networks mostly share a record: skip it without the bitmap */
+    /* The walk over the nodes runs without the GIL (a thread of the control plane may check
+     * a new file while the event loop goes on); checking a record takes it back, since the
+     * checks raise as they go. The buffer stays put: our caller holds this Tree. */
+    Py_BEGIN_ALLOW_THREADS
+    for (uint64_t node = 0; node < self->node_count && !failed; node++) {
+        for (int bit = 0; bit < 2; bit++) {
+            const unsigned char *p = tree + node * node_bytes;
+            uint64_t value;
+            if (self->record_size == 24) {
+                p += bit * 3;
+                value = ((uint64_t)p[0] << 16) | ((uint64_t)p[1] << 8) | p[2];
+            } else if (self->record_size == 28) {
+                if (bit)
+                    value = ((uint64_t)(p[3] & 0x0F) << 24) | ((uint64_t)p[4] << 16) | ((uint64_t)p[5] << 8) | p[6];
+                else
+                    value = ((uint64_t)(p[3] & 0xF0) << 20) | ((uint64_t)p[0] << 16) | ((uint64_t)p[1] << 8) | p[2];
+            } else {
+                p += bit * 4;
+                value = ((uint64_t)p[0] << 24) | ((uint64_t)p[1] << 16) | ((uint64_t)p[2] << 8) | p[3];
+            }
+            if (value <= self->node_count || value == last)
+                continue; /* another node, no data, or the record just checked */
+            last = value;
+            if (value < self->node_count + 16 || value - self->node_count - 16 >= (uint64_t)s.size) {
+                Py_BLOCK_THREADS
+                PyErr_Format(PyExc_ValueError, "node %llu points past the data section", (unsigned long long)node);
+                Py_UNBLOCK_THREADS
+                failed = 1;
+                break;
+            }
+            Py_ssize_t pos = (Py_ssize_t)(value - self->node_count - 16);
+            if (!seen_bit(seen, pos)) {
+                Py_BLOCK_THREADS
+                failed = check_at(&s, &pos, 0, seen) < 0;
+                Py_UNBLOCK_THREADS
+                if (failed)
+                    break;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_Free(seen);
+    if (failed)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 Tree_record(Tree *self, PyObject *arg)
 {
@@ -687,6 +939,7 @@ Tree_dealloc(Tree *self)
 
 static PyMethodDef Tree_methods[] = {
     {"find", (PyCFunction)Tree_find, METH_O, "find(packed) -> (record value | None, prefix length)"},
+    {"verify", (PyCFunction)Tree_verify, METH_NOARGS, "verify() -> None, or ValueError naming the first thing in the file that lookups could not decode"},
     {"record", (PyCFunction)Tree_record, METH_O, "record(value) -> the decoded record a value from find() points to"},
     {"place", (PyCFunction)Tree_place, METH_O, "place(value) -> (lat, lon, continent, country, subdivision code, its name, city) or None"},
     {NULL, NULL, 0, NULL},

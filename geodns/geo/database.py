@@ -121,12 +121,12 @@ class GeoDatabase:
         self._tree: _SearchTree | None = None
         self._opened: str | None = None
         try:
-            memory, self.identity = _immutable_copy(path)
+            memory, self.identity, checked = _immutable_copy(path)
         except OSError as exc:
             raise GeoDatabaseError(f"{path}: cannot open GeoIP database: {exc}") from None
         self._release = weakref.finalize(self, _release, memory)
         try:
-            meta = self._open(memory, walk)
+            meta = self._open(memory, walk, verify=not checked)
         except (GeoDatabaseError, *_DECODE_ERRORS) as exc:
             self.close()
             why = str(exc).replace(self._opened, path) if self._opened else str(exc)  # name the operator's file
@@ -144,8 +144,9 @@ class GeoDatabase:
             # (find runs on every query that is not a level-0 hit).
             self.find = self._tree.find
 
-    def _open(self, memory: int | bytes, walk: bool) -> Any:
-        """Read and check the metadata, then build the tree walker or keep maxminddb's reader."""
+    def _open(self, memory: int | bytes, walk: bool, verify: bool) -> Any:
+        """Read and check the metadata (and with `verify`, every record: `_tree.c`'s `verify`),
+        then keep the tree walker or maxminddb's reader."""
         if isinstance(memory, int):
             self._opened = f"/proc/self/fd/{memory}"
             self.source = f"/proc/{os.getpid()}/fd/{memory}"
@@ -158,7 +159,12 @@ class GeoDatabase:
         meta = self._reader.metadata()
         _check_metadata(meta, memory)
         self._get = self._reader.get_with_prefix_len
-        self._tree = _SearchTree.open(memory, meta) if walk else None
+        self._tree = _SearchTree.open(memory, meta)
+        if self._tree is not None and verify:
+            self._tree.verify()
+        if self._tree is not None and not walk:
+            self._tree.close()
+            self._tree = None
         if self._tree is not None:
             # One mapping of the copy per process: a second one (maxminddb's) would make
             # RSS count every page both touch twice, though they are the same pages.
@@ -274,10 +280,11 @@ def _text(packed: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
 
-def _immutable_copy(path: str) -> tuple[int | bytes, FileIdentity]:
-    """The bytes of the file at `path`, somewhere nobody can change them under us, and the
-    identity of that file: a sealed memfd (its descriptor), or the file itself when it is
-    already one (a worker opening the parent's copy), or bytes where memfds are missing."""
+def _immutable_copy(path: str) -> tuple[int | bytes, FileIdentity, bool]:
+    """The bytes of the file at `path`, somewhere nobody can change them under us; the
+    identity of that file; and whether it was checked already. A sealed memfd (its
+    descriptor), or the file itself when it is already one (a worker opening the parent's
+    copy, which the parent has checked), or bytes where memfds are missing."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     keep = False
     try:
@@ -287,9 +294,9 @@ def _immutable_copy(path: str) -> tuple[int | bytes, FileIdentity]:
         identity = FileIdentity.stat(before)
         if _sealed(fd):
             keep = True
-            return fd, identity
+            return fd, identity, True
         if not _SEALS or not hasattr(os, "memfd_create") or not os.path.isdir(f"/proc/{os.getpid()}/fd"):
-            return _read_all(fd), identity  # a copy in this process only: workers make their own
+            return _read_all(fd), identity, False  # a copy in this process only: workers make their own
         copy = os.memfd_create("geodns-geoip", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             size = _copy_all(fd, copy)
@@ -299,7 +306,7 @@ def _immutable_copy(path: str) -> tuple[int | bytes, FileIdentity]:
         except BaseException:
             os.close(copy)
             raise
-        return copy, identity
+        return copy, identity, False
     finally:
         if not keep:
             os.close(fd)
@@ -375,6 +382,8 @@ class _SearchTree:
         self.place = tree.place
         """place(value) -> the raw fields of its Location (`location_from_fields`), or None
         for a record of another shape (decode it with `record`)."""
+        self.verify = tree.verify
+        """verify() -> None, or ValueError: every record the tree points to decodes."""
 
     @classmethod
     def open(cls, memory: int | bytes, meta: Any) -> _SearchTree | None:
@@ -392,7 +401,7 @@ class _SearchTree:
         return cls(buffer, tree)
 
     def close(self) -> None:
-        self.find = self.record = self.place = self._tree = None  # releases the buffer the tree holds
+        self.find = self.record = self.place = self.verify = self._tree = None  # releases the buffer the tree holds
         if isinstance(self._buffer, mmap.mmap):
             self._buffer.close()
 

@@ -77,3 +77,35 @@ def test_serve_survives_its_geoip_file_overwritten_in_place(tmp_path: Path, work
     finally:
         node.stop()
     assert node.popen.returncode == 0, node.output()
+
+
+def test_serve_keeps_its_geoip_file_when_the_new_one_is_corrupt(tmp_path: Path) -> None:
+    geoip = tmp_path / "geoip.mmdb"
+    shutil.copy(GEOIP, geoip)
+    good = write_city_db(tmp_path / "good.mmdb", {"81.2.69.0/24": dict(lat=38.9, lon=-77.0, country="US", continent="NA", city="Reston")})
+    data = good.read_bytes()
+    bad = tmp_path / "bad.mmdb"
+    bad.write_bytes(data.replace(b"\x46Reston", b"\x46Rest\xc0\x80", 1))  # one record's string is not UTF-8
+    port = free_port(HOST)
+    argv = [sys.executable, "-m", "geodns", "serve", "--zones", str(copy_zones(tmp_path)), "--geoip", str(geoip),
+            "--listen", f"{HOST}:{port}", "--admin", "none", "--state", "none", "--workers", "2"]
+    node = spawn("geodns-corrupt", argv, tmp_path, {**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        wait_dns(HOST, port, WWW, timeout=20, proc=node)
+        assert answer(port, LONDON) == ["192.0.2.30"]
+        os.replace(shutil.copy(bad, tmp_path / "bad.tmp"), geoip)  # the atomic way, with a corrupt file
+        deadline = time.monotonic() + 10
+        while "geoip file replaced but unreadable" not in node.output():
+            assert time.monotonic() < deadline, node.output()
+            time.sleep(0.2)
+        assert "string is not UTF-8" in node.output()
+        for client in [LONDON, *CLIENTS[:20]]:
+            assert len(answer(port, client)) == 1
+        assert answer(port, LONDON) == ["192.0.2.30"]  # still the bundle
+        os.replace(shutil.copy(good, tmp_path / "good.tmp"), geoip)  # and a sound one is taken
+        while answer(port, LONDON) != ["192.0.2.10"]:
+            assert time.monotonic() < deadline + 10, node.output()
+            time.sleep(0.2)
+    finally:
+        node.stop()
+    assert node.popen.returncode == 0, node.output()
