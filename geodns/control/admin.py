@@ -328,7 +328,8 @@ def status_document(state: AdminState) -> dict[str, Any]:
     zones = []
     hashes = state.zone_store.hashes() if state.zone_store is not None else {}
     for origin, czone in sorted(snap.zones.items()):
-        zones.append({"zone": origin, "regions": sorted(czone.regions), "hash": hashes.get(origin)})
+        stale = state.zone_store.stale_peers.get(origin, []) if state.zone_store is not None else []
+        zones.append({"zone": origin, "regions": sorted(czone.regions), "hash": hashes.get(origin), "stale_peers": stale})
         for name, info in czone.regions.items():
             region = info.region
             entry = regions.setdefault(

@@ -100,7 +100,7 @@ async def _serve(
         from geodns.health.settings import NodeSettingsError, load_node_settings
 
         try:
-            settings = load_node_settings(options.node_file, extra_keys=("rrl", *COOKIE_KEYS))
+            settings = load_node_settings(options.node_file, extra_keys=("rrl", "zone_sync", *COOKIE_KEYS))
         except NodeSettingsError as exc:
             log.error("%s", exc)
             return 2
@@ -138,11 +138,19 @@ async def _serve(
         return 1
 
     admin_runner = None
+    sync = None
     admin_mod = _module("geodns.control.admin") if options.admin else None
     if admin_mod is not None:
         app = admin_mod.make_admin_app(controller, options.admin_token, stats=stats_source, health=health, hosts=options.admin_hosts)
         if health is not None:
             health.add_routes(app)
+            from geodns.control import zone_sync
+
+            try:
+                sync = zone_sync.attach(app, health, options.node_file)
+            except zone_sync.ZoneSyncSettingsError as exc:
+                log.error("not starting: %s", exc)
+                return 2
         try:
             admin_runner = await admin_mod.start_admin(app, options.admin.host, options.admin.port)
         except OSError as exc:
@@ -150,6 +158,8 @@ async def _serve(
             return 1
     if health is not None:
         await health.start()
+    if sync is not None:
+        await sync.start()
 
     def on_hup() -> None:
         with contextlib.suppress(ReloadFailed):
@@ -182,6 +192,8 @@ async def _serve(
     log.info("stopping")
     watcher.cancel()
     capacity_task.cancel()
+    if sync is not None:
+        await sync.stop()
     if health is not None:
         await health.stop()
     if admin_runner is not None:

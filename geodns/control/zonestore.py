@@ -185,6 +185,8 @@ class ZoneStore:
         """Zone -> where its current version came from, when not from a file at start."""
         self.listeners: list[Callable[[ZoneChange], None]] = []
         self._hashes: tuple[Config | None, dict[str, str]] = (None, {})
+        self.stale_peers: dict[str, list[str]] = {}
+        """Zone -> peers that have served another version of it for too long (zone sync sets it)."""
 
     @property
     def directory(self) -> Path | None:
