@@ -655,14 +655,12 @@ def mutate_mmdb(rng: random.Random, base: bytes) -> bytes:
     data = bytearray(base)
     meta_at = base.rfind(METADATA_MARKER)
     for _ in range(rng.randrange(1, 8)):
-        where = rng.random()
-        if where < 0.15 and meta_at > 0:  # the metadata
-            i = rng.randrange(meta_at, len(data)) if meta_at < len(data) else len(data) - 1
-        elif data:
-            i = rng.randrange(len(data))
-        else:
+        if not data:
             break
-        i = min(i, len(data) - 1)
+        if rng.random() < 0.15 and 0 < meta_at < len(data):  # the metadata
+            i = rng.randrange(meta_at, len(data))
+        else:
+            i = rng.randrange(len(data))
         op = rng.randrange(8)
         if op == 0:
             data[i] ^= 1 << rng.randrange(8)
