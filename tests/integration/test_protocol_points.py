@@ -99,10 +99,16 @@ def test_random_query_types_make_a_bounded_set_of_series(tmp_path):
         # Workers push their counters once a second: wait until every query is counted.
         deadline = time.monotonic() + 15
         while True:
-            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
-                f"http://{host}:{admin_port}/metrics", timeout=10
-            ) as response:
-                text = response.read().decode()
+            try:  # the admin app starts after the workers answer: it may not listen yet
+                with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                    f"http://{host}:{admin_port}/metrics", timeout=10
+                ) as response:
+                    text = response.read().decode()
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+                continue
             counted = sum(float(n) for n in re.findall(r"^geodns_queries_total\{.*\} (\S+)$", text, re.M))
             if counted >= 2 * len(qtypes) or time.monotonic() > deadline:
                 break
