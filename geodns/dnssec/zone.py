@@ -217,7 +217,7 @@ class ZoneSigner:
         authority = list(res.authority)
         rcode = int(res.rcode)
         referral = not res.aa and not rcode and authority and authority[0].rtype == _NS
-        signed_answer = self._sign_section(answer, now, renew)
+        signed_answer = self._sign_section(answer, now, renew, wildcards=True)
         nsecs: list[RR] = []
         for rr in answer:
             if rr.rtype == RRSIG:
@@ -270,14 +270,16 @@ class ZoneSigner:
         rdata = denial.nsec_rdata(denial.after_subtree(wire), set())
         return [RR(_label_of_wire(owner), NSEC, ttl=self._negative_ttl(), rdata=RD(rdata))]
 
-    def _sign_section(self, rrs: list[RR], now: float, renew: list[float]) -> list[RR]:
-        """The RRs with an RRSIG after each RRset (consecutive RRs of one owner and type)."""
+    def _sign_section(self, rrs: list[RR], now: float, renew: list[float], wildcards: bool = False) -> list[RR]:
+        """The RRs with an RRSIG after each RRset of one owner and type. With `wildcards` (the
+        answer section), an RRset synthesized from a wildcard is signed with the wildcard's
+        label count; the NSECs made here are never synthesized, whatever their owner."""
         out: list[RR] = []
         for group in _rrsets(rrs):
             out.extend(group)
             first = group[0]
             owner = _wire(first.rname)
-            labels = self.wildcard_labels(name_of(owner))
+            labels = self.wildcard_labels(name_of(owner)) if wildcards else None
             count = labels if labels is not None else _label_count(owner)
             rdatas = [canonical_rdata(rr) for rr in group]
             sigs, renew_at = self.signatures.rrsigs(self.signers, owner, first.rtype, first.ttl, rdatas, count, now)

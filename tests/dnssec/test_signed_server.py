@@ -174,6 +174,8 @@ def test_cname_chain_and_wildcard(server, keyring) -> None:
     assert sig[0].labels == 4  # cdn.gslb.example.test: the wildcard's, not the query name's 5
     nsec = next(r for r in reply.authority if r.rdtype == dns.rdatatype.NSEC)
     assert validated(reply, keyring) == [(f"x.cdn.{ZONE}.", "A"), (nsec.name.to_text(), "NSEC")]
+    nsec_sig = next(r for r in reply.authority if r.rdtype == dns.rdatatype.RRSIG and r.name == nsec.name)
+    assert nsec_sig[0].labels == 5  # the NSEC is not synthesized: its owner's own label count
     # The NSEC proves x.cdn itself does not exist: it covers it, and nothing else of the zone.
     assert nsec.name < dns.name.from_text(f"x.cdn.{ZONE}.") < nsec[0].next
     assert nsec[0].next == dns.name.from_text(f"x\\000.cdn.{ZONE}.")  # after x.cdn and anything below it
@@ -257,8 +259,12 @@ def test_metrics_report_signature_expiry(tmp_path: Path) -> None:
         assert udp(srv, make(f"www.{ZONE}.", "A", do=True, subnet="81.2.69.0/24")).answer
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + 10
-        while True:  # workers push their counters about once a second
-            text = opener.open(f"http://{admin}:{admin_port}/metrics", timeout=5).read().decode()
+        text, found = "", None
+        while True:  # the admin port may come up after DNS; workers push counters once a second
+            try:
+                text = opener.open(f"http://{admin}:{admin_port}/metrics", timeout=5).read().decode()
+            except OSError:
+                text = ""
             found = re.search(r'^geodns_dnssec_signature_expiry_seconds\{zone="gslb.example.test"\} (\S+)$', text, re.M)
             if found or time.monotonic() > deadline:
                 break
