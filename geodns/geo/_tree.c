@@ -40,29 +40,30 @@ typedef struct {
     int ipv4_start_depth;
 } Tree;
 
+/* Record `bit` (0 left, 1 right) of node `node`: another node, "no data" (node_count), or data. */
+static inline uint32_t
+record_of(const Tree *t, uint64_t node, int bit)
+{
+    const unsigned char *p = (const unsigned char *)t->buf.buf + node * ((uint64_t)t->record_size / 4);
+    if (t->record_size == 24) {
+        p += bit * 3;
+        return ((uint32_t)p[0] << 16) | ((uint32_t)p[1] << 8) | p[2];
+    }
+    if (t->record_size == 28) {
+        if (bit)
+            return ((uint32_t)(p[3] & 0x0F) << 24) | ((uint32_t)p[4] << 16) | ((uint32_t)p[5] << 8) | p[6];
+        return ((uint32_t)(p[3] & 0xF0) << 20) | ((uint32_t)p[0] << 16) | ((uint32_t)p[1] << 8) | p[2];
+    }
+    p += bit * 4;
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
 static uint64_t
 walk(const Tree *t, uint64_t node, const unsigned char *ip, int bits, int *depth_out)
 {
-    const unsigned char *tree = t->buf.buf;
-    const uint64_t node_bytes = (uint64_t)t->record_size / 4;
     int depth = 0;
     while (depth < bits && node < t->node_count) {
-        const unsigned char *p = tree + node * node_bytes;
-        int bit = (ip[depth >> 3] >> (7 - (depth & 7))) & 1;
-        uint32_t value;
-        if (t->record_size == 24) {
-            p += bit * 3;
-            value = ((uint32_t)p[0] << 16) | ((uint32_t)p[1] << 8) | p[2];
-        } else if (t->record_size == 28) {
-            if (bit)
-                value = ((uint32_t)(p[3] & 0x0F) << 24) | ((uint32_t)p[4] << 16) | ((uint32_t)p[5] << 8) | p[6];
-            else
-                value = ((uint32_t)(p[3] & 0xF0) << 20) | ((uint32_t)p[0] << 16) | ((uint32_t)p[1] << 8) | p[2];
-        } else {
-            p += bit * 4;
-            value = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-        }
-        node = value;
+        node = record_of(t, node, (ip[depth >> 3] >> (7 - (depth & 7))) & 1);
         depth++;
     }
     *depth_out = depth;
@@ -764,35 +765,23 @@ check_at(const Section *s, Py_ssize_t *pos, int depth, unsigned char *seen)
         if (!utf8_ok(s->data + *pos, size))
             return corrupt("string is not UTF-8", start);
         break;
-    case 4: /* bytes */
-        if (need(s, *pos, size) < 0)
-            return -1;
+    case 4: /* bytes: any size the section holds (checked below) */
         break;
     case 3: /* double */
         if (size != 8)
             return corrupt("double of the wrong size", start);
-        if (need(s, *pos, 8) < 0)
-            return -1;
         break;
     case 15: /* float */
         if (size != 4)
             return corrupt("float of the wrong size", start);
-        if (need(s, *pos, 4) < 0)
-            return -1;
         break;
-    case 5: case 6: case 9: case 10: { /* unsigned ints: 2, 4, 8, 16 bytes at most */
-        Py_ssize_t max = type == 5 ? 2 : type == 6 ? 4 : type == 9 ? 8 : 16;
-        if (size > max)
+    case 5: case 6: case 9: case 10: /* unsigned ints: 2, 4, 8, 16 bytes at most */
+        if (size > (type == 5 ? 2 : type == 6 ? 4 : type == 9 ? 8 : 16))
             return corrupt("integer too long", start);
-        if (need(s, *pos, size) < 0)
-            return -1;
         break;
-    }
     case 8: /* int32 */
         if (size > 4)
             return corrupt("int32 too long", start);
-        if (need(s, *pos, size) < 0)
-            return -1;
         break;
     case 14: /* boolean: the value is the size */
         if (size > 1)
@@ -815,6 +804,8 @@ check_at(const Section *s, Py_ssize_t *pos, int depth, unsigned char *seen)
         PyErr_Format(PyExc_ValueError, "unknown data type %d at data offset %zd", type, start);
         return -1;
     }
+    if (need(s, *pos, size) < 0)
+        return -1;
     *pos += size;
     seen[start >> 3] |= (unsigned char)(1 << (start & 7));
     return 0;
@@ -847,20 +838,7 @@ Tree_verify(Tree *self, PyObject *Py_UNUSED(ignored))
     Py_BEGIN_ALLOW_THREADS
     for (uint64_t node = 0; node < self->node_count && !failed; node++) {
         for (int bit = 0; bit < 2; bit++) {
-            const unsigned char *p = tree + node * node_bytes;
-            uint64_t value;
-            if (self->record_size == 24) {
-                p += bit * 3;
-                value = ((uint64_t)p[0] << 16) | ((uint64_t)p[1] << 8) | p[2];
-            } else if (self->record_size == 28) {
-                if (bit)
-                    value = ((uint64_t)(p[3] & 0x0F) << 24) | ((uint64_t)p[4] << 16) | ((uint64_t)p[5] << 8) | p[6];
-                else
-                    value = ((uint64_t)(p[3] & 0xF0) << 20) | ((uint64_t)p[0] << 16) | ((uint64_t)p[1] << 8) | p[2];
-            } else {
-                p += bit * 4;
-                value = ((uint64_t)p[0] << 24) | ((uint64_t)p[1] << 16) | ((uint64_t)p[2] << 8) | p[3];
-            }
+            const uint64_t value = record_of(self, node, bit);
             if (value <= self->node_count || value == last)
                 continue; /* another node, no data, or the record just checked */
             last = value;
