@@ -171,7 +171,6 @@ def wire(args: argparse.Namespace) -> int:
     less than in queries/s)."""
     import shutil
     import signal
-    import socket
     import statistics
     import subprocess
     import tempfile
@@ -192,15 +191,16 @@ def wire(args: argparse.Namespace) -> int:
     for name, queries in variants(read_bin(main_bin, 100_000)).items():
         files[name] = tmp / f"{name.replace(' ', '-')}.bin"
         files[name].write_bytes(b"".join(struct.pack("!H", len(q)) + q for q in queries))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    sys.path.insert(0, str(REPO / "tests"))
+    from netutil import free_port
+
+    port = free_port("127.0.0.1")
     pin = shutil.which("taskset")
     cmd = [sys.executable, "-m", "geodns", "serve", "--zones", str(REPO / "zones" / "example.yaml"), "--geoip", str(geoip),
            "--state", "none", "--admin", "none", "--workers", "1", "--listen", f"127.0.0.1:{port}",
            "--cookie-secret-file", str(tmp / "cookie.key")]
     server = subprocess.Popen((([pin, "-c", "0"] if pin else []) + cmd), cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+                              stderr=None, env={**os.environ, "PYTHONPATH": str(REPO)})
 
     def cpu() -> float:
         with open(f"/proc/{server.pid}/stat") as f:
@@ -216,7 +216,7 @@ def wire(args: argparse.Namespace) -> int:
         return json.loads(out.strip().splitlines()[-1])
 
     try:
-        time.sleep(3)
+        wait_answering(server, port)
         for path in files.values():  # warm: every level, twice (level 0 admits on a second sighting)
             load(path, 4)
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in files}
@@ -241,6 +241,25 @@ def wire(args: argparse.Namespace) -> int:
         delta = "" if name == "no cookie" else f"{(per - base) * 1e6:+.2f} us"
         print(f"{name:<26} {qps:>10.0f} {per * 1e6:>20.2f} {delta:>13}")
     return 0
+
+
+def wait_answering(server, port: int, timeout: float = 60.0) -> None:
+    import socket
+
+    query = struct.pack("!HHHHHH", 1, 0, 1, 0, 0, 0) + b"\0\0\x02\0\x01"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"geodns serve exited with {server.returncode}")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.3)
+            s.sendto(query, ("127.0.0.1", port))
+            try:
+                s.recv(512)
+                return
+            except OSError:
+                continue
+    raise SystemExit(f"geodns serve did not answer on 127.0.0.1:{port}")
 
 
 def cookies_fast_path() -> bool:
