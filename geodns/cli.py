@@ -271,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("agent", "geodns.health.agent", "checker-only node: probe and exchange, serve no DNS"),
         ("balance", "geodns.balance.cli", "the regional HTTP load balancer"),
         ("keys", "geodns.dnssec.cli", "DNSSEC zone keys: generate, ds, list, state"),
+        ("webhook", "geodns.control.webhook", "ExternalDNS webhook provider: Kubernetes records into a node's zones"),
     ):
         p = sub.add_parser(name, help=text)
         if module == "geodns.control.client":
