@@ -3,11 +3,19 @@
 aiohttp's ClientSession spent about 40% of a request's CPU in the balancer
 (URL objects, request objects, auto headers, tracing hooks); this client
 writes the request head as one byte string on a pooled keep-alive
-connection and parses the response head with `bytes.split`. It knows only
-what a proxy hop needs: a request head plus an optional body (whole or
-streamed), and a response whose body is delimited by Content-Length, chunked
-coding, or the end of the connection (RFC 9112 section 6.3). WebSocket
-upgrades and health probes still use aiohttp.
+connection and parses the response head itself. It knows only what a proxy
+hop needs: a request head plus an optional body (whole or streamed), and a
+response whose body is delimited by Content-Length, chunked coding, or the
+end of the connection (RFC 9112 section 6.3). WebSocket upgrades and health
+probes still use aiohttp.
+
+The response head is checked against the RFC 9112 grammar line by line
+(`parse_head`, a pure function); what does not match is refused with a named
+`BadResponse`, never guessed at, because a proxy that frames a response
+differently from its backend hands the rest of it to the next client. The
+parser is tested byte for byte against h11 on mutated responses
+(tests/balance/test_framing.py); where it is deliberately stricter the
+difference is one of the named errors below.
 
 Failures are named by what they mean for a retry: `ConnectFailed` never
 reached the backend; `Disconnected`, `ReadTimeout` and `BadResponse` may have.
@@ -16,11 +24,15 @@ reached the backend; `Disconnected`, `ReadTimeout` and `BadResponse` may have.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 MAX_HEAD = 64 * 1024
-"""Largest response head accepted (aiohttp's default is 8 KiB per line)."""
+"""Largest response head (and chunk line, and trailer section) accepted."""
 READ_SIZE = 64 * 1024
+MAX_LENGTH_DIGITS = 20
+"""Content-Length and chunk-size digits accepted (h11 bounds both at 20)."""
 
 
 class UpstreamError(Exception):
@@ -36,11 +48,205 @@ class Disconnected(UpstreamError):
 
 
 class ReadTimeout(UpstreamError, TimeoutError):
-    """No byte from the backend within the read timeout."""
+    """No byte from the backend within the read timeout, or the body past its deadline."""
 
 
 class BadResponse(UpstreamError):
     """The backend's response is not HTTP/1.x we can frame."""
+
+
+class BadStatusLine(BadResponse):
+    """Not `HTTP/1.x NNN reason` (RFC 9112 section 4)."""
+
+
+class UnsupportedVersion(BadStatusLine):
+    """A major version other than 1 on an HTTP/1.1 connection."""
+
+
+class BadHeaderLine(BadResponse):
+    """A field line that is not `token ":" OWS field-value OWS` (RFC 9112 section 5)."""
+
+
+class ObsFold(BadHeaderLine):
+    """A field line folded onto the next line (obs-fold). RFC 9112 section 5.2 lets a
+    proxy refuse it with 502 instead of unfolding it; we refuse."""
+
+
+class ControlCharacter(BadHeaderLine):
+    """A control character (other than HTAB) in a field value or reason phrase
+    (RFC 9110 section 5.5: they are not field-vchar)."""
+
+
+class BareLineFeed(BadResponse):
+    """A line ended by LF alone. RFC 9112 section 2.2 allows a recipient to accept
+    it; two parsers that differ on it frame a message differently, so we refuse."""
+
+
+class BadContentLength(BadResponse):
+    """Content-Length not 1*DIGIT, or several that differ (RFC 9110 section 8.6)."""
+
+
+class BadChunk(BadResponse):
+    """A chunk-size line that is not 1*HEXDIG [chunk-ext], or chunk data not
+    followed by CRLF (RFC 9112 section 7.1)."""
+
+
+class BadChunkExtension(BadChunk):
+    """A chunk-ext outside the RFC 9112 section 7.1.1 grammar (h11 takes any `;...`)."""
+
+
+class BadTrailer(BadResponse):
+    """A framing field (Content-Length, Transfer-Encoding) in the trailer section,
+    where RFC 9110 section 6.5.1 forbids it (h11 checks only its value)."""
+
+
+class UnsolicitedUpgrade(BadResponse):
+    """101 Switching Protocols to a request that asked for no upgrade."""
+
+
+# RFC 9110 section 5.6.2 token, 5.5 field-vchar (VCHAR / obs-text), 5.6.4 quoted-string.
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_VCHAR = rb"[\x21-\x7e\x80-\xff]"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
+_FIELD_LINE = re.compile(
+    rb"(" + _TOKEN + rb"):[ \t]*(" + _VCHAR + rb"+(?:[ \t]+" + _VCHAR + rb"+)*)?[ \t]*"
+)
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,%d})(;[^\n]*)?[ \t]*" % MAX_LENGTH_DIGITS)
+_CHUNK_EXT = re.compile(
+    rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*[ \t]*"
+)
+_DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_LENGTH_DIGITS)
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def _bad_line(line: bytes, where: str) -> BadResponse:
+    """The most specific error for a line that does not match the grammar."""
+    text = f"{where} {line[:80]!r}"
+    if b"\n" in line:
+        return BareLineFeed(f"bare LF in {text}")
+    if line[:1] in (b" ", b"\t") and where != "status line":
+        return ObsFold(f"obs-fold in {text}")
+    if _CTL.search(line):
+        return ControlCharacter(f"control character in {text}")
+    if where == "status line":
+        return BadStatusLine(f"bad {text}")
+    return BadHeaderLine(f"bad {text}")
+
+
+def _fields(lines: list[bytes], where: str) -> list[tuple[bytes, bytes]]:
+    out = []
+    for line in lines:
+        m = _FIELD_LINE.fullmatch(line)
+        if m is None:
+            raise _bad_line(line, where)
+        out.append((m[1], m[2] or b""))
+    return out
+
+
+def _tokens(value: bytes) -> set[bytes]:
+    """The elements of a comma-separated list field, lower-cased (RFC 9110 section 5.6.1)."""
+    return {t.strip(b" \t").lower() for t in value.split(b",")}
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A final response head and how its body is framed."""
+
+    status: int
+    reason: str
+    version: tuple[int, int]
+    headers: list[tuple[str, str]]
+    """Field lines as received (names with their case), values without surrounding OWS."""
+    length: int | None
+    """Body length when it is known: Content-Length, or 0 for bodiless responses."""
+    chunked: bool
+    """The body is in chunked coding (Transfer-Encoding exactly `chunked`)."""
+    keep_alive: bool
+    """The connection can carry another exchange once this body has been read."""
+
+    @property
+    def until_close(self) -> bool:
+        """The body ends when the backend closes the connection."""
+        return self.length is None and not self.chunked
+
+
+def parse_status(line: bytes) -> tuple[int, int, str]:
+    """(status, minor version, reason) of a status line."""
+    m = _STATUS_LINE.fullmatch(line)
+    if m is None:
+        raise _bad_line(line, "status line")
+    if m[1] != b"1":
+        raise UnsupportedVersion(f"HTTP/{m[1].decode()}.{m[2].decode()} on an HTTP/1.1 connection")
+    status = int(m[3])
+    if status < 100:
+        raise BadStatusLine(f"bad status code {status:03d}")
+    return status, int(m[2]), (m[4] or b"").decode("latin-1")
+
+
+def parse_head(head: bytes, bodiless: bool) -> Head:
+    """A final response head (status line and field lines, without the blank line).
+
+    `bodiless`: the request was HEAD, so the response has no body whatever it says.
+    Framing follows RFC 9112 section 6.3: no body for HEAD, 1xx, 204 and 304; a
+    Transfer-Encoding that is exactly `chunked` is chunked; any other
+    Transfer-Encoding is read to the close; else Content-Length; else to the close.
+    """
+    lines = head.split(b"\r\n")
+    status, minor, reason = parse_status(lines[0])
+    if status == 101:
+        raise UnsolicitedUpgrade("101 Switching Protocols without an upgrade request")
+    fields = _fields(lines[1:], "header line")
+    length_text: bytes | None = None
+    codings: list[bytes] = []
+    connection: set[bytes] = set()
+    headers = []
+    for name, value in fields:
+        lk = name.lower()
+        if lk == b"content-length":
+            # `42, 42` and repeated equal fields are one length (RFC 9110 section 8.6).
+            lengths = {v.strip(b" \t") for v in value.split(b",")}
+            text = lengths.pop() if len(lengths) == 1 else b","
+            if not _DIGITS.fullmatch(text) or (length_text is not None and text != length_text):
+                raise BadContentLength(f"bad Content-Length {value[:40]!r}")
+            length_text = text
+        elif lk == b"transfer-encoding":
+            codings.append(value)
+        elif lk == b"connection":
+            connection |= _tokens(value)
+        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+    version = (1, 1) if minor >= 1 else (1, 0)
+    if version == (1, 1):
+        keep_alive = b"close" not in connection
+    else:
+        keep_alive = b"keep-alive" in connection and b"close" not in connection
+    length = int(length_text) if length_text is not None else None
+    chunked = False
+    if bodiless or status in (204, 304) or status < 200:
+        length = 0
+    elif codings:
+        # Transfer-Encoding overrides Content-Length; both at once may be an attempt
+        # at smuggling (RFC 9112 section 6.3 item 3): frame by the coding, then close.
+        chunked = b", ".join(codings).lower() == b"chunked"
+        if length is not None or version == (1, 0):
+            keep_alive = False
+        length = None
+    if length is None and not chunked:
+        keep_alive = False
+    return Head(status, reason, version, headers, length, chunked, keep_alive)
+
+
+def parse_chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line (without its CRLF); extensions are checked and dropped."""
+    m = _CHUNK_LINE.fullmatch(line)
+    if m is None:
+        if b"\n" in line:
+            raise BareLineFeed(f"bare LF in chunk line {line[:40]!r}")
+        raise BadChunk(f"bad chunk size {line[:40]!r}")
+    if m[2] is not None and not _CHUNK_EXT.fullmatch(m[2]):
+        raise BadChunkExtension(f"bad chunk extension {m[2][:40]!r}")
+    return int(m[1], 16)
 
 
 class Connection(asyncio.Protocol):
@@ -53,6 +259,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.used = False
         """Has carried a response already (a reused connection)."""
+        self.idle = False
+        """In the keep-alive pool: any byte arriving now is not an answer to anything."""
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -63,6 +271,11 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.idle:
+            # A late or extra response (a backend that read a body as a second
+            # request would send one): this connection can never be trusted again.
+            self.close()
+            return
         self.buffer += data
         w = self._waiter
         if w is not None and not w.done():
@@ -98,10 +311,16 @@ class Connection(asyncio.Protocol):
         if self.closed:
             raise Disconnected("backend closed the connection while we were sending")
 
-    async def wait_data(self, timeout: float | None) -> None:
-        """Until more bytes arrive or the connection ends; ReadTimeout after `timeout`."""
+    async def wait_data(self, timeout: float | None, deadline: float | None = None) -> None:
+        """Until more bytes arrive or the connection ends; ReadTimeout after `timeout`
+        seconds, or at `deadline` (loop time) if that comes first."""
         if self.closed:
             raise Disconnected("backend closed the connection")
+        if deadline is not None:
+            left = deadline - self.loop.time()
+            if left <= 0:
+                raise ReadTimeout("response body deadline passed")
+            timeout = min(timeout, left) if timeout else left
         w = self._waiter = self.loop.create_future()
         timer = self.loop.call_later(timeout, _expire, w) if timeout else None
         try:
@@ -123,12 +342,14 @@ class Response:
     """A response head, and its body to read whole or stream."""
 
     __slots__ = ("status", "reason", "version", "headers", "length", "chunked", "until_close",
-                 "_conn", "_pool", "_timeout", "_left", "done")
+                 "deadline", "_conn", "_pool", "_timeout", "_left", "done")
 
     def __init__(self, conn: Connection, pool: Pool, timeout: float | None) -> None:
         self._conn = conn
         self._pool = pool
         self._timeout = timeout
+        self.deadline: float | None = None
+        """Loop time by which the whole body must have arrived (None: no limit)."""
         self.done = False
 
     async def read_head(self, bodiless: bool) -> None:
@@ -138,57 +359,31 @@ class Response:
             while end < 0:
                 if len(conn.buffer) > MAX_HEAD:
                     raise BadResponse("response head too large")
+                if _BARE_LF.search(conn.buffer):
+                    break  # a head cut by LF alone: refused below, never waited on
                 await conn.wait_data(self._timeout)
                 end = conn.buffer.find(b"\r\n\r\n")
-            head = bytes(conn.buffer[:end])
+            if end > MAX_HEAD:
+                raise BadResponse("response head too large")
+            if (bare := _BARE_LF.search(conn.buffer, 0, end if end >= 0 else len(conn.buffer))):
+                raise BareLineFeed(f"bare LF in response head at byte {bare.start()}")
+            raw = bytes(conn.buffer[:end])
             del conn.buffer[: end + 4]
-            lines = head.split(b"\r\n")
-            parts = lines[0].split(b" ", 2)
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-                raise BadResponse(f"bad status line {lines[0][:80]!r}")
-            status = int(parts[1])
-            if 100 <= status < 200 and status != 101:
-                continue  # interim response (100 Continue): the real one follows
-            break
-        self.status = status
-        self.reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
-        self.version = (1, 1) if parts[0] == b"HTTP/1.1" else (1, 0)
-        headers = []
-        length = None
-        chunked = False
-        keep_alive = self.version == (1, 1)
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name[-1:] in (b" ", b"\t"):
-                raise BadResponse(f"bad header line {line[:80]!r}")
-            k = name.decode("latin-1")
-            v = value.strip().decode("latin-1")
-            lk = k.lower()
-            if lk == "content-length":
-                if not v.isdigit() or (length is not None and int(v) != length):
-                    raise BadResponse(f"bad Content-Length {v!r}")
-                length = int(v)
-            elif lk == "transfer-encoding":
-                chunked = v.lower().endswith("chunked")
-            elif lk == "connection":
-                tokens = v.lower()
-                if "close" in tokens:
-                    keep_alive = False
-                elif "keep-alive" in tokens:
-                    keep_alive = True
-            headers.append((k, v))
-        self.headers = headers
-        if bodiless or status in (101, 204, 304):
-            length, chunked = 0, False
-        elif chunked:
-            length = None  # chunked coding wins over a Content-Length (RFC 9112 section 6.3)
-        self.length = length
-        self.chunked = chunked
-        self.until_close = length is None and not chunked
-        self._left = length
-        if not keep_alive or self.until_close:
+            head = parse_head(raw, bodiless)
+            if head.status >= 200:
+                break
+            # 1xx interim response (100 Continue, 103 Early Hints): the final one follows.
+        self.status = head.status
+        self.reason = head.reason
+        self.version = head.version
+        self.headers = head.headers
+        self.length = head.length
+        self.chunked = head.chunked
+        self.until_close = head.until_close
+        self._left = head.length
+        if not head.keep_alive:
             self._pool.keep = False
-        if length == 0:
+        if head.length == 0:
             self._finish()
 
     def _finish(self) -> None:
@@ -221,7 +416,7 @@ class Response:
                 if conn.closed:
                     break
                 try:
-                    await conn.wait_data(self._timeout)
+                    await conn.wait_data(self._timeout, self.deadline)
                 except Disconnected:
                     break
         else:
@@ -233,39 +428,49 @@ class Response:
     async def _exactly(self, left: int) -> AsyncIterator[bytes]:
         """The next `left` bytes of the body, as they arrive."""
         conn = self._conn
-        while left:
+        while left > 0:
             if not conn.buffer:
-                await conn.wait_data(self._timeout)
+                await conn.wait_data(self._timeout, self.deadline)
             data = bytes(conn.buffer[:left])
             del conn.buffer[:left]
             left -= len(data)
             yield data
 
-    async def _line(self) -> bytes:
+    async def _line(self, limit: int = MAX_HEAD) -> bytes:
         conn = self._conn
         while (end := conn.buffer.find(b"\r\n")) < 0:
-            if len(conn.buffer) > MAX_HEAD:
-                raise BadResponse("chunk line too long")
-            await conn.wait_data(self._timeout)
+            if len(conn.buffer) > limit:
+                raise BadChunk("chunk line or trailer section too long")
+            if b"\n" in conn.buffer:
+                raise BareLineFeed("bare LF in a chunk line or trailer")
+            await conn.wait_data(self._timeout, self.deadline)
+        if conn.buffer.find(b"\n", 0, end) >= 0:
+            raise BareLineFeed("bare LF in a chunk line or trailer")
+        if end > limit:
+            raise BadChunk("chunk line or trailer section too long")
         line = bytes(conn.buffer[:end])
         del conn.buffer[: end + 2]
         return line
 
     async def _dechunk(self) -> AsyncIterator[bytes]:
         while True:
-            size_text = (await self._line()).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise BadResponse(f"bad chunk size {size_text[:20]!r}") from None
+            size = parse_chunk_size(await self._line())
             if size == 0:
-                while await self._line():  # trailers, up to the empty line
-                    pass
-                return
+                break
             async for data in self._exactly(size):
                 yield data
-            if await self._line():
-                raise BadResponse("chunk not followed by CRLF")
+            if await self._line(0):
+                raise BadChunk("chunk data not followed by CRLF")
+        # The trailer section: field lines up to an empty line, checked like a
+        # head and bounded like one, then dropped (we do not forward trailers).
+        trailers = []
+        room = MAX_HEAD
+        while line := await self._line(room):
+            trailers.append(line)
+            room -= len(line) + 2
+        for name, _ in _fields(trailers, "trailer line"):
+            if name.lower() in (b"content-length", b"transfer-encoding"):
+                raise BadTrailer(f"{name.decode('latin-1')} in the trailer section")
 
 
 class Pool:
@@ -279,6 +484,8 @@ class Pool:
         self._key = key
 
     def release(self, conn: Connection, keep: bool) -> None:
+        # Bytes already past the end of this response mean the backend framed it
+        # differently from us: the connection is closed, never reused.
         if keep and not conn.closed and not conn.buffer:
             self._client._idle_put(self._key, conn)
         else:
@@ -297,6 +504,7 @@ class Client:
 
     def _idle_put(self, key: tuple[str, int], conn: Connection) -> None:
         conn.used = True
+        conn.idle = True
         conn.idle_timer = self._loop.call_later(self.idle_timeout, conn.close)
         self._idle.setdefault(key, []).append(conn)
 
@@ -306,8 +514,10 @@ class Client:
             conn = idle.pop()  # the most recently used is the least likely to be stale
             if conn.idle_timer is not None:
                 conn.idle_timer.cancel()
-            if not conn.closed:
+            conn.idle = False
+            if not conn.closed and not conn.buffer:
                 return conn
+            conn.close()
         loop = self._loop
         try:
             _, conn = await asyncio.wait_for(
