@@ -103,6 +103,13 @@ class Timeouts:
     """Longest wait for the next bytes from a backend (headers or body)."""
     idle: float = 60.0
     """Keep-alive idle time for client and backend connections."""
+    request_head: float = 10.0
+    """A client's whole request head, from the connection's start or the first
+    byte after a keep-alive pause (408 and close after it)."""
+    request_body: float = 60.0
+    """A client's whole request body, of any size, from the end of its head."""
+    response_body: float = 300.0
+    """A whole response body, backend to client, whichever side is slow."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +137,8 @@ class BalancerConfig:
     """Region capacity in concurrent requests; None: sum of healthy backends' max_conns."""
     sticky_secret: str | None = None
     via: str = "geodns"
+    max_clients: int | None = None
+    """Client connections per worker process; None: from the open-file limit (`max_clients()`)."""
 
 
 # ---------------------------------------------------------------- validation
@@ -393,6 +402,9 @@ def parse(data: Any, source: str = "<config>") -> BalancerConfig:
         connect=t.number("connect", 3.0, exclusive=True),
         read=t.number("read", 30.0, exclusive=True),
         idle=t.number("idle", 60.0, exclusive=True),
+        request_head=t.number("request_head", 10.0, exclusive=True),
+        request_body=t.number("request_body", 60.0, exclusive=True),
+        response_body=t.number("response_body", 300.0, exclusive=True),
     )
     t.done()
 
@@ -413,6 +425,7 @@ def parse(data: Any, source: str = "<config>") -> BalancerConfig:
         capacity=f.integer("capacity", None, minimum=1),
         sticky_secret=f.string("sticky_secret"),
         via=f.string("via", "geodns") or "geodns",
+        max_clients=f.integer("max_clients", None, minimum=1),
     )
     f.done()
     return config

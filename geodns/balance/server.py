@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -37,6 +38,7 @@ from geodns.balance.active import (
     takes_traffic,
 )
 from geodns.balance.config import Address, BalancerConfig
+from geodns.balance.edge import Edge, default_max_clients, refusal
 from geodns.balance.metrics import Metrics
 from geodns.balance.pool import Backend, LoadReport, Pool, Route, build, load_report
 from geodns.balance.rate import RateWindow
@@ -60,27 +62,64 @@ HOP_BY_HOP = frozenset(
 )
 # RFC 9110 section 9.2.2; safe to send again when they carry no body.
 HOP_BY_HOP_AND_LENGTH = HOP_BY_HOP | {"content-length"}
-# What never goes upstream as the client sent it: hop-by-hop fields, and the
-# forwarding fields this hop restates.
-UPSTREAM_SKIP = HOP_BY_HOP | frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "via"))
+# What never goes upstream as the client sent it: hop-by-hop fields, the
+# forwarding fields this hop restates, and Content-Length: the body's framing
+# is ours to state from what we actually send.
+UPSTREAM_SKIP = HOP_BY_HOP | frozenset(
+    ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "via", "content-length")
+)
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 # Small bodies of known length are read whole and written with the headers in
 # one send; larger or unknown-length bodies are streamed chunk by chunk.
 SMALL_BODY = 64 * 1024
+LINGERING_TIME = 2.0
+"""Seconds a connection closed with a request body unread keeps reading (and dropping)
+it, so that the client sees our answer rather than a reset (aiohttp's default is 10)."""
+
+
+class ClientFailed(Exception):
+    """The client, not the backend, failed while sending its body: gone, or too slow."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+async def _read_body(content: aiohttp.StreamReader, deadline: float) -> bytes:
+    """A whole small request body, by `deadline` (loop time)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await content.read()
+    except TimeoutError:
+        raise ClientFailed(408, "request body timeout") from None
+    except (OSError, HttpProcessingError) as exc:
+        raise ClientFailed(400, f"request body: {exc}") from None
 
 
 class _Body:
     """The client's request body as an async iterator that remembers being started."""
 
-    __slots__ = ("content", "started")
+    __slots__ = ("content", "started", "deadline")
 
-    def __init__(self, content: aiohttp.StreamReader) -> None:
+    def __init__(self, content: aiohttp.StreamReader, deadline: float) -> None:
         self.content = content
         self.started = False
+        self.deadline = deadline
+        """Loop time by which the whole body must have arrived."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         self.started = True
-        async for chunk in self.content.iter_chunked(SMALL_BODY):
+        content = self.content
+        while True:
+            try:
+                async with asyncio.timeout_at(self.deadline):
+                    chunk = await content.read(SMALL_BODY)
+            except TimeoutError:
+                raise ClientFailed(408, "request body timeout") from None
+            except (OSError, HttpProcessingError) as exc:
+                raise ClientFailed(400, f"request body: {exc}") from None
+            if not chunk:
+                return
             yield chunk
 
 
@@ -102,7 +141,12 @@ def _log(event: str, **fields: object) -> None:
 
 class Balancer:
     def __init__(
-        self, config: BalancerConfig, config_path: str | Path | None = None, *, reuse_port: bool = False
+        self,
+        config: BalancerConfig,
+        config_path: str | Path | None = None,
+        *,
+        reuse_port: bool = False,
+        sticky_key: bytes | None = None,
     ) -> None:
         self.config = config
         self.reuse_port = reuse_port
@@ -111,8 +155,10 @@ class Balancer:
         self.metrics = Metrics()
         self.generation = 1
         self.pools, self.routes, self.backends = build(config)
-        # Without a configured secret, cookies last as long as this process.
-        self.secret = (config.sticky_secret or secrets.token_hex(32)).encode()
+        # Without a configured secret, the key comes from the parent process (one
+        # per balancer, so every worker honours every cookie), or is made here.
+        self.sticky_key = sticky_key or secrets.token_hex(32).encode()
+        self.secret = config.sticky_secret.encode() if config.sticky_secret else self.sticky_key
         self.rate = RateWindow(10)
         self.active_requests = 0
         self.closing = False
@@ -128,6 +174,8 @@ class Balancer:
         self._retiring: set[asyncio.Task[None]] = set()
         self._timeout = self._client_timeout(config)
         self._vias: dict[tuple[int, int], str] = {}
+        self.edge: Edge | None = None
+        """Client connections, their cap and deadlines (made in start())."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -150,12 +198,15 @@ class Balancer:
         self._check_session = probe_session()
         t = cfg.timeouts
         self._upstream = Client(t.connect, t.read, t.idle)
-        server = web.Server(
+        self.edge = Edge(cfg.max_clients or default_max_clients(), t.request_head, t.response_body)
+        self.edge.start()
+        server = self.edge.server(
             self.handle,
             keepalive_timeout=cfg.timeouts.idle,
             auto_decompress=False,
             access_log=None,
             handler_cancellation=True,
+            lingering_time=LINGERING_TIME,
         )
         runner = web.ServerRunner(server, shutdown_timeout=cfg.drain_timeout)
         await runner.setup()
@@ -196,6 +247,8 @@ class Balancer:
         for task in self._retiring:
             task.cancel()
         await asyncio.gather(*self._checkers.values(), *self._retiring, return_exceptions=True)
+        if self.edge is not None:
+            self.edge.stop()
         for runner in others:
             await runner.cleanup()
         if self._session is not None:
@@ -270,14 +323,16 @@ class Balancer:
         pools, routes, live = build(new, self.backends)
         gone = [b for k, b in self.backends.items() if k not in live]
         self.config = replace(new, listen=self.config.listen, admin=replace(new.admin, listen=self.config.admin.listen))
-        if new.sticky_secret:
-            self.secret = new.sticky_secret.encode()
+        self.secret = new.sticky_secret.encode() if new.sticky_secret else self.sticky_key
         self._timeout = self._client_timeout(new)
         if self._upstream is not None:
             t = new.timeouts
             self._upstream.connect_timeout, self._upstream.read_timeout, self._upstream.idle_timeout = (
                 t.connect, t.read, t.idle
             )
+        if self.edge is not None:
+            self.edge.head_timeout, self.edge.write_timeout = new.timeouts.request_head, new.timeouts.response_body
+            self.edge.max_clients = new.max_clients or default_max_clients()
         self._vias = {}
         self.pools, self.routes, self.backends = pools, routes, live
         self.generation += 1
@@ -371,17 +426,38 @@ class Balancer:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         self.rate.add(started)
-        routes = self.routes
-        route = routes.catch_all or routes.match(request.host, request.path)
-        if route is None:
-            return web.Response(status=404, text="no route\n")
-        self.active_requests += 1
+        conn = self.edge.connection(request.transport) if self.edge is not None else None
+        if conn is not None:
+            conn.request_started()
         try:
-            if request.headers.get("Upgrade", "").lower() == "websocket":
-                return await self._websocket(request, route, started)
-            return await self._forward(request, route, started)
+            refused = refusal(request.method, request.version, request.headers)
+            if refused is not None:
+                return self._refuse(request, *refused)
+            routes = self.routes
+            route = routes.catch_all or routes.match(request.host, request.path)
+            if route is None:
+                return web.Response(status=404, text="no route\n")
+            self.active_requests += 1
+            try:
+                if request.headers.get("Upgrade", "").lower() == "websocket":
+                    return await self._websocket(request, route, started)
+                return await self._forward(request, route, started)
+            finally:
+                self.active_requests -= 1
         finally:
-            self.active_requests -= 1
+            if conn is not None:
+                conn.request_done()
+
+    def _refuse(self, request: web.BaseRequest, status: int, reason: str) -> web.Response:
+        """A request we will not forward: one log line, the status, and the connection closed
+        (what follows on it cannot be trusted to be framed as the client meant)."""
+        _log("bad_request", client=request.remote, status=status, method=request.method, error=repr(reason))
+        conn = self.edge.connection(request.transport) if self.edge is not None else None
+        if conn is not None:
+            conn.closing = True
+        response = web.Response(status=status, text=f"{status} {reason}\n")
+        response.force_close()
+        return response
 
     async def _forward(self, request: web.BaseRequest, route: Route, started: float) -> web.StreamResponse:
         assert self._upstream is not None
@@ -393,13 +469,24 @@ class Balancer:
         body: bytes | _Body | None = None
         chunked = False
         if has_body:
+            deadline = asyncio.get_running_loop().time() + self.config.timeouts.request_body
             if length is not None and length <= SMALL_BODY:
-                body = await request.read()  # whole: one write, and replayable after a connect failure
+                # Whole: one write, replayable after a connect failure, and a slow
+                # client holds no backend while it trickles it in.
+                try:
+                    body = await _read_body(request.content, deadline)
+                except ClientFailed as exc:
+                    return self._refuse(request, exc.status, str(exc))
+                headers.append(("Content-Length", str(len(body))))
             else:
-                body = _Body(request.content)
+                body = _Body(request.content, deadline)
                 if length is None:
                     chunked = True
                     headers.append(("Transfer-Encoding", "chunked"))
+                else:
+                    headers.append(("Content-Length", str(length)))
+        elif length is not None:
+            headers.append(("Content-Length", "0"))
         repeatable = method in IDEMPOTENT and not has_body
         if "Host" not in request.headers:
             headers.append(("Host", "-"))  # replaced per backend below
@@ -438,6 +525,9 @@ class Balancer:
                         chunked,
                         bodiless,
                     )
+                except ClientFailed as exc:
+                    # The client stopped sending (or is too slow): not the backend's fault.
+                    return self._refuse(request, exc.status, str(exc))
                 except ConnectFailed as exc:
                     # Never reached the backend: safe to send elsewhere, even a POST,
                     # as long as no byte of its body was consumed.
@@ -478,13 +568,18 @@ class Balancer:
         started: float,
     ) -> web.StreamResponse:
         status = resp.status
+        # The whole body, whichever side is slow: a backend trickling it or a
+        # client not reading it must not hold a backend slot for longer.
+        deadline = asyncio.get_running_loop().time() + self.config.timeouts.response_body
+        resp.deadline = deadline
         if backend.breaker.record(status < 500, time.monotonic()):
             self.metrics.trips.labels(backend.pool, backend.key).inc()
             _log("circuit_open", pool=backend.pool, backend=backend.key, cause=f"status_{status}")
         length = resp.length
         small = length is not None and length <= SMALL_BODY
-        # A whole body goes out with a Content-Length aiohttp computes itself.
-        drop = HOP_BY_HOP_AND_LENGTH if small else HOP_BY_HOP
+        # A whole body goes out with a Content-Length aiohttp computes itself; a
+        # streamed one keeps the backend's only when that is how it was framed.
+        drop = HOP_BY_HOP if length is not None and not small else HOP_BY_HOP_AND_LENGTH
         for k, v in resp.headers:
             if k.lower() == "connection":
                 drop = drop | {t.strip().lower() for t in v.split(",")}
@@ -514,17 +609,23 @@ class Balancer:
                 return out
             await out.prepare(request)
             async for chunk in resp.iter_chunks():
-                await out.write(chunk)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await out.write(chunk)
+                except TimeoutError:
+                    raise ClientFailed(408, "response body timeout: the client is not reading") from None
             await out.write_eof()
-        except UpstreamError as exc:
-            # The backend failed after the status line went out: all we can do
-            # is cut the client's connection so it sees a truncated response.
+        except (UpstreamError, ClientFailed) as exc:
+            # After the status line went out all we can do is cut the client's
+            # connection, so that it sees a truncated response.
             resp.close()
-            backend.breaker.record(False, time.monotonic())
+            if isinstance(exc, UpstreamError):
+                backend.breaker.record(False, time.monotonic())
             _log("response_cut", route=route.label, backend=backend.key, error=repr(str(exc) or type(exc).__name__))
             if request.transport is not None:
-                request.transport.close()
-            raise
+                request.transport.abort()
+            self.metrics.observe(route.label, backend.key, status, time.monotonic() - started)
+            return out
         finally:
             resp.close()  # unless the body was read to its end: no reuse of a half-read connection
         self.metrics.observe(route.label, backend.key, status, time.monotonic() - started)

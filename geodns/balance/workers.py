@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -139,16 +140,20 @@ async def serve_worker(config: BalancerConfig, path: str, fd: int, index: int) -
     """Run one worker: a Balancer without admin port, answering the parent on `fd`."""
     from geodns.balance.server import Balancer
 
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    # The parent's first line: the balancer's sticky key, the same for every worker
+    # (and for a respawned one), so that a cookie set by one is honoured by all.
+    hello = json.loads(await asyncio.wait_for(reader.readline(), 30) or b"{}")
+    key = hello.get("sticky_key")
     worker_config = replace(config, admin=replace(config.admin, listen=None))  # the parent serves it
-    balancer = Balancer(worker_config, path, reuse_port=True)
+    balancer = Balancer(worker_config, path, reuse_port=True, sticky_key=key.encode() if key else None)
     await balancer.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the parent orders reloads
-    sock = socket.socket(fileno=fd)
-    reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(b'{"ready": true}\n')
     await writer.drain()
 
@@ -221,6 +226,8 @@ class Supervisor:
         self.argv = argv
         """Extra arguments for every worker (log level, event loop)."""
         self.workers: dict[int, Worker] = {}
+        self.sticky_key = secrets.token_hex(32)
+        """The key every worker signs sticky cookies with when the config sets no sticky_secret."""
         self.stopping = False
         self._runner: web.AppRunner | None = None
         self._watchers: set[asyncio.Task[None]] = set()
@@ -232,6 +239,7 @@ class Supervisor:
         proc = subprocess.Popen(cmd, pass_fds=(child_end.fileno(),))
         child_end.close()
         reader, writer = await asyncio.open_connection(sock=parent_end)
+        writer.write(json.dumps({"sticky_key": self.sticky_key}).encode() + b"\n")
         line = await asyncio.wait_for(reader.readline(), 30)
         if not line:
             proc.wait()

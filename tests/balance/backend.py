@@ -11,7 +11,8 @@ import sys
 
 from aiohttp import web
 
-state = {"healthy": True, "failing": False, "posts": 0, "requests": 0}
+state = {"healthy": True, "failing": False, "posts": 0, "requests": 0, "paths": []}
+"""`paths`: the last 200 request targets this backend served (smuggling tests read it)."""
 
 
 def app(name: str) -> web.Application:
@@ -73,6 +74,20 @@ def app(name: str) -> web.Application:
         await out.write_eof()
         return out
 
+    @routes.get("/big")
+    async def big(request: web.Request) -> web.StreamResponse:
+        """`size` bytes of body, streamed in 64 KiB writes (a slow reader's test)."""
+        left = int(request.query.get("size", str(1 << 20)))
+        out = web.StreamResponse(headers={"X-Backend": name})
+        out.content_length = left
+        await out.prepare(request)
+        block = b"x" * 65536
+        while left > 0:
+            await out.write(block[:left])
+            left -= len(block)
+        await out.write_eof()
+        return out
+
     @routes.get("/ws")
     async def ws(request: web.Request) -> web.WebSocketResponse:
         sock = web.WebSocketResponse(protocols=("echo",))
@@ -94,6 +109,7 @@ def app(name: str) -> web.Application:
     @web.middleware
     async def count(request: web.Request, handler):  # type: ignore[no-untyped-def]
         state["requests"] += 1
+        state["paths"] = [*state["paths"][-199:], request.path_qs]
         if state["failing"] and not request.path.startswith("/control/"):
             return reply("failing", 500)
         return await handler(request)

@@ -19,6 +19,8 @@ def test_minimal_defaults() -> None:
     c = parse(base(), "x.yaml")
     assert c.routes[0].pool == "web" and c.retries == 2 and c.timeouts.connect == 3.0
     assert c.pools["web"].backends[0].key == "127.0.4.10:80"
+    t = c.timeouts
+    assert (t.request_head, t.request_body, t.response_body, c.max_clients) == (10.0, 60.0, 300.0, None)
 
 
 @pytest.mark.parametrize(
@@ -36,6 +38,11 @@ def test_minimal_defaults() -> None:
         (lambda d: d["pools"]["web"].update(hash_key={"source": "header"}), "pools.web.hash_key.name: is required"),
         (lambda d: d["pools"]["web"].update(check={"kind": "http", "intervl": 1}), "pools.web.check.intervl: unknown key"),
         (lambda d: d.update(timeouts={"connect": 0}), "x.yaml: timeouts.connect: must be > 0"),
+        (lambda d: d.update(timeouts={"request_head": -1}), "x.yaml: timeouts.request_head: must be > 0"),
+        (lambda d: d.update(timeouts={"request_body": "1s"}), "x.yaml: timeouts.request_body: must be a number"),
+        (lambda d: d.update(timeouts={"response_body": 0}), "x.yaml: timeouts.response_body: must be > 0"),
+        (lambda d: d.update(timeouts={"header": 5}), "x.yaml: timeouts.header: unknown key"),
+        (lambda d: d.update(max_clients=0), "x.yaml: max_clients: must be an integer >= 1"),
         (lambda d: d.update(saturation=1.5), "saturation: is a utilisation"),
         (lambda d: d.pop("listen"), "x.yaml: listen: is required"),
         (lambda d: d.update(admin={"listen": "127.0.4.2:9", "token_env": "GEODNS_NO_SUCH_VAR"}), "admin.token_env"),

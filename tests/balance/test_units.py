@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from geodns.balance import parse, sticky
+from geodns.balance.edge import refusal
 from geodns.balance.passive import CircuitBreaker
 from geodns.balance.pool import build, load_report
 from geodns.balance.rate import RateWindow
@@ -106,3 +110,23 @@ def test_load_report_capacity_and_saturation() -> None:
         backends[0].breaker.record(False, 0)
     r = load_report(backends, 1.0, 0.0, 0, 0.8, None, None, 1)
     assert (r.healthy_backends, r.capacity, r.utilisation, r.saturated) == (0, 0, 1.0, True)
+
+
+@pytest.mark.parametrize(
+    ("method", "version", "fields", "status"),
+    [
+        ("POST", (1, 1), [("Connection", "content-length"), ("Content-Length", "3")], 400),
+        ("POST", (1, 1), [("Connection", "keep-alive,\tTransfer-Encoding ")], 400),
+        ("GET", (1, 1), [("Connection", "close"), ("Connection", "HOST")], 400),
+        ("GET", (1, 1), [("Host", "a"), ("Host", "b")], 400),
+        ("POST", (1, 0), [("Transfer-Encoding", "chunked")], 400),
+        ("POST", (1, 1), [("Transfer-Encoding", "gzip, chunked")], 501),
+        ("POST", (1, 1), [("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")], 501),
+        ("CONNECT", (1, 1), [("Host", "a:443")], 405),
+        ("POST", (1, 1), [("Connection", "keep-alive, x-content-length"), ("Transfer-Encoding", "Chunked")], None),
+        ("GET", (1, 1), [("Connection", "upgrade"), ("Upgrade", "websocket")], None),
+    ],
+)
+def test_refusal_of_requests_unsafe_to_forward(method, version, fields, status) -> None:
+    refused = refusal(method, version, CIMultiDictProxy(CIMultiDict(fields)))
+    assert (refused[0] if refused else None) == status
