@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_HEAD = 64 * 1024
 """Largest response head (and chunk line, and trailer section) accepted."""
@@ -108,10 +108,12 @@ class UnsolicitedUpgrade(BadResponse):
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _VCHAR = rb"[\x21-\x7e\x80-\xff]"
 _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
-_STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
-_FIELD_LINE = re.compile(
-    rb"(" + _TOKEN + rb"):[ \t]*(" + _VCHAR + rb"+(?:[ \t]+" + _VCHAR + rb"+)*)?[ \t]*"
-)
+_STATUS = rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?"
+_STATUS_LINE = re.compile(_STATUS)
+_FIELD = _TOKEN + rb":[ \t]*(?:" + _VCHAR + rb"+(?:[ \t]+" + _VCHAR + rb"+)*)?[ \t]*"
+_FIELD_LINE = re.compile(_FIELD)
+_HEAD = re.compile(_STATUS + rb"((?:\r\n" + _FIELD + rb")*)")
+"""A whole response head at once: one C-level match per response, not one per line."""
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,%d})(;[^\n]*)?[ \t]*" % MAX_LENGTH_DIGITS)
 _CHUNK_EXT = re.compile(
     rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*[ \t]*"
@@ -136,13 +138,26 @@ def _bad_line(line: bytes, where: str) -> BadResponse:
 
 
 def _fields(lines: list[bytes], where: str) -> list[tuple[bytes, bytes]]:
-    out = []
+    """(name, value) of each field line; the first line off the grammar raises its error."""
     for line in lines:
-        m = _FIELD_LINE.fullmatch(line)
-        if m is None:
+        if _FIELD_LINE.fullmatch(line) is None:
             raise _bad_line(line, where)
-        out.append((m[1], m[2] or b""))
-    return out
+    return [_field(line) for line in lines]
+
+
+def _field(line: bytes) -> tuple[bytes, bytes]:
+    """(name, value) of a field line already known to match the grammar."""
+    name, _, value = line.partition(b":")
+    return name, value.strip(b" \t")
+
+
+def _length_list(value: bytes) -> bytes:
+    """The one length of a Content-Length like `42, 42` (RFC 9110 section 8.6), or BadContentLength."""
+    lengths = {v.strip(b" \t") for v in value.split(b",")}
+    text = lengths.pop() if len(lengths) == 1 else b","
+    if not _DIGITS.fullmatch(text):
+        raise BadContentLength(f"bad Content-Length {value[:40]!r}")
+    return text
 
 
 def _tokens(value: bytes) -> set[bytes]:
@@ -150,9 +165,11 @@ def _tokens(value: bytes) -> set[bytes]:
     return {t.strip(b" \t").lower() for t in value.split(b",")}
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
-    """A final response head and how its body is framed."""
+class Head(NamedTuple):
+    """A final response head and how its body is framed.
+
+    A NamedTuple rather than a frozen dataclass: one is built per response, and
+    it costs a third as much."""
 
     status: int
     reason: str
@@ -193,23 +210,35 @@ def parse_head(head: bytes, bodiless: bool) -> Head:
     Transfer-Encoding that is exactly `chunked` is chunked; any other
     Transfer-Encoding is read to the close; else Content-Length; else to the close.
     """
-    lines = head.split(b"\r\n")
-    status, minor, reason = parse_status(lines[0])
+    m = _HEAD.fullmatch(head)
+    if m is None:
+        # Off the grammar somewhere: find the line and name what is wrong with it.
+        lines = head.split(b"\r\n")
+        parse_status(lines[0])
+        _fields(lines[1:], "header line")
+        raise BadHeaderLine(f"bad response head {head[:80]!r}")
+    if m[1] != b"1":
+        raise UnsupportedVersion(f"HTTP/{m[1].decode()}.{m[2].decode()} on an HTTP/1.1 connection")
+    status = int(m[3])
+    if status < 100:
+        raise BadStatusLine(f"bad status code {status:03d}")
     if status == 101:
         raise UnsolicitedUpgrade("101 Switching Protocols without an upgrade request")
-    fields = _fields(lines[1:], "header line")
+    reason = m[4].decode("latin-1") if m[4] else ""
+    minor = int(m[2])
+    lines = m[5][2:].split(b"\r\n") if m[5] else ()
     length_text: bytes | None = None
     codings: list[bytes] = []
     connection: set[bytes] = set()
     headers = []
-    for name, value in fields:
+    for line in lines:
+        name, _, value = line.partition(b":")
+        value = value.strip(b" \t")
         lk = name.lower()
         if lk == b"content-length":
-            # `42, 42` and repeated equal fields are one length (RFC 9110 section 8.6).
-            lengths = {v.strip(b" \t") for v in value.split(b",")}
-            text = lengths.pop() if len(lengths) == 1 else b","
-            if not _DIGITS.fullmatch(text) or (length_text is not None and text != length_text):
-                raise BadContentLength(f"bad Content-Length {value[:40]!r}")
+            text = value if value.isdigit() and len(value) <= MAX_LENGTH_DIGITS else _length_list(value)
+            if length_text is not None and text != length_text:
+                raise BadContentLength(f"Content-Length {length_text[:40]!r} and {text[:40]!r}")
             length_text = text
         elif lk == b"transfer-encoding":
             codings.append(value)
