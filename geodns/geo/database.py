@@ -162,6 +162,7 @@ class GeoDatabase:
         self._tree = _SearchTree.open(memory, meta)
         if self._tree is not None and verify:
             self._tree.verify()
+            self._tree.forget_pages()
         if self._tree is not None and not walk:
             self._tree.close()
             self._tree = None
@@ -399,6 +400,12 @@ class _SearchTree:
                 buffer.close()
             raise GeoDatabaseError(f"search tree refused: {exc}") from None
         return cls(buffer, tree)
+
+    def forget_pages(self) -> None:
+        """Unmap from this process the pages `verify` touched (the copy keeps them): else RSS
+        counts the whole file here, though lookups touch only part of it."""
+        if isinstance(self._buffer, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            self._buffer.madvise(mmap.MADV_DONTNEED)
 
     def close(self) -> None:
         self.find = self.record = self.place = self.verify = self._tree = None  # releases the buffer the tree holds
