@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", default=DEFAULT_ADMIN, metavar="ADDR:PORT", help=f"admin API, /metrics and status page (default {DEFAULT_ADMIN}; 'none' to disable)")
     p.add_argument("--admin-token", default=os.environ.get("GEODNS_ADMIN_TOKEN"), help="bearer token for admin writes (default: $GEODNS_ADMIN_TOKEN)")
     p.add_argument("--admin-host", action="append", metavar="NAME", help="a name the admin API answers to in the Host header, besides its addresses and localhost (repeatable; DNS rebinding defence)")
-    p.add_argument("--node", default=None, metavar="FILE", help="node settings (name, peers, secret) for distributed health checking")
+    p.add_argument("--node", default=None, metavar="FILE", help="node settings (name, private_key_file, peers with public keys) for distributed health checking")
     p.add_argument("--workers", type=int, default=0, help="worker processes sharing the port with SO_REUSEPORT (default: one per core)")
     p.add_argument("--query-log", action="store_true", help="log one line per query (client, subnet, name, type, rcode, answer, and why: the deciding step, regions, place)")
     p.add_argument("--query-log-sample", type=float, default=1.0, metavar="RATE", help="with --query-log: share of queries logged, 0..1 (default 1)")

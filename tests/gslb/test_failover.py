@@ -83,14 +83,29 @@ async def all_answer(nodes, want: list[str], within: float) -> float:
     raise AssertionError(f"wanted {want} from every node within {within}s; last {answers}")
 
 
-async def test_region_failover_and_drain_reach_every_node(tmp_path: Path) -> None:
-    east, west = Backend("127.0.0.61"), Backend("127.0.0.62")
+async def start_cluster(tmp_path: Path, backend_hosts: tuple[str, str], first_host: int,
+                        exchange_interval: float = 0.3, **zone: float):
+    """Two backends, their zone, and three nodes answering us-east; stop with `stop_cluster`."""
+    east, west = Backend(backend_hosts[0]), Backend(backend_hosts[1])
     await east.start()
     await west.start()
     zones = tmp_path / "zones"
     zones.mkdir()
-    (zones / "z.yaml").write_text(zone_text(east, west))
-    nodes = make_cluster(tmp_path, ["n1", "n2", "n3"], 51)
+    (zones / "z.yaml").write_text(zone_text(east, west, **zone))
+    nodes = make_cluster(tmp_path, ["n1", "n2", "n3"], first_host, exchange_interval=exchange_interval)
+    return nodes, zones, east, west
+
+
+async def stop_cluster(nodes, east: Backend, west: Backend) -> None:
+    for node in nodes:
+        node.stop()
+    await west.stop()
+    if east.runner is not None:
+        await east.runner.cleanup()
+
+
+async def test_region_failover_and_drain_reach_every_node(tmp_path: Path) -> None:
+    nodes, zones, east, west = await start_cluster(tmp_path, ("127.0.0.61", "127.0.0.62"), 51)
     try:
         for node in nodes:
             node.start(zones, TOKEN)
@@ -124,22 +139,13 @@ async def test_region_failover_and_drain_reach_every_node(tmp_path: Path) -> Non
         for node in nodes:
             assert node.proc.poll() is None, f"{node.name} exited"
     finally:
-        for node in nodes:
-            node.stop()
-        await west.stop()
-        if east.runner is not None:
-            await east.runner.cleanup()
+        await stop_cluster(nodes, east, west)
 
 
 async def test_failover_at_a_one_second_interval_moves_every_node_within_five_seconds(tmp_path: Path) -> None:
     """Production-like timing: 1 s probes, 1 s exchange, signed per-node messages."""
-    east, west = Backend("127.0.0.63"), Backend("127.0.0.64")
-    await east.start()
-    await west.start()
-    zones = tmp_path / "zones"
-    zones.mkdir()
-    (zones / "z.yaml").write_text(zone_text(east, west, interval=1.0, timeout=0.5))
-    nodes = make_cluster(tmp_path, ["n1", "n2", "n3"], 141, exchange_interval=1.0)
+    nodes, zones, east, west = await start_cluster(tmp_path, ("127.0.0.63", "127.0.0.64"), 141,
+                                                   exchange_interval=1.0, interval=1.0, timeout=0.5)
     try:
         for node in nodes:
             node.start(zones, TOKEN)
@@ -151,8 +157,4 @@ async def test_failover_at_a_one_second_interval_moves_every_node_within_five_se
               f"(fall {FALL} x 1 s + exchange 1 s + timeout 0.5 s = {FALL + 1.5:.1f}s)")
         assert down < 5.0
     finally:
-        for node in nodes:
-            node.stop()
-        await west.stop()
-        if east.runner is not None:
-            await east.runner.cleanup()
+        await stop_cluster(nodes, east, west)

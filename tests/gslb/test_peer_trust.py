@@ -22,8 +22,8 @@ from geodns.health.drains import drain_to_json, sign_drain
 from geodns.health.peers import CONTENT_TYPE, OBSERVATIONS_PATH, Verifier, encode
 from geodns.health.quorum import Drain
 
-from .cluster import make_cluster, wait_port
-from .test_failover import TOKEN, Backend, all_answer, zone_text
+from .cluster import wait_port
+from .test_failover import TOKEN, all_answer, start_cluster, stop_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +32,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 async def cluster(tmp_path: Path, first_host: int, backend_hosts: tuple[str, str]):
-    east, west = Backend(backend_hosts[0]), Backend(backend_hosts[1])
-    await east.start()
-    await west.start()
-    zones = tmp_path / "zones"
-    zones.mkdir()
-    (zones / "z.yaml").write_text(zone_text(east, west))
-    nodes = make_cluster(tmp_path, ["n1", "n2", "n3"], first_host)
+    nodes, zones, east, west = await start_cluster(tmp_path, backend_hosts, first_host)
     for node in nodes:
         node.start(zones, TOKEN)
     await all_answer(nodes, EAST, 15)
@@ -80,14 +74,6 @@ def metric(node, name: str, labels: dict[str, str]) -> float:
             if ",".join(sorted(inner.split(","))) == want:
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-async def stop_all(nodes, east: Backend, west: Backend) -> None:
-    for node in nodes:
-        node.stop()
-    await west.stop()
-    if east.runner is not None:
-        await east.runner.cleanup()
 
 
 async def test_a_node_with_valid_credentials_cannot_speak_for_another(tmp_path: Path) -> None:
@@ -139,7 +125,7 @@ async def test_a_node_with_valid_credentials_cannot_speak_for_another(tmp_path: 
         cause = doc["verdicts"]["us-east/192.0.2.10"]["cause"]
         assert cause.startswith("0/3 observers say down"), cause
     finally:
-        await stop_all(nodes, east, west)
+        await stop_cluster(nodes, east, west)
 
 
 async def test_poisoned_drains_are_refused_and_every_node_keeps_deciding_and_restarts(tmp_path: Path) -> None:
@@ -187,4 +173,4 @@ async def test_poisoned_drains_are_refused_and_every_node_keeps_deciding_and_res
         back = await all_answer(nodes, EAST, 20)
         print(f"us-east back -> all 3 nodes answer it again after {back:.2f}s")
     finally:
-        await stop_all(nodes, east, west)
+        await stop_cluster(nodes, east, west)
