@@ -74,8 +74,10 @@ MAX_RELATIVE = 1e12
 """Milliseconds a view's times may lie from the message's `sent_at` (about 30 years)."""
 QUANTUM_MS = 100
 """Views' times travel in milliseconds floored to this, so that equal views group."""
-RECOMPUTE_CHUNK = 1000
-"""Targets recomputed per event-loop iteration (about 20-50 ms of work)."""
+RECOMPUTE_BATCH = 250
+"""Targets recomputed at a time when many are dirty."""
+RECOMPUTE_SLICE = 0.01
+"""Seconds of recompute per event-loop iteration before other work gets its turn."""
 VERDICT_LOG_PER_SECOND = 20
 _STATES = {s.value: s for s in State}
 
@@ -545,10 +547,15 @@ class HealthService:
 
     async def _exchange_loop(self, peer: Any) -> None:
         event = self._push_events[peer.name]
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
+            # One push per exchange_interval from the start of the last one (its
+            # round trip is part of the period, not added to it), or at once on news.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), self.node.exchange_interval)
+                await asyncio.wait_for(event.wait(), max(0.0, last + self.node.exchange_interval - loop.time()))
             event.clear()
+            last = loop.time()
             await self._exchange_once(peer, max(1.0, self.node.exchange_interval))
 
     async def _exchange_once(self, peer: Any, timeout: float) -> None:
@@ -644,25 +651,29 @@ class HealthService:
             self._recompute_dirty()
 
     def _recompute_dirty(self) -> None:
-        """Recompute what is dirty, RECOMPUTE_CHUNK targets per loop iteration:
-        a message that changes 10,000 views must not stop the loop (DNS, other
-        peers) for the whole recompute; what comes meanwhile joins the rest."""
+        """Recompute what is dirty, RECOMPUTE_SLICE seconds of it per event-loop
+        iteration: a message that changes 10,000 views must not stop the loop
+        (DNS, other peers' messages) for the whole recompute; what comes
+        meanwhile joins the rest."""
+        started = time.perf_counter()
         while True:
             if self._dirty is None:
                 self._dirty = set(self._plan.targets) | set(self._plan.regions)
             dirty = self._dirty
-            if len(dirty) <= RECOMPUTE_CHUNK:
+            if len(dirty) <= RECOMPUTE_BATCH:
                 self._dirty = set()
                 self._recompute(only=dirty)
                 return
-            chunk = {dirty.pop() for _ in range(RECOMPUTE_CHUNK)}
-            self._recompute(only=chunk, publish=False)
+            batch = {dirty.pop() for _ in range(RECOMPUTE_BATCH)}
+            self._recompute(only=batch, publish=False)
+            if time.perf_counter() - started < RECOMPUTE_SLICE:
+                continue
             self._recompute_pending = True
             try:
                 asyncio.get_running_loop().call_soon(self._recompute_dirty)
                 return
             except RuntimeError:  # no loop (tests calling directly): go on now
-                continue
+                started = time.perf_counter()
 
     def _recompute(self, publish: bool = True, only: set[str] | None = None) -> None:
         """Verdicts from views; `only`: just these targets and their regions."""
@@ -693,6 +704,7 @@ class HealthService:
             targets = [t for t in only if t in self._plan.targets]
             regions = list({self._plan.targets[t].region for t in targets}
                            | {r for r in only if r in self._plan.regions})
+        cache: dict[tuple, tuple[Verdict, float, float]] = {}
         for target in targets:
             tp = self._plan.targets[target]
             drain = self._drains.get(target)
@@ -700,8 +712,7 @@ class HealthService:
                 v = decide_target([], now, stale_after=0.0, drain=drain) if drain and drain.active \
                     else Verdict(up=True, cause="no check configured")
             else:
-                v = decide_target(self._views_of(target, now), now, stale_after=self._stale_after(target),
-                                  rule=self.node.quorum, drain=drain, fallback=self._fallback.get(target))
+                v = self._decide(target, now, drain, cache)
                 if isolated and not v.forced and v.cause and not v.cause.startswith(("unknown", "no fresh")):
                     v = replace(v, cause=f"isolated, own view only: {v.cause}")
             new[target] = v
@@ -736,6 +747,39 @@ class HealthService:
             self._publish_pending = True
         if publish and self._started and (changed or self._publish_pending or self._bounds_expired(now)):
             self._publish(now)
+
+    def _decide(self, target: str, now: float, drain: Drain | None,
+                cache: dict[tuple, tuple[Verdict, float, float]]) -> Verdict:
+        """`decide_target`, shared between targets whose peers' views are the
+        same objects (a group of a peer message) and whose own views read alike
+        (state, second of `since`, detail, freshness): in an outage of 10,000
+        endpoints most verdicts are a few dozen decisions. Only `until`, which
+        also depends on this node's own probe times, is made per target."""
+        views = self._views_of(target, now)
+        stale_after = self._stale_after(target)
+        fallback = self._fallback.get(target)
+        if (drain is not None and drain.active) or fallback is not None or not views \
+                or views[0].observer != self.node.name:
+            return decide_target(views, now, stale_after=stale_after, rule=self.node.quorum,
+                                 drain=drain, fallback=fallback)
+        own, peers = views[0], views[1:]
+        own_fresh = now - own.heard <= stale_after
+        key = (stale_after, own.state, int(own.since // 1), own.detail, own_fresh,
+               None if own_fresh else f"{now - own.heard:.0f}", *map(id, peers))
+        hit = cache.get(key)
+        if hit is None:
+            v = decide_target(views, now, stale_after=stale_after, rule=self.node.quorum)
+            if v.cause.startswith("unknown"):
+                return v  # undecided: its bound rests on the own view's times; cheap anyway
+            fresh = [p for p in peers if now - p.heard <= stale_after]
+            cache[key] = (v, min((p.until for p in fresh), default=math.inf),
+                          min((p.heard for p in fresh), default=math.inf))
+            return v
+        v, peer_until, peer_heard = hit
+        # decide_target's bound, with this target's own view in it
+        until_views = min(peer_until, own.until) if own_fresh else peer_until
+        heard = min(peer_heard, own.heard) if own_fresh else peer_heard
+        return replace(v, until=min(max(now, until_views), heard + stale_after))
 
     def _log_verdict(self, target: str, v: Verdict, was: Verdict) -> None:
         """One line per verdict change, at most VERDICT_LOG_PER_SECOND a second:

@@ -165,4 +165,5 @@ async def test_ten_thousand_targets_on_ten_nodes_exchange_within_one_period(tmp_
           f"it receives as much from them (9 x {size / 1000:.0f} kB per period)")
     for state, taken, moved, _ in results:
         assert taken < PERIOD, f"nine pushes took {taken:.2f}s, more than one period"
-        assert moved < 3 * PERIOD, f"answers moved {moved:.2f}s after the pushes ({state})"
+        # Then 9,000 verdicts are recomputed (in Python, 25-100 us each on this shared machine).
+        assert moved < 6 * PERIOD, f"answers moved {moved:.2f}s after the pushes ({state})"
