@@ -23,6 +23,7 @@ from geodns.dns.snapshot import Snapshot, build_snapshot
 from geodns.geo import GeoDatabase, GeoDatabaseError
 from geodns.health import strictjson
 from geodns.steer import LatencyTable, LatencyTableError, Verdict, load_latency_table
+from geodns.steer.measured import Measured
 
 log = logging.getLogger("geodns.control")
 
@@ -130,6 +131,8 @@ class Controller:
     health_verdicts: dict[str, Verdict] = field(default_factory=dict)
     utilisation: dict[str, float] = field(default_factory=dict)
     capacity_notes: dict[str, str] = field(default_factory=dict)
+    measured: Measured | None = None
+    """Measured RTTs, ranked (`geodns.control.latency_probe`); the `latency` step reads them first."""
     """Region -> what its balancer's latest load report said (the capacity poller's, for the status page)."""
     generation: int = 0
     ref: SnapshotRef | None = None
@@ -179,6 +182,7 @@ class Controller:
             self.utilisation,
             self.cache_size,
             previous=self.ref.snapshot if self.ref is not None else None,
+            measured=self.measured,
         )
 
     def publish(self) -> Snapshot:
@@ -232,6 +236,11 @@ class Controller:
     def set_utilisation(self, utilisation: Mapping[str, float]) -> None:
         if dict(utilisation) != self.utilisation:
             self.utilisation = dict(utilisation)
+            self.publish()
+
+    def set_measured(self, measured: Measured | None) -> None:
+        if measured != self.measured:
+            self.measured = measured
             self.publish()
 
     def check_files(self) -> None:

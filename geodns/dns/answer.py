@@ -40,6 +40,7 @@ from geodns.dns.wire import (
 from geodns.dnssec.zone import COMPACT_OK, SIGNED, echo_co, signed_key
 from geodns.steer import Client
 from geodns.steer.chain import remember
+from geodns.steer.measured import V4_PREFIX, V6_PREFIX, network_key
 
 _NO_STATS = Stats()
 """Where counts go when the caller keeps none (tests, explain)."""
@@ -53,7 +54,7 @@ _failures = 0
 class _Dependent:
     """Level-1 cache marker: the answer for this name depends on the client."""
 
-    __slots__ = ("czone", "client_dependent", "deadline", "key", "name", "node", "nets")
+    __slots__ = ("czone", "client_dependent", "deadline", "key", "name", "node", "nets", "measured")
 
     def __init__(self, czone: CompiledZone, key: tuple, name: str, node: Node | None = None):
         self.czone = czone
@@ -62,6 +63,8 @@ class _Dependent:
         miss then runs its chain (`steer`) without going through `resolve`."""
         self.nets = narrowing(czone, node)
         """IP version -> the CIDRs that may split this name's answers (see `narrowing`)."""
+        self.measured = node.name in czone.latency_nodes if node is not None else bool(czone.latency_nodes)
+        """A `latency` step may answer by the client's measured /24 (/48) (`geodns.steer.measured`)."""
         self.key = key
         """The level-1 key as first stored: its name bytes are shared by the levels below."""
         self.name = name
@@ -270,6 +273,16 @@ def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, 
     if nets:
         value = int.from_bytes(packed, "big")
         prefix, inside = narrow_int(value, bits, prefix, nets)
+    measured = snap.measured
+    if measured is not None and entry.measured:
+        # Measured networks are /24s (/48s): no scope may span one, and a measured one is
+        # decided by its own row, so it gets its own cache entry.
+        value = int.from_bytes(packed, "big")
+        floor = V4_PREFIX if version == 4 else V6_PREFIX
+        if prefix < floor:
+            prefix = floor
+        if network_key(version, value) in measured.rows:
+            inside = True
     # Level 2: one decision per GeoIP record (a place), shared by every network that
     # has it; per network when a CIDR rule makes the address itself matter. The
     # name bytes come from the level-1 key (one object shared by every entry of a name).

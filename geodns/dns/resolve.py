@@ -228,6 +228,7 @@ def _steer(
         family=6 if qtype == QType.AAAA else 4,
         default=node.steered.default,
         latency=czone.latency,
+        measured=snap.measured,
         utilisation=snap.utilisation,
         now=now if now is not None else time.time(),
         explain=explain,

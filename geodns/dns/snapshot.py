@@ -18,6 +18,7 @@ from geodns.config.model import IPNetwork, Node, RRset, Steered, Zone
 from geodns.dns.cache import AnswerCache
 from geodns.geo import GeoDatabase
 from geodns.steer import LatencyTable, RegionInfo, Verdict, Verdicts
+from geodns.steer.measured import Measured
 from geodns.steer.verdict import endpoint_target
 
 
@@ -45,6 +46,9 @@ class CompiledZone:
     answer, so its scope need not stop at that rule's edge (nor its queries check it)."""
     signer: Any = None
     """`geodns.dnssec.zone.ZoneSigner` when the zone has `dnssec:`; None otherwise."""
+    latency_nodes: frozenset[str] = frozenset()
+    """Steered names whose chain has a `latency` step: their answers may depend on the client's
+    measured /24 (/48), so their scope is at least that (`geodns.steer.measured`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,8 @@ class Snapshot:
     while the entry lives."""
     signed: bool = False
     """Some zone is signed: queries with DO get answer-cache keys of their own (`answer`)."""
+    measured: Measured | None = None
+    """Measured RTTs from resolver networks to regions, ranked (`latency` reads them first)."""
 
     def find_zone(self, name: str) -> CompiledZone | None:
         """The zone that is authoritative for a name (longest origin match)."""
@@ -150,6 +156,10 @@ def compile_zone(zone: Zone, verdicts: Verdicts, latency: LatencyTable | None) -
         narrowing_ints={v: _as_ints(nets) for v, nets in narrowing.items()},
         narrowing_by_node=by_node,
         signer=signer,
+        latency_nodes=frozenset(
+            name for name, node in zone.nodes.items()
+            if node.steered is not None and any(step.kind == "latency" for step in node.steered.chain)
+        ),
     )
 
 
@@ -162,6 +172,7 @@ def build_snapshot(
     utilisation: Mapping[str, float] | None = None,
     cache_size: int = 200_000,
     previous: Snapshot | None = None,
+    measured: Measured | None = None,
 ) -> Snapshot:
     """A new snapshot. Given the one it replaces, it keeps that one's answer cache when no
     answer could differ: same zones, GeoIP file, utilisation and up/forced state of every
@@ -174,7 +185,8 @@ def build_snapshot(
         zone.origin: compile_zone(zone, verdicts, latency_tables.get(zone.origin)) for zone in zones
     }
     cache = None
-    if previous is not None and _same_decisions(previous, compiled, geo, verdicts, utilisation):
+    measured = measured if measured is not None and measured.rows else None
+    if previous is not None and previous.measured == measured and _same_decisions(previous, compiled, geo, verdicts, utilisation):
         cache = previous.cache
     return Snapshot(
         generation=generation,
@@ -184,6 +196,7 @@ def build_snapshot(
         utilisation=utilisation,
         cache=cache if cache is not None else AnswerCache(cache_size),
         signed=any(cz.signer is not None for cz in compiled.values()),
+        measured=measured,
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from geodns.config.model import IPAddress, IPNetwork, Region
 from geodns.geo import Location, unit_vector
 from geodns.steer.latency_table import LatencyTable
+from geodns.steer.measured import Measured
 from geodns.steer.verdict import Verdicts, balancer_target, endpoint_target
 
 Candidates = tuple[str, ...]
@@ -80,6 +81,8 @@ class Context:
     default: Candidates = ()
     """The record's regions for clients that cannot be located."""
     latency: LatencyTable | None = None
+    measured: Measured | None = None
+    """RTTs the nodes measured to resolver networks, ranked (the `latency` step reads them first)."""
     utilisation: Mapping[str, float] = field(default_factory=dict)
     """Region -> load reported by its regional balancer (0..1)."""
     now: float = 0.0
