@@ -259,8 +259,8 @@ async def test_exec_output_is_bounded():
     assert not r.ok and r.detail.startswith("killed by SIGPIPE (output over 65536 bytes"), r
     assert time.monotonic() - t0 < 2
     # A command that ignores SIGPIPE is judged by its exit status; the detail stays one short line.
-    code = "import signal, sys; signal.signal(signal.SIGPIPE, signal.SIG_IGN)\n" \
-           "try:\n    sys.stdout.write('x' * 200000); sys.stdout.flush()\nexcept OSError:\n    pass\nsys.exit(0)"
+    code = "import os, signal; signal.signal(signal.SIGPIPE, signal.SIG_IGN)\n" \
+           "try:\n    os.write(1, b'x' * 200000)\nexcept OSError:\n    pass\nos._exit(0)"
     r = await probe(Check(kind="exec", command=(sys.executable, "-c", code), timeout=5), "127.0.0.1")
     assert r.ok and len(r.detail) < 200, r
 
