@@ -18,7 +18,7 @@ pytest.importorskip("octodns")
 from octodns.provider.yaml import YamlProvider  # noqa: E402
 from octodns.zone import Zone as OctoZone  # noqa: E402
 
-from tests.control.conftest import TOKEN, Node, start_node  # noqa: E402
+from tests.control.conftest import TOKEN, Node, running_node  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ZONE = "octo.example.test."
@@ -106,12 +106,8 @@ def dig(node: Node, name: str, subnet: str, rtype: str = "A") -> list[str]:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
-    n = start_node(tmp_path, 30)
-    try:
+    with running_node(tmp_path, 30) as n:
         yield n
-    finally:
-        for stop in n._stop:
-            stop()
 
 
 def octo_records(directory: Path) -> dict[tuple[str, str], dict]:

@@ -8,6 +8,7 @@ as an operator would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import threading
 from collections.abc import Iterator
@@ -119,25 +120,48 @@ def start_node(tmp: Path, index: int, token: str | None = TOKEN, with_state: boo
     return node
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    n = start_node(tmp_path, 10)
+@contextlib.contextmanager
+def running_node(tmp: Path, index: int, token: str | None = TOKEN) -> Iterator[Node]:
+    """A node started in a thread, stopped on leaving."""
+    n = start_node(tmp, index, token=token)
     try:
         yield n
     finally:
         for stop in n._stop:
             stop()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    with running_node(tmp_path, 10) as n:
+        yield n
 
 
 @pytest.fixture
 def tokenless_node(tmp_path: Path) -> Iterator[Node]:
-    n = start_node(tmp_path, 11, token=None)
-    try:
+    with running_node(tmp_path, 11, token=None) as n:
         yield n
-    finally:
-        for stop in n._stop:
-            stop()
 
 
 def a_records(message: dns.message.Message) -> list[str]:
     return sorted(rr.address for rrset in message.answer if rrset.rdtype == dns.rdatatype.A for rr in rrset)
+
+
+def http_request(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None,
+                 timeout: float = 10) -> tuple[int, Any, dict[str, str]]:
+    """One HTTP exchange, never through a proxy: status, the body (parsed if JSON), headers."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            status, raw, got = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        status, raw, got = exc.code, exc.read(), dict(exc.headers)
+    try:
+        return status, json.loads(raw), got
+    except ValueError:
+        return status, raw.decode(errors="replace"), got

@@ -10,8 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import pytest
 import yaml
 
 from geodns.control import webhook
-from tests.control.conftest import TOKEN, Node, a_records, free_port, start_node
+from tests.control.conftest import TOKEN, Node, a_records, free_port, http_request, running_node
 
 DATA = Path(__file__).with_name("data") / "externaldns"
 EXAMPLES = json.loads((DATA / "openapi-examples.json").read_text())
@@ -32,7 +30,11 @@ ZONE = "gslb.example.test"
 
 @pytest.fixture
 def hook(tmp_path: Path) -> Iterator[tuple[Node, str]]:
-    node = start_node(tmp_path, 40)
+    with running_node(tmp_path, 40) as node:
+        yield from _webhook_for(node, tmp_path)
+
+
+def _webhook_for(node: Node, tmp_path: Path) -> Iterator[tuple[Node, str]]:
     port = free_port("127.0.0.1")
     env = {**os.environ, "GEODNS_ADMIN_TOKEN": TOKEN,
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
@@ -49,25 +51,12 @@ def hook(tmp_path: Path) -> Iterator[tuple[Node, str]]:
     finally:
         proc.terminate()
         proc.wait(10)
-        for stop in node._stop:
-            stop()
 
 
 def call(base: str, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any, dict[str, str]]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(base + path, data=data, method=method, headers={"Accept": MEDIA})
-    if data is not None:
-        request.add_header("Content-Type", MEDIA)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=15) as r:
-            status, text, headers = r.status, r.read(), dict(r.headers)
-    except urllib.error.HTTPError as exc:
-        status, text, headers = exc.code, exc.read(), dict(exc.headers)
-    try:
-        return status, json.loads(text), headers
-    except ValueError:
-        return status, text.decode(), headers
+    headers = {"Accept": MEDIA, **({"Content-Type": MEDIA} if data is not None else {})}
+    return http_request(base + path, method, data, headers, timeout=15)
 
 
 def ep(name: str, targets: list[str], set_id: str = "", rtype: str = "A", **props: str) -> dict[str, Any]:

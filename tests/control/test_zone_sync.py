@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from geodns.control.zonestore import content_hash
 from geodns.health import keys
 from geodns.health.peers import Verifier
+from tests.control.conftest import http_request
 from tests.gslb.cluster import ask, make_cluster
 
 pytestmark = pytest.mark.slow
@@ -49,21 +48,11 @@ def synced(serial: int, eu: str = "192.0.2.101") -> str:
 
 
 def http(admin: str, method: str, path: str, body: str | None = None, token: str | None = TOKEN) -> tuple[int, Any]:
-    request = urllib.request.Request(f"http://{admin}{path}", data=body.encode() if body is not None else None, method=method)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     if body is not None:
-        request.add_header("Content-Type", "application/yaml")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=10) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode()
+        headers["Content-Type"] = "application/yaml"
+    status, doc, _ = http_request(f"http://{admin}{path}", method, body.encode() if body is not None else None, headers)
+    return status, doc
 
 
 def wait_until(predicate, within: float, what: str) -> float:
@@ -187,12 +176,7 @@ def test_forged_and_unlisted_pushes_are_refused(cluster) -> None:
 
     def post(verifier: Verifier, recipient) -> int:
         headers = verifier.sign("zone", recipient.name, body)
-        request = urllib.request.Request(f"http://{recipient.admin}/v1/peer/zones", data=body, method="POST", headers=headers)
-        try:
-            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=5) as r:
-                return r.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
+        return http_request(f"http://{recipient.admin}/v1/peer/zones", "POST", body, headers, timeout=5)[0]
 
     # Someone without z1's key, claiming to be z1: refused by the signature.
     assert post(Verifier("z1", keys.generate(), {}), z3) == 401

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,7 @@ import dns.rcode
 import yaml
 
 from geodns.control.zonestore import content_hash, zone_name
-from tests.control.conftest import TOKEN, Node, a_records
+from tests.control.conftest import TOKEN, Node, a_records, http_request
 
 LONDON = "81.2.69.160"
 CALIFORNIA = "8.8.8.8"  # us-west in the bundled data
@@ -36,23 +34,12 @@ records:
 
 def call(node: Node, method: str, path: str, body: bytes | None = None, token: str | None = TOKEN,
          content_type: str | None = "application/yaml", accept: str | None = None) -> tuple[int, Any, dict[str, str]]:
-    request = urllib.request.Request(f"http://{node.admin}{path}", data=body, method=method)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     if body is not None and content_type:
-        request.add_header("Content-Type", content_type)
+        headers["Content-Type"] = content_type
     if accept:
-        request.add_header("Accept", accept)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=10) as response:
-            status, raw, headers = response.status, response.read(), dict(response.headers)
-    except urllib.error.HTTPError as exc:
-        status, raw, headers = exc.code, exc.read(), dict(exc.headers)
-    try:
-        return status, json.loads(raw), headers
-    except ValueError:
-        return status, raw.decode(), headers
+        headers["Accept"] = accept
+    return http_request(f"http://{node.admin}{path}", method, body, headers)
 
 
 def snapshot_of(zones: Path) -> dict[str, bytes]:
