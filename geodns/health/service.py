@@ -684,8 +684,14 @@ class HealthService:
         stale_peers = 3 * self.node.exchange_interval + 2.0
         isolated = bool(self.node.peers) and not any(
             now - t <= stale_peers for t in self._peer_seen.values())
-        if isolated != self._isolated:
-            only = None  # every cause says whether it rests on this node's view only
+        if isolated != self._isolated and only is not None:
+            # Every cause says whether it rests on this node's view only: all
+            # of them are recomputed, in slices like any large change.
+            self._dirty = None
+            if not self._recompute_pending:
+                self._recompute_pending = True
+                with contextlib.suppress(RuntimeError):
+                    asyncio.get_running_loop().call_soon(self._recompute_dirty)
         if isolated != self._isolated and self._started:
             if isolated:
                 log.warning("health isolated=true node=%s no peer heard for %.0fs: verdicts use this "
