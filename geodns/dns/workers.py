@@ -211,6 +211,7 @@ class WorkerPool:
         conn.send(("setup", setup))
         conn.send(("snapshot", self._state))
         asyncio.get_running_loop().add_reader(conn.fileno(), self._on_message, worker)
+        _keep_blocking(conn)
         return worker
 
     def _on_message(self, worker: _Worker) -> None:
@@ -398,6 +399,7 @@ async def _worker(conn: Connection) -> int:
             stop.set()
 
     loop.add_reader(conn.fileno(), on_message)
+    _keep_blocking(conn)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # A HUP to the whole process group (a closed terminal, `kill -HUP -PGID`) is the parent's
@@ -414,6 +416,18 @@ async def _worker(conn: Connection) -> int:
     for close in closers:
         close()
     return 0
+
+
+def _keep_blocking(conn: Connection) -> None:
+    """Undo what uvloop's add_reader does to the pipe (libuv's poll makes it non-blocking).
+
+    A Connection sends and reads whole messages with blocking I/O: non-blocking, a message
+    larger than the socket buffer (~200 kB: the snapshot of a zone of a few thousand names)
+    was cut short with EAGAIN, and the worker, reading half of it, took the pipe for closed
+    and exited. Blocking, a reader that is woken by the first bytes waits for the rest; the
+    event loop only calls it when there is something to read.
+    """
+    os.set_blocking(conn.fileno(), True)
 
 
 def _worker_logging(setup: dict) -> None:
