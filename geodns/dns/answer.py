@@ -301,15 +301,15 @@ def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, 
         res = steer(snap, czone, entry.node, name, query.qtype, client)
     else:
         res = resolve(snap, czone, name, query.qtype, lambda: client)
-    if key[1] & SIGNED and czone.signer is not None:
-        prepared = czone.signer.prepare(res, query.qname, query.qtype, query.qclass, bool(key[1] & COMPACT_OK))
-    else:
-        prepared = prepare_shared(snap, res, query.qname, query.qtype, query.qclass, czone.zone.origin)
+    signer = czone.signer if key[1] & SIGNED else None
+    prepared = prepare_shared(snap, res, query.qname, query.qtype, query.qclass, czone.zone.origin, signer, bool(key[1] & COMPACT_OK))
     cache.put_place(key2, prepared)
     return prepared, prefix if prepared.client_dependent else None, by_source
 
 
-def prepare_shared(snap: Snapshot, res: Resolution, qname: bytes, qtype: int, qclass: int, origin: str) -> Prepared:
+def prepare_shared(
+    snap: Snapshot, res: Resolution, qname: bytes, qtype: int, qclass: int, origin: str, signer=None, compact_ok: bool = False
+) -> Prepared:
     """`prepare()`, with the wire bodies of a steered answer shared by every place that gets the same decision.
 
     A steered name has a handful of distinct answers (one per region or set of
@@ -319,26 +319,39 @@ def prepare_shared(snap: Snapshot, res: Resolution, qname: bytes, qtype: int, qc
     (kept in the entry, so that its id cannot be reused while the entry lives).
     Only plain steered answers (no CNAME in front, no authority or additional
     records) are shared; a decision that expires gets its own deadline.
+    With `signer` (a DO query to a signed zone) the bodies are the signed ones,
+    shared until their first signature is due for renewal.
     """
+
+    def build() -> Prepared:
+        if signer is not None:
+            return signer.prepare(res, qname, qtype, qclass, compact_ok)
+        return prepare(res, qname, qtype, qclass, origin)
+
     decision = res.decision
     if decision is None or res.answer or res.authority or res.additional or not res.aa or res.rcode:
-        return prepare(res, qname, qtype, qclass, origin)
+        return build()
     memo = snap.steering
     key = ("bodies", id(decision), qname.lower(), qtype, qclass, res.steered_ttl)
+    if signer is not None:
+        key += ("signed", compact_ok)
     hit = memo.get(key)
-    if hit is not None and hit[0] is decision:
+    if hit is not None and hit[0] is decision and (signer is None or hit[1].deadline >= _monotonic()):
         shared = hit[1]
     else:
-        shared = prepare(res, qname, qtype, qclass, origin)
+        shared = build()
         remember(memo, key, (decision, shared))
     if res.deadline is None and shared.deadline is None:
         return shared
+    deadline = res.deadline
+    if signer is not None:
+        deadline = shared.deadline if deadline is None else min(deadline, shared.deadline)
     client = res.client
     return Prepared(
         shared.bodies,
         schedule=shared.schedule,
         scope=client.prefix if client is not None and client.address is not None else None,
-        deadline=res.deadline,
+        deadline=deadline,
         labels=shared.labels,
         client_dependent=True,
         meta=shared.meta,

@@ -1,0 +1,58 @@
+#!/bin/sh
+# geodns signing online vs not, every query with DO set: the example zone
+# unsigned, then the same zone with `dnssec:` (algorithm 13 and 15), on the
+# main and miss workloads with their DO bit set (bench/dnssec_workload.py).
+# Same method as bench/dns.sh (bench/dns/compare: fresh server per turn,
+# server on CPU 0, load generator on CPU 1, answers checked in round 1), then
+# a micro-benchmark of one core's signatures per second.
+#
+#   bench/dnssec.sh                     # 3 runs x (main-do, miss-do) x (13, 15)
+#   WORKLOADS="main" RUNS=1 DURATION=5 bench/dnssec.sh
+#
+# Writes only under ${GEODNS_CACHE:-$HOME/.cache/geodns}/bench/.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+kit=$here/dns
+cache=${GEODNS_CACHE:-$HOME/.cache/geodns}
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+WORKLOADS=${WORKLOADS:-"main miss"}
+ALGS=${ALGS:-"13 15"}
+PORT=${PORT:-5311}
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+DB=${DB:-$(python3 -c "import sys; sys.path.insert(0, '$kit'); import benchlib; print(benchlib.ensure_geoip_db())")}
+case "$DB" in */dbip-city-geoip2.mmdb) tag=city ;; *) tag=$(basename "$DB" .mmdb) ;; esac
+wl=$cache/bench/workloads/$tag
+[ -x "$cache/bench/bin/loadgen" ] || "$kit/build-loadgen" >/dev/null
+out=$cache/bench/results/dnssec-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$out"
+
+signed=$cache/bench/dnssec
+for alg in 13 15; do
+    zones=$signed/zones-$alg
+    if [ ! -d "$zones" ]; then
+        mkdir -p "$zones"
+        sed "s#../data/latency.yaml#$repo/data/latency.yaml#" "$repo/zones/example.yaml" > "$zones/example.yaml"
+        printf '\ndnssec:\n  keys: keys\n' >> "$zones/example.yaml"
+        python3 -m geodns keys generate gslb.example.test --dir "$zones/keys" --algorithm "$alg" >/dev/null
+    fi
+    python3 -m geodns check "$zones" >/dev/null
+done
+
+serve() {  # serve ZONES PORT
+    echo "python3 -m geodns serve --zones $1 --geoip $DB --state none --listen 127.0.0.1:$2 --admin 127.0.0.1:$(($2 + 1000)) --workers 1"
+}
+for w in $WORKLOADS; do
+    [ -f "$wl/$w.bin" ] || python3 "$kit/workload" --db "$DB" --out "$wl" "$w"
+    [ -f "$wl/$w-do.bin" ] || python3 "$here/dnssec_workload.py" "$wl" "$w"
+    for alg in $ALGS; do  # compare takes two servers: unsigned beside each algorithm
+        timeout 3600 python3 "$kit/compare" --workload "$w-do" --workloads "$wl" --runs "$RUNS" \
+            --duration "$DURATION" --warmup "$WARMUP" --wait-quiet 60 --retries 2 --json-out "$out/$w-do-$alg.json" \
+            --server unsigned "$PORT" "$(serve "$repo/zones/example.yaml" "$PORT")" \
+            --server "signed-$alg" "$((PORT + 1))" "$(serve "$signed/zones-$alg" "$((PORT + 1))")" | tee "$out/$w-do-$alg.txt"
+    done
+done
+taskset -c 0 python3 "$here/dnssec_sign_rate.py" | tee "$out/sign-rate.txt"
+echo "results in $out" >&2
