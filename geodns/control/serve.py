@@ -96,11 +96,12 @@ async def _serve(
     health = None
     if options.node_file:
         from geodns.control.cookie_settings import COOKIE_KEYS
+        from geodns.control.latency_probe import KEYS as LATENCY_KEYS
         from geodns.health.service import HealthService
         from geodns.health.settings import NodeSettingsError, load_node_settings
 
         try:
-            settings = load_node_settings(options.node_file, extra_keys=("rrl", "zone_sync", *COOKIE_KEYS))
+            settings = load_node_settings(options.node_file, extra_keys=("rrl", "zone_sync", *COOKIE_KEYS, *LATENCY_KEYS))
         except NodeSettingsError as exc:
             log.error("%s", exc)
             return 2
@@ -151,6 +152,16 @@ async def _serve(
             except zone_sync.ZoneSyncSettingsError as exc:
                 log.error("not starting: %s", exc)
                 return 2
+    latency = None
+    if health is not None:
+        from geodns.control import latency_probe
+
+        try:
+            latency = latency_probe.attach(app if admin_mod is not None else None, health, options.node_file, controller)
+        except latency_probe.LatencySettingsError as exc:
+            log.error("not starting: %s", exc)
+            return 2
+    if admin_mod is not None:
         try:
             admin_runner = await admin_mod.start_admin(app, options.admin.host, options.admin.port)
         except OSError as exc:
@@ -160,6 +171,8 @@ async def _serve(
         await health.start()
     if sync is not None:
         await sync.start()
+    if latency is not None:
+        await latency.start()
 
     def on_hup() -> None:
         with contextlib.suppress(ReloadFailed):
@@ -194,6 +207,8 @@ async def _serve(
     capacity_task.cancel()
     if sync is not None:
         await sync.stop()
+    if latency is not None:
+        await latency.stop()
     if health is not None:
         await health.stop()
     if admin_runner is not None:

@@ -22,6 +22,7 @@ from geodns.dns.answer import answer, client_address, locate, narrowing_of
 from geodns.dns.resolve import name_of, resolve
 from geodns.dns.rrl import Limiter
 from geodns.dns.snapshot import Snapshot
+from geodns.dns.sources import SOURCES
 from geodns.dns.stats import Stats
 from geodns.dns.wire import CLASS_IN, Query, Rcode, parse_query
 
@@ -124,7 +125,7 @@ def reason(snap: Snapshot, query: Query, client: str) -> str:
         return "reason=not-our-zone"
     address, origin = client_address(query, client)
     located, _ = locate(snap, czone, address, origin, narrowing_of(snap, czone, name, query.qtype))
-    res = resolve(snap, czone, name, query.qtype, lambda: located)
+    res = resolve(snap, czone, name, query.qtype, lambda: located, explain=True)
     decision = res.decision
     if decision is None:
         if res.rcode == Rcode.REFUSED:
@@ -136,9 +137,11 @@ def reason(snap: Snapshot, query: Query, client: str) -> str:
         return "reason=static" if res.answer else "reason=nodata"
     regions = "|".join(",".join(b.regions) for b in decision.branches)
     place = located.location.describe() if located.location is not None else "unknown"
+    # The latency step's note says which source decided (measured or the table) and the RTTs.
+    rtts = "".join(f' latency="{t.note}"' for t in decision.trace if t.step == "latency" and t.note)
     return (
         f"reason={decision.decided_by} regions={regions} failopen={str(decision.failopen).lower()} "
-        f'by={origin.replace(" ", "-")} network={located.network} place="{place}"'
+        f'by={origin.replace(" ", "-")} network={located.network} place="{place}"{rtts}'
     )
 
 
@@ -159,6 +162,8 @@ class UDPProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         started = time.perf_counter()
+        if SOURCES.enabled:
+            SOURCES.note_host(addr[0])
         response = answer(self.ref.snapshot, data, addr[0], True, self.stats)
         self.stats.observe_latency(time.perf_counter() - started)
         if self.log_queries:
@@ -221,6 +226,8 @@ class BatchedUDP:
             if not batch:
                 return
             started = clock()
+            if SOURCES.enabled:  # the middle query stands for its batch (latency measurement)
+                SOURCES.note_sockaddr(batch[len(batch) >> 1][1], len(batch))
             snap = ref.snapshot
             get = snap.cache.packets.get
             out = []
@@ -316,6 +323,8 @@ class TCPServer:
                 except (TimeoutError, asyncio.IncompleteReadError):
                     return
                 self._touch(writer)
+                if SOURCES.enabled:
+                    SOURCES.note_host(client)
                 response = answer(self.ref.snapshot, data, client, False, self.stats)
                 if self.log_queries:
                     log_query(self.ref.snapshot, client, data, response, "tcp")
@@ -330,6 +339,8 @@ class TCPServer:
             return
         finally:
             self._active.pop(writer, None)
+            if SOURCES.enabled:  # the kernel's smoothed RTT to this client (latency measurement)
+                SOURCES.note_tcp(writer.get_extra_info("socket"), client)
             writer.close()
 
 

@@ -44,6 +44,7 @@ from geodns.dns import cookies
 from geodns.dns.rrl import RRLSettings, create_shared, limiter_for_worker
 from geodns.dns.server import Listen, SnapshotRef, start_listeners
 from geodns.dns.snapshot import Snapshot, build_snapshot
+from geodns.dns.sources import SOURCES, SOURCES_ENV
 from geodns.dns.stats import LATENCY_BUCKETS, Stats
 
 log = logging.getLogger("geodns.workers")
@@ -221,6 +222,9 @@ class WorkerPool:
             self._lost(worker)
             return
         if kind == "stats":
+            taken = value.pop("sources", None)
+            if taken:
+                SOURCES.merge(*taken)
             worker.last_stats = value
         elif kind == "ready":
             if not worker.ready.done():
@@ -355,6 +359,7 @@ def _open_geo(state: SnapshotState):
 async def _worker(conn: Connection) -> int:
     kind, setup = conn.recv()
     setup = pickle.loads(setup)
+    SOURCES.enabled = os.environ.get(SOURCES_ENV) == "1"
     _worker_logging(setup)
     cookies.configure(setup["cookie_secrets"])
     index = setup["index"]
@@ -409,8 +414,11 @@ async def _worker(conn: Connection) -> int:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), STATS_INTERVAL)
+        export = stats.export()
+        if SOURCES.enabled:
+            export["sources"] = SOURCES.take()
         with contextlib.suppress(OSError):
-            conn.send(("stats", stats.export()))
+            conn.send(("stats", export))
         if os.getppid() != parent:
             break
     for close in closers:
