@@ -175,13 +175,6 @@ class ClientConnection(asyncio.Protocol):
         if self.inner is not None:
             self.inner.resume_writing()
 
-    def request_started(self) -> None:
-        self.head_since = None
-        self.busy += 1
-
-    def request_done(self) -> None:
-        self.busy -= 1
-
 
 class Edge:
     """The client connections of one balancer process and their deadlines."""

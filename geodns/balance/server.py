@@ -85,11 +85,11 @@ class ClientFailed(Exception):
         self.status = status
 
 
-async def _read_body(content: aiohttp.StreamReader, deadline: float) -> bytes:
-    """A whole small request body, by `deadline` (loop time)."""
+async def _read_body(content: aiohttp.StreamReader, deadline: float, size: int = -1) -> bytes:
+    """Up to `size` bytes of the request body (-1: all of it), by `deadline` (loop time)."""
     try:
         async with asyncio.timeout_at(deadline):
-            return await content.read()
+            return await content.read(size)
     except TimeoutError:
         raise ClientFailed(408, "request body timeout") from None
     except (OSError, HttpProcessingError) as exc:
@@ -109,17 +109,7 @@ class _Body:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         self.started = True
-        content = self.content
-        while True:
-            try:
-                async with asyncio.timeout_at(self.deadline):
-                    chunk = await content.read(SMALL_BODY)
-            except TimeoutError:
-                raise ClientFailed(408, "request body timeout") from None
-            except (OSError, HttpProcessingError) as exc:
-                raise ClientFailed(400, f"request body: {exc}") from None
-            if not chunk:
-                return
+        while chunk := await _read_body(self.content, self.deadline, SMALL_BODY):
             yield chunk
 
 
@@ -426,9 +416,10 @@ class Balancer:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         self.rate.add(started)
-        conn = self.edge.connection(request.transport) if self.edge is not None else None
+        conn = self.edge.connections.get(request.transport) if self.edge is not None else None  # type: ignore[arg-type]
         if conn is not None:
-            conn.request_started()
+            conn.head_since = None  # the head is in: its deadline no longer applies
+            conn.busy += 1
         try:
             refused = refusal(request.method, request.version, request.headers)
             if refused is not None:
@@ -446,7 +437,7 @@ class Balancer:
                 self.active_requests -= 1
         finally:
             if conn is not None:
-                conn.request_done()
+                conn.busy -= 1
 
     def _refuse(self, request: web.BaseRequest, status: int, reason: str) -> web.Response:
         """A request we will not forward: one log line, the status, and the connection closed

@@ -92,24 +92,7 @@ async def balance(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
 async def exchange(address: tuple[str, int], data: bytes, wait: float = 3.0) -> bytes:
     """Send `data` on a new connection; everything received until it closes or `wait` passes."""
-    reader, writer = await asyncio.open_connection(*address)
-    writer.write(data)
-    got = bytearray()
-    deadline = time.monotonic() + wait
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), left)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            got += chunk
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-    return bytes(got)
+    return await trickle(address, data, b"", wait, wait)
 
 
 def statuses(data: bytes) -> list[int]:
