@@ -71,10 +71,9 @@ from geodns.health.rtt import (
     ProbeSchedule,
     TopNetworks,
     best_per_region,
-    leaders_changed,
-    rank,
+    rank_rows,
 )
-from geodns.steer.measured import Measured, key_of, network_text, parse_network
+from geodns.steer.measured import V6_FLAG, Measured, Ranking, key_of, network_key, network_text
 
 log = logging.getLogger("geodns.latency")
 
@@ -250,7 +249,38 @@ class _PeerRows:
 
 
 def _address(value: int, key: int) -> str:
-    return str(ipaddress.IPv6Address(value) if key >> 48 else ipaddress.IPv4Address(value))
+    """An address (integer) of a network key's family, as text."""
+    if key & V6_FLAG:
+        return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+    return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+
+
+def _parse_address(text: Any) -> tuple[int, int]:
+    """(network key, address as an integer) of an address in text. Raises ValueError."""
+    if not isinstance(text, str) or len(text) > 45:
+        raise ValueError("expected an IP address")
+    try:
+        value = int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+        return network_key(4, value), value
+    except OSError:
+        pass
+    try:
+        value = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    except OSError:
+        raise ValueError(f"{text[:45]!r} is not an IP address") from None
+    if value >> 32 == 0xFFFF:
+        raise ValueError("an IPv4-mapped address: give the IPv4 address")
+    return network_key(6, value), value
+
+
+def _number(value: Any, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= high:
+        raise ValueError(f"rtt and age must be numbers from 0 to {high:g}")
+    return float(value)
+
+
+FULL_EVERY = 60.0
+"""Seconds between full recomputations (expiry of old rows); between them only changed networks."""
 
 
 class LatencyService:
@@ -276,7 +306,14 @@ class LatencyService:
         self.counters: dict[str, int] = {"answered": 0, "unanswered": 0, "passive": 0}
         self.refused: dict[str, int] = {}
         self.probe_times: list[float] = []
-        """Monotonic send times of the latest probes (at most 1000), for the rate test and status."""
+        """Monotonic send times of the latest probes (at most 1000)."""
+        self._changed: set[int] = set()
+        """Networks whose figures changed since the last ranking."""
+        self._full_at = 0.0
+        self._pending: dict[int, Ranking] | None = None
+        """A ranking whose figures moved but no leader did: published within PUBLISH_EVERY."""
+        self._targets_dirty = True
+        self._body: tuple[float, bytes] | None = None
         self._tasks: list[asyncio.Task] = []
         self._in_flight: set[asyncio.Task] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -289,15 +326,16 @@ class LatencyService:
         for packed, n in counts.items():
             address = _normal(packed)
             if address is not None:
-                self.top.add(key_of(address), int(address), float(n), now)
+                key = key_of(address)
+                if key not in self.top:
+                    self._targets_dirty = True
+                self.top.add(key, int(address), float(n), now)
         if self.settings.passive:
             for packed, rtt in rtts.items():
                 address = _normal(packed)
                 if address is not None and 0 < rtt < 60_000:
-                    key = key_of(address)
-                    self.own.sample(key, int(address), rtt, now)
+                    self.sample(key_of(address), int(address), rtt, now)
                     self.counters["passive"] += 1
-                    self._dirty = True
 
     def probe_targets(self) -> dict[int, int]:
         """Network -> the address to probe: the top N that ask this node, then the peers' networks."""
@@ -312,35 +350,73 @@ class LatencyService:
                 targets.setdefault(key, address)
         return targets
 
-    def rank_now(self, now: float) -> Measured:
-        rows = [(self.settings.region, self.own.rows)]
-        rows.extend((p.region, p.rows) for p in self.peer_rows.values())
-        return rank(best_per_region(rows, now, self.settings.expiry), self.measured, self.settings.hysteresis)
+    def _regions_of(self, key: int, now: float) -> dict[str, Estimate]:
+        expiry = self.settings.expiry
+        out: dict[str, Estimate] = {}
+        sources = [(self.settings.region, self.own.rows)] + [(p.region, p.rows) for p in self.peer_rows.values()]
+        for region, rows in sources:
+            e = rows.get(key)
+            if e is not None and now - e.at <= expiry:
+                have = out.get(region)
+                if have is None or e.rtt < have.rtt:
+                    out[region] = e
+        return out
 
-    def recompute(self, now: float) -> None:
-        self.own.expire(now)
-        for name, peer in list(self.peer_rows.items()):
-            peer.rows = {k: e for k, e in peer.rows.items() if now - e.at <= self.settings.expiry}
-            peer.addresses = {k: a for k, a in peer.addresses.items() if k in peer.rows}
-            if not peer.rows:
-                del self.peer_rows[name]
-        ranked = self.rank_now(now)
-        if not ranked.rows and self.measured is None:
+    def recompute(self, now: float, full: bool = False) -> None:
+        """Rank the networks whose figures changed (all of them, and drop expired rows, every
+        FULL_EVERY seconds), and hand the ranking on when a leader moved (or, every
+        PUBLISH_EVERY seconds, when only figures did: answers are the same, explanations older)."""
+        published = self.measured.rows if self.measured is not None else {}
+        base = self._pending if self._pending is not None else published
+        if full or now - self._full_at >= FULL_EVERY:
+            self._full_at = now
+            self.own.expire(now)
+            for name, peer in list(self.peer_rows.items()):
+                peer.rows = {k: e for k, e in peer.rows.items() if now - e.at <= self.settings.expiry}
+                peer.addresses = {k: a for k, a in peer.addresses.items() if k in peer.rows}
+                if not peer.rows:
+                    del self.peer_rows[name]
+            rows = [(self.settings.region, self.own.rows)] + [(p.region, p.rows) for p in self.peer_rows.values()]
+            ranked = rank_rows(best_per_region(rows, now, self.settings.expiry), published, self.settings.hysteresis)
+            self._changed.clear()
+            checked: Any = ranked
+        elif self._changed:
+            subset = {key: self._regions_of(key, now) for key in self._changed}
+            self._changed.clear()
+            fresh = rank_rows(subset, published, self.settings.hysteresis)
+            ranked = dict(base)
+            for key in subset:
+                if key in fresh:
+                    ranked[key] = fresh[key]
+                else:
+                    ranked.pop(key, None)
+            checked = fresh
+        else:
+            ranked, checked = base, {}
+        if not ranked and self.measured is None:
             return  # nothing measured yet, nothing published
-        changed = leaders_changed(self.measured, ranked)
-        if changed or (ranked != self.measured and now - self.published_at >= PUBLISH_EVERY):
-            if changed:
-                moved = _moved(self.measured, ranked)
-                if moved:
-                    log.info("latency ranking changed networks=%d leaders_moved=%d e.g. %s", len(ranked), len(moved), "; ".join(moved[:3]))
-            self.measured = ranked
-            self.published_at = now
-            self.set_measured(ranked if ranked.rows else None)
+        moved = _moved(published, checked)
+        if moved or len(ranked) != len(published) or (checked is ranked and ranked.keys() != published.keys()):
+            if moved:
+                log.info("latency ranking changed networks=%d leaders_moved=%d e.g. %s", len(ranked), len(moved), "; ".join(moved[:3]))
+            self._publish(ranked, now)
+        elif ranked is not published:
+            if any(published.get(k) != v for k, v in checked.items()):
+                self._pending = ranked
+            if self._pending is not None and now - self.published_at >= PUBLISH_EVERY:
+                self._publish(self._pending, now)
+
+    def _publish(self, rows: dict[int, Ranking], now: float) -> None:
+        self.measured = Measured(rows, self.settings.hysteresis.describe())
+        self._pending = None
+        self.published_at = now
+        self.set_measured(self.measured if rows else None)
 
     # ---- probing ---------------------------------------------------------------------------
 
     def sample(self, key: int, address: int, rtt_ms: float, at: float) -> None:
         self.own.sample(key, address, rtt_ms, at)
+        self._changed.add(key)
         self._dirty = True
 
     async def _probe(self, key: int, address: int) -> None:
@@ -405,16 +481,20 @@ class LatencyService:
         return address
 
     async def _tick_loop(self, every: float) -> None:
-        last_save = time.monotonic()
+        last_save = last_sync = time.monotonic()
         while True:
             await asyncio.sleep(every)
             try:
                 now = time.time()
                 self.take_sources(now)
-                self.schedule.sync(self.probe_targets(), time.monotonic())
+                mono = time.monotonic()
+                if self._targets_dirty or mono - last_sync >= 10.0:
+                    self._targets_dirty = False
+                    last_sync = mono
+                    self.schedule.sync(self.probe_targets(), mono)
                 self.recompute(now)
-                if self._dirty and time.monotonic() - last_save >= 30.0:
-                    last_save = time.monotonic()
+                if self._dirty and mono - last_save >= 30.0:
+                    last_save = mono
                     self.save()
             except Exception:  # noqa: BLE001 - keep measuring whatever happens
                 log.exception("latency tick failed")
@@ -423,11 +503,19 @@ class LatencyService:
 
     def message(self, now: float) -> dict[str, Any]:
         rows = [
-            [network_text(key), _address(self.own.addresses[key], key), round(e.rtt, 2), round(max(0.0, now - e.at), 1)]
+            [_address(self.own.addresses[key], key), round(e.rtt, 2), round(max(0.0, now - e.at), 1)]
             for key, e in self.own.fresh(now).items()
             if key in self.own.addresses
         ]
         return {"v": 1, "node": self.name, "region": self.settings.region, "rows": rows}
+
+    def body(self) -> bytes:
+        """This node's message, encoded; made at most twice per exchange interval (it is the same
+        for every peer: the signature, not the body, names the recipient)."""
+        now = time.time()
+        if self._body is None or now - self._body[0] > self.settings.exchange_interval / 2:
+            self._body = (now, _peers.encode(self.message(now)))
+        return self._body[1]
 
     def accept(self, sender: str, message: Any, received: float) -> None:
         """A peer's measurements, checked whole; raises Rejected('malformed') and keeps nothing."""
@@ -441,34 +529,37 @@ class LatencyService:
         pinned = self.settings.peer_regions.get(sender)
         if pinned is not None and region != pinned:
             raise _peers.Rejected("wrong_region", f"{sender} speaks for {pinned}, not {region[:64]!r}")
-        if region == self.settings.region and sender == self.name:
-            raise _peers.Rejected("malformed", "our own name")
         raw = message.get("rows")
         if not isinstance(raw, list) or len(raw) > MAX_ROWS:
             raise _peers.Rejected("malformed", f"rows must be a list of at most {MAX_ROWS}")
         rows: dict[int, Estimate] = {}
         addresses: dict[int, int] = {}
+        expiry = self.settings.expiry
         for row in raw:
             try:
-                text, addr, rtt, age = row
-                key = parse_network(text)
-                address = ipaddress.ip_address(addr)
-                if key_of(address) != key:
-                    raise ValueError("address outside its network")
-                for number in (rtt, age):
-                    if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number) or number < 0:
-                        raise ValueError("rtt and age must be non-negative numbers")
-                if rtt > 60_000:
-                    raise ValueError("rtt over a minute")
-            except (ValueError, TypeError) as exc:
+                if not isinstance(row, list) or len(row) != 3:
+                    raise ValueError("expected [address, rtt_ms, age_s]")
+                key, address = _parse_address(row[0])
+                rtt, age = _number(row[1], 60_000.0), _number(row[2], 366 * 86_400.0)
+            except ValueError as exc:
                 raise _peers.Rejected("malformed", f"row {str(row)[:80]}: {exc}") from None
-            if age <= self.settings.expiry:
-                rows[key] = Estimate(float(rtt), received - float(age))
-                addresses[key] = int(address)
+            if age <= expiry:
+                rows[key] = Estimate(rtt, received - age)
+                addresses[key] = address
         if len(rows) > self.settings.top:  # keep the freshest `top`
             keep = sorted(rows, key=lambda k: -rows[k].at)[: self.settings.top]
             rows = {k: rows[k] for k in keep}
             addresses = {k: addresses[k] for k in keep}
+        old = self.peer_rows.get(sender)
+        if old is None or old.region != region:
+            changed = set(rows) | (set(old.rows) if old else set())
+        else:
+            was = old.rows
+            changed = {k for k, e in rows.items() if k not in was or was[k].rtt != e.rtt}
+            changed.update(k for k in was if k not in rows)
+        if old is None or set(addresses) - set(old.addresses):
+            self._targets_dirty = True
+        self._changed |= changed
         self.peer_rows[sender] = _PeerRows(region, rows, addresses, received)
         self._dirty = True
 
@@ -485,12 +576,12 @@ class LatencyService:
             log.warning("latency rows refused claimed=%s reason=%s remote=%s",
                         (request.headers.get(_peers.NODE_HEADER) or "")[:64], exc, request.remote)
             return web.json_response({"error": exc.reason}, status=exc.status)
-        reply = _peers.encode(self.message(time.time()))
+        reply = self.body()
         headers = self.verifier.sign("latency-reply", sender, reply, nonce=request.headers[_peers.NONCE_HEADER])
         return web.Response(body=reply, headers={**headers, "Content-Type": _peers.CONTENT_TYPE})
 
     async def _push(self, peer: str, url: str) -> None:
-        body = _peers.encode(self.message(time.time()))
+        body = self.body()
         headers = self.verifier.sign("latency", peer, body)
         async with self._session.post(url + PUSH_PATH, data=body, headers={**headers, "Content-Type": _peers.CONTENT_TYPE}) as resp:
             if resp.status != 200:
@@ -511,6 +602,8 @@ class LatencyService:
                         log.warning("latency exchange failed peer=%s error=%s", peer, exc or type(exc).__name__)
                     failing.add(peer)
                 else:
+                    if peer in failing:
+                        log.info("latency exchange works again peer=%s", peer)
                     failing.discard(peer)
 
             if self.verifier is not None and self.verifier.key is not None:
@@ -528,7 +621,7 @@ class LatencyService:
             "own": self.message(now)["rows"],
             "peers": {
                 name: {"region": p.region, "rows": [
-                    [network_text(k), _address(p.addresses[k], k), round(e.rtt, 2), round(max(0.0, now - e.at), 1)]
+                    [_address(p.addresses[k], k), round(e.rtt, 2), round(max(0.0, now - e.at), 1)]
                     for k, e in p.rows.items() if k in p.addresses]}
                 for name, p in self.peer_rows.items()
             },
@@ -557,7 +650,7 @@ class LatencyService:
             self.accept_own(doc.get("own") or [], now, shift)
             for name, peer in (doc.get("peers") or {}).items():
                 if name in self.peers and isinstance(peer, dict):
-                    rows = [[t, a, r, age + shift] for t, a, r, age in peer.get("rows") or []]
+                    rows = [[a, r, age + shift] for a, r, age in peer.get("rows") or []]
                     with contextlib.suppress(_peers.Rejected):
                         self.accept(name, {"v": 1, "node": name, "region": peer.get("region"), "rows": rows}, now)
         except (OSError, ValueError, TypeError, RecursionError) as exc:
@@ -568,14 +661,13 @@ class LatencyService:
         log.info("latency state loaded own=%d peers=%d ranked=%d", len(self.own.rows), len(self.peer_rows), len(self.measured.rows) if self.measured else 0)
 
     def accept_own(self, rows: list, now: float, shift: float) -> None:
-        for text, addr, rtt, age in rows:
-            key = parse_network(text)
-            address = ipaddress.ip_address(addr)
-            fresh = isinstance(age, int | float) and 0 <= age + shift <= self.settings.expiry
-            if key_of(address) == key and isinstance(rtt, int | float) and 0 <= rtt < 60_000 and fresh:
-                self.own.rows[key] = Estimate(float(rtt), now - age - shift)
-                self.own.addresses[key] = int(address)
-                self.top.add(key, int(address), 1.0, now)
+        for row in rows:
+            key, address = _parse_address(row[0])
+            rtt, age = _number(row[1], 60_000.0), _number(row[2], 366 * 86_400.0) + shift
+            if age <= self.settings.expiry:
+                self.own.rows[key] = Estimate(rtt, now - age)
+                self.own.addresses[key] = address
+                self.top.add(key, address, 1.0, now)
 
     # ---- life ------------------------------------------------------------------------------
 
@@ -636,11 +728,11 @@ def _normal(packed: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     return address
 
 
-def _moved(before: Measured | None, after: Measured) -> list[str]:
-    old = before.rows if before is not None else {}
+def _moved(before: Mapping[int, Ranking], after: Mapping[int, Ranking]) -> list[str]:
+    """Networks whose leader changed (or that are new), for the log."""
     out = []
-    for key, ranking in after.rows.items():
-        was = old.get(key)
+    for key, ranking in after.items():
+        was = before.get(key)
         if was is None or was[0][0] != ranking[0][0]:
             out.append(f"{network_text(key)} {was[0][0] if was else '-'}->{ranking[0][0]} ({ranking[0][1]:.1f} ms)")
     return out

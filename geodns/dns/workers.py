@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -53,6 +53,10 @@ STATS_INTERVAL = 1.0
 """Seconds between workers' counter pushes: /metrics is at most this stale."""
 START_TIMEOUT = 60.0
 """Opening a large GeoIP file and importing is ~1 s; binding fails fast."""
+
+
+SAME_MEASURED = "same"
+"""`SnapshotState.measured` when it has not changed since the last state sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,10 +255,15 @@ class WorkerPool:
 
     def _publish(self, snapshot: Snapshot) -> None:
         """Controller subscriber: send the new state to every worker (a few kB each)."""
+        previous = self._state
         self._state = SnapshotState.of(snapshot)
+        state = self._state
+        if previous is not None and state.measured is not None and state.measured is previous.measured:
+            # Measured RTTs (up to ~0.5 MB pickled) go only when they change; new workers get them whole.
+            state = replace(state, measured=SAME_MEASURED)
         for worker in self.workers:
             try:
-                worker.conn.send(("snapshot", self._state))
+                worker.conn.send(("snapshot", state))
             except OSError as exc:  # a dead worker is replaced when its pipe reports EOF
                 log.warning("cannot send snapshot to worker index=%d: %s", worker.index, exc)
 
@@ -333,7 +342,7 @@ class _Replica:
             state.cache_size,
             # Keeps the answer cache when no answer could differ (health republishes ~1/s).
             previous=self.ref.snapshot if self.ref is not None else None,
-            measured=state.measured,
+            measured=self.ref.snapshot.measured if state.measured == SAME_MEASURED and self.ref is not None else state.measured,
         )
         if self.ref is None:
             self.ref = SnapshotRef(snapshot)

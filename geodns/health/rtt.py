@@ -27,6 +27,7 @@ __all__ = [
     "Estimates",
     "smooth",
     "rank",
+    "rank_rows",
     "best_per_region",
 ]
 
@@ -290,7 +291,14 @@ def rank(
 ) -> Measured:
     """Each network's regions, fastest first, except that the previous leader stays first until
     another region is faster by more than the margin (so two close regions do not flap)."""
-    before = previous.rows if previous is not None else {}
+    rows = rank_rows(networks, previous.rows if previous is not None else {}, hysteresis)
+    return Measured(rows, hysteresis.describe())
+
+
+def rank_rows(
+    networks: Mapping[int, Mapping[str, Estimate]], before: Mapping[int, Ranking], hysteresis: Hysteresis
+) -> dict[int, Ranking]:
+    """`rank` for some networks only (those whose figures changed), against their previous rows."""
     rows: dict[int, Ranking] = {}
     for key, regions in networks.items():
         if not regions:
@@ -304,7 +312,7 @@ def rank(
             if held is not None and ranking[held][1] - ranking[0][1] <= hysteresis.margin(ranking[held][1]):
                 ranking.insert(0, ranking.pop(held))
         rows[key] = tuple(ranking)
-    return Measured(rows, hysteresis.describe())
+    return rows
 
 
 def leaders_changed(a: Measured | None, b: Measured | None) -> bool:

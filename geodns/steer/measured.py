@@ -16,7 +16,7 @@ from geodns.config.model import IPAddress
 
 V4_PREFIX = 24
 V6_PREFIX = 48
-_V6_FLAG = 1 << 48
+V6_FLAG = 1 << 48
 """Set in the key of an IPv6 network (an IPv4 key has 24 bits, an IPv6 one 48 plus this)."""
 
 Ranking = tuple[tuple[str, float], ...]
@@ -26,7 +26,7 @@ by less than the margin)."""
 
 def network_key(version: int, value: int) -> int:
     """The key of the /24 (IPv4) or /48 (IPv6) holding an address given as an integer."""
-    return value >> 8 if version == 4 else (value >> 80) | _V6_FLAG
+    return value >> 8 if version == 4 else (value >> 80) | V6_FLAG
 
 
 def key_of(address: IPAddress) -> int:
@@ -35,13 +35,13 @@ def key_of(address: IPAddress) -> int:
 
 def prefix_of(key: int) -> int:
     """The prefix length of a key's network (24 or 48)."""
-    return V6_PREFIX if key & _V6_FLAG else V4_PREFIX
+    return V6_PREFIX if key & V6_FLAG else V4_PREFIX
 
 
 def network_text(key: int) -> str:
     """`192.0.2.0/24` or `2001:db8:1::/48`."""
-    if key & _V6_FLAG:
-        return f"{ipaddress.IPv6Address((key ^ _V6_FLAG) << 80)}/{V6_PREFIX}"
+    if key & V6_FLAG:
+        return f"{ipaddress.IPv6Address((key ^ V6_FLAG) << 80)}/{V6_PREFIX}"
     return f"{ipaddress.IPv4Address(key << 8)}/{V4_PREFIX}"
 
 
