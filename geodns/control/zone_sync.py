@@ -361,8 +361,10 @@ def attach(app: web.Application, health: Any, node_file: str) -> ZoneSync:
     from geodns.control.admin import REGISTRY_KEY
     from geodns.control.zones_api import ZONE_STATUS, ZONES
 
-    peers = {p.name: p.url.rstrip("/") for p in health.node.peers}
-    sync = ZoneSync(app[ZONES], health.verifier, peers, load_settings(node_file, set(peers)))
+    peers = {p.name: p.url.rstrip("/") for p in health.node.peers if p.url}  # over NATS urls are optional
+    sync = ZoneSync(app[ZONES], health.verifier, peers, load_settings(node_file, {p.name for p in health.node.peers}))
+    if getattr(health, "nats", None) is not None:  # peers' zone hashes come with their views over NATS
+        health.nats.share_zones(sync.store.hashes, sync.peer_hashes)
     sync.add_routes(app)
     app[ZONE_STATUS].append(sync.status)
     app[REGISTRY_KEY].register(MismatchCollector(sync))

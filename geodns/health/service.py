@@ -192,6 +192,12 @@ class HealthService:
         self._dirty: set[str] | None = set()
         self._state_dirty = False
         self._started = False
+        self.nats: Any = None
+        """The NATS exchange (`geodns.health.nats_exchange`) when the settings choose it."""
+        if node.nats is not None:
+            from geodns.health.nats_exchange import NatsExchange  # nats-py: the `nats` extra
+
+            self.nats = NatsExchange(self, node.nats)
         self._load_disk()
         self._reset_views(time.time())
         self._recompute(publish=False)
@@ -206,7 +212,11 @@ class HealthService:
         self._sem = asyncio.Semaphore(self.node.max_probes_in_flight)
         self._probe_http = probe_session(self.node.max_probes_in_flight, self.node.source_address)
         self._peer_http = aiohttp.ClientSession(trust_env=False)
-        if self.node.peers:
+        if self.nats is not None:
+            # Views and drains go through NATS JetStream; warm start from its buckets.
+            await self.nats.start(STARTUP_EXCHANGE_TIMEOUT * 3)
+            self._recompute(publish=False)
+        elif self.node.peers:
             # Warm start: one push-pull round first, so the first verdicts we
             # publish already hold the peers' views (bounded: a dead peer
             # costs at most STARTUP_EXCHANGE_TIMEOUT).
@@ -215,7 +225,7 @@ class HealthService:
         self._publish(time.time())
         for key in self._plan.probes:
             self._start_probe(key)
-        for peer in self.node.peers:
+        for peer in self.node.peers if self.nats is None else ():
             self._push_events[peer.name] = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._exchange_loop(peer), name=f"health-peer-{peer.name}"))
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="health-tick"))
@@ -227,6 +237,8 @@ class HealthService:
 
     async def stop(self) -> None:
         """Cancel every task, close sessions and save state."""
+        if self.nats is not None:
+            await self.nats.stop()
         tasks = [*self._tasks, *self._probe_tasks.values()]
         for t in tasks:
             t.cancel()
@@ -335,6 +347,7 @@ class HealthService:
                 }
                 for p in self.node.peers
             },
+            "exchange": self.nats.status() if self.nats is not None else {"kind": "http"},
             "regions": regions,
             "targets": targets,
             "drains": {t: asdict(d) for t, d in sorted(self._drains.items()) if d.active},
@@ -412,7 +425,14 @@ class HealthService:
             touched = self._take_views(sender, raw_views, details, received)
         self._peer_seen[sender] = received
         self._peer_error.pop(sender, None)
-        changed = False
+        touched |= self.take_drains(sender, raw_drains, received)
+        self._schedule_recompute(touched)
+
+    def take_drains(self, sender: str | None, raw_drains: list, received: float) -> set[str]:
+        """Take the drains that pass `check_drain` and are newer than ours; count
+        the others as `bad_drain` from `sender`. Returns the targets changed
+        (their recompute is scheduled)."""
+        touched: set[str] = set()
         for raw in raw_drains:
             if isinstance(raw, dict) and isinstance(raw.get("target"), str) and not self._plan.knows(raw["target"]):
                 continue  # a drain of a target our zones do not have
@@ -425,13 +445,13 @@ class HealthService:
             if winner is d and self._drains.get(d.target) != d:
                 self._drains[d.target] = d
                 touched.add(d.target)
-                changed = True
                 log.warning("health drain target=%s active=%s by=%s via=%s reason=%s", d.target,
                             str(d.active).lower(), d.by, sender, _kv(d.reason))
-        if changed:
+        if touched:
             self._message_version += 1
             self._save_drains()
-        self._schedule_recompute(touched)
+            self._schedule_recompute(touched)
+        return touched
 
     def _take_views(self, sender: str, raw_views: list, details: list[str], received: float) -> set[str]:
         """Replace `sender`'s views with a message's groups; return the targets
@@ -538,6 +558,8 @@ class HealthService:
             after = observe(before, result.ok, at, result.detail, rules)
             self._own[target] = after
             if after.state is not before.state:
+                if self.nats is not None:
+                    self.nats.push_now()  # over NATS a change is published at once
                 log.info("health view node=%s target=%s state=%s was=%s detail=%s", self.node.name,
                          target, after.state.value, before.state.value, _kv(result.detail))
         self._message_version += 1
@@ -596,6 +618,8 @@ class HealthService:
     def _push_now(self) -> None:
         for e in self._push_events.values():
             e.set()
+        if self.nats is not None:
+            self.nats.push_now()
 
     # ---- verdicts ---------------------------------------------------------
 

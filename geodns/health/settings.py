@@ -15,6 +15,8 @@ max_probes_in_flight: 64
 observer_only: false            # true for `geodns agent`
 source_address: 10.0.0.53       # bind probes to this local address (optional)
 listen: "10.0.0.53:8053"        # agent only: where to serve the peer routes (optional)
+exchange:                       # optional: views and drains over NATS JetStream instead of HTTP pushes
+  nats: {servers: ["nats://10.0.0.4:4222"]}   # see geodns.health.nats_settings; peers' urls optional then
 ```
 
 Unknown keys are errors naming the file, line and field. `extra_keys` lets
@@ -37,6 +39,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from geodns.health import keys
+from geodns.health.nats_settings import NatsSettings, parse_nats
 from geodns.health.quorum import parse_quorum
 
 __all__ = ["Peer", "NodeSettings", "NodeSettingsError", "load_node_settings", "parse_node_settings"]
@@ -72,6 +75,8 @@ class NodeSettings:
     observer_only: bool = False
     source_address: str | None = None
     listen: str | None = None
+    nats: NatsSettings | None = None
+    """`exchange: {nats: ...}`: views and drains go through NATS JetStream, not HTTP pushes."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     """Things wrong but not fatal (a key file readable by others), logged at start."""
 
@@ -84,7 +89,7 @@ class NodeSettings:
 _KEYS = {
     "node", "peers", "private_key_file", "quorum", "exchange_interval", "stale_intervals",
     "replay_window", "state_dir", "max_probes_in_flight", "observer_only", "source_address",
-    "listen",
+    "listen", "exchange",
 }
 
 
@@ -101,9 +106,15 @@ def load_node_settings(path: str, extra_keys: Collection[str] = ()) -> NodeSetti
     except yaml.YAMLError as e:
         raise NodeSettingsError(f"{path}: not valid YAML: {e}") from e
     lines: dict[str, int] = {}
-    if isinstance(root, yaml.MappingNode):
-        for k, _ in root.value:
-            lines[str(k.value)] = k.start_mark.line + 1
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        # Dotted paths of nested keys too (`exchange.nats.servers`): errors name their line.
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                lines[prefix + str(k.value)] = k.start_mark.line + 1
+                walk(v, f"{prefix}{k.value}.")
+
+    walk(root, "")
     return parse_node_settings(data, path, lines, extra_keys, base_dir=os.path.dirname(path))
 
 
@@ -118,7 +129,11 @@ def parse_node_settings(
     lines = lines or {}
 
     def fail(key: str, msg: str) -> NodeSettingsError:
-        where = f"{source}:{lines[key]}" if key in lines else source
+        # The nearest enclosing key that has a line (`exchange.nats` for a missing `servers`).
+        line_key = key
+        while line_key not in lines and "." in line_key:
+            line_key = line_key.rpartition(".")[0]
+        where = f"{source}:{lines[line_key]}" if line_key in lines else source
         return NodeSettingsError(f"{where}: {key}: {msg}")
 
     if not isinstance(data, dict):
@@ -152,16 +167,27 @@ def parse_node_settings(
     if not name:
         raise fail("node", "required: this node's name")
 
+    nats = None
+    exchange = data.get("exchange")
+    if exchange is not None:
+        if not isinstance(exchange, dict) or set(exchange) != {"nats"}:
+            raise fail("exchange", "expected {nats: {servers: [...], ...}} (without it, the built-in "
+                                   "HTTP exchange pushes to every peer's url)")
+        nats = parse_nats(exchange["nats"], fail, base_dir)
+
     peers: list[Peer] = []
     raw_peers = data.get("peers") or []
     if not isinstance(raw_peers, list):
         raise fail("peers", "expected a list of {name, url}")
     for i, p in enumerate(raw_peers):
+        if nats is not None and isinstance(p, dict) and "url" not in p:
+            p = {**p, "url": ""}  # over NATS a peer needs no URL (zone sync uses one when given)
         if not isinstance(p, dict) or set(p) - {"name", "url", "public_key"} \
                 or not all(isinstance(p.get(k), str) for k in ("name", "url", "public_key")):
-            raise fail("peers", f"item {i}: expected {{name: NAME, url: http://HOST:PORT, "
+            want = "" if nats is not None else "url: http://HOST:PORT, "
+            raise fail("peers", f"item {i}: expected {{name: NAME, {want}"
                                 f"public_key: 'ed25519:...'}}, got {p!r}")
-        if not p["url"].startswith(("http://", "https://")):
+        if (nats is None or p["url"]) and not p["url"].startswith(("http://", "https://")):
             raise fail("peers", f"item {i}: url must start with http:// or https://")
         if not p["name"] or p["name"] == name or any(q.name == p["name"] for q in peers):
             raise fail("peers", f"item {i}: duplicate node name {p['name']!r}")
@@ -186,6 +212,9 @@ def parse_node_settings(
         for p in peers:
             if p.public_key == own:
                 raise fail("peers", f"{p.name}: public_key is this node's own key")
+    elif nats is not None:
+        raise fail("exchange.nats", "needs private_key_file: every message is signed by this node's own "
+                                    "Ed25519 key (`geodns keygen --out DIR` writes one)")
     elif peers:
         raise fail("private_key_file", "required with peers: this node's Ed25519 key "
                                        "(`geodns keygen --out DIR` writes one)")
@@ -215,5 +244,6 @@ def parse_node_settings(
         observer_only=observer_only,
         source_address=text("source_address"),
         listen=text("listen"),
+        nats=nats,
         warnings=tuple(warnings),
     )

@@ -1,4 +1,5 @@
 """Three HealthService nodes on 127.0.0.x exchanging signed views over HTTP,
+or over a real `nats-server` with JetStream (the `exchange` parameter),
 watching real aiohttp backends: partial views, failover timing, drains."""
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ import time
 
 import pytest
 from aiohttp import web
+from natsutil import NATS_SERVER, nats_servers
 from prometheus_client import CollectorRegistry
 
 from geodns.config.model import Check
 from geodns.health import HealthService, NodeSettings
+from geodns.health.nats_settings import NatsSettings
 
 from .conftest import free_port, keypairs, make_zone, peer, region, wait_for
 
@@ -21,6 +24,12 @@ pytestmark = pytest.mark.slow
 KEYS = keypairs("n1", "n2", "n3")
 INTERVAL, FALL, RISE, EXCHANGE = 0.2, 3, 2, 0.2
 NODES = {"n1": "127.0.0.61", "n2": "127.0.0.62", "n3": "127.0.0.63"}
+NATS_HOST = "127.0.0.64"
+
+exchanges = pytest.mark.parametrize("exchange", [
+    "http",
+    pytest.param("nats", marks=pytest.mark.skipif(NATS_SERVER is None, reason="nats-server not installed")),
+])
 
 
 class Node:
@@ -50,23 +59,31 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def cluster(zones, tmp_path):
-    ports = {name: free_port(addr) for name, addr in NODES.items()}
-    nodes = []
-    for name, addr in NODES.items():
-        settings = NodeSettings(
-            name=name, private_key=KEYS[name], exchange_interval=EXCHANGE, source_address=addr,
-            state_dir=str(tmp_path / name),
-            peers=tuple(peer(p, f"http://{NODES[p]}:{ports[p]}", KEYS[p]) for p in NODES if p != name),
-        )
-        nodes.append(Node(name, settings, zones, ports[name]))
-    for n in nodes:
-        await n.start()
-    try:
-        yield nodes
-    finally:
+async def cluster(zones, tmp_path, exchange: str = "http"):
+    """Three nodes; over NATS, one `nats-server` with JetStream started here,
+    and the nodes' settings name it instead of pushing to each other."""
+    with contextlib.ExitStack() as stack:
+        nats = None
+        if exchange == "nats":
+            servers = stack.enter_context(nats_servers(tmp_path / "nats", NATS_HOST))
+            nats = NatsSettings(servers=(servers[0].url,))
+        ports = {name: free_port(addr) for name, addr in NODES.items()}
+        nodes = []
+        for name, addr in NODES.items():
+            settings = NodeSettings(
+                name=name, private_key=KEYS[name], exchange_interval=EXCHANGE, source_address=addr,
+                state_dir=str(tmp_path / name), nats=nats,
+                peers=tuple(peer(p, "" if nats else f"http://{NODES[p]}:{ports[p]}", KEYS[p])
+                            for p in NODES if p != name),
+            )
+            nodes.append(Node(name, settings, zones, ports[name]))
         for n in nodes:
-            await n.stop()
+            await n.start()
+        try:
+            yield nodes
+        finally:
+            for n in nodes:
+                await n.stop()
 
 
 def check(port: int) -> Check:
@@ -74,11 +91,12 @@ def check(port: int) -> Check:
                  jitter=0.02, fall=FALL, rise=RISE)
 
 
-async def test_one_wrong_observer_does_not_fail_a_healthy_region(backend_factory, tmp_path):
+@exchanges
+async def test_one_wrong_observer_does_not_fail_a_healthy_region(backend_factory, tmp_path, exchange):
     eu = await backend_factory("127.0.0.71")
     eu.deny_from = {NODES["n2"]}  # only n2 sees 503
     zones = [make_zone([region("eu", "127.0.0.71", check=check(eu.port))])]
-    async with cluster(zones, tmp_path) as nodes:
+    async with cluster(zones, tmp_path, exchange) as nodes:
         n1, n2, n3 = nodes
         # n2's own view turns down, and it hears n1 and n3 say up
         await wait_for(lambda: n2.svc._own["eu/127.0.0.71"].state.value == "down", 5)
@@ -93,11 +111,12 @@ async def test_one_wrong_observer_does_not_fail_a_healthy_region(backend_factory
         assert not any(n.svc.isolated for n in nodes)
 
 
-async def test_failover_and_recovery_timing(backend_factory, tmp_path):
+@exchanges
+async def test_failover_and_recovery_timing(backend_factory, tmp_path, exchange):
     us = await backend_factory("127.0.0.72")
     port = us.port
     zones = [make_zone([region("us", "127.0.0.72", check=check(port))])]
-    async with cluster(zones, tmp_path) as nodes:
+    async with cluster(zones, tmp_path, exchange) as nodes:
         await wait_for(lambda: all(n.svc.verdicts()["us/127.0.0.72"].cause.startswith("0/3") for n in nodes), 5)
         killed = time.monotonic()
         await us.stop()
@@ -117,10 +136,11 @@ async def test_failover_and_recovery_timing(backend_factory, tmp_path):
         assert recovery <= RISE * INTERVAL + EXCHANGE + 0.6
 
 
-async def test_drain_propagates_and_survives_restart(backend_factory, tmp_path):
+@exchanges
+async def test_drain_propagates_and_survives_restart(backend_factory, tmp_path, exchange):
     eu = await backend_factory("127.0.0.73")
     zones = [make_zone([region("eu", "127.0.0.73", check=check(eu.port))])]
-    async with cluster(zones, tmp_path) as nodes:
+    async with cluster(zones, tmp_path, exchange) as nodes:
         n1, n2, n3 = nodes
         n1.svc.drain("eu", "fibre cut at the exchange")
         assert not n1.up("eu")
@@ -161,11 +181,12 @@ async def test_peer_with_a_key_nobody_lists_is_refused(backend_factory, tmp_path
             await rogue.stop()
 
 
-async def test_restarted_node_takes_peer_views_before_its_own_probes(backend_factory, tmp_path):
+@exchanges
+async def test_restarted_node_takes_peer_views_before_its_own_probes(backend_factory, tmp_path, exchange):
     eu = await backend_factory("127.0.0.75")
     eu.status = 503
     zones = [make_zone([region("eu", "127.0.0.75", check=check(eu.port))])]
-    async with cluster(zones, tmp_path) as nodes:
+    async with cluster(zones, tmp_path, exchange) as nodes:
         await wait_for(lambda: all(not n.up("eu") for n in nodes), 5)
         n3 = nodes[2]
         await n3.stop()

@@ -119,3 +119,59 @@ def test_keygen_writes_a_private_key_and_prints_the_public_one(tmp_path):
                            capture_output=True, text=True, timeout=30)
     assert again.returncode == 1 and "not overwriting" in again.stderr
     assert keys.load_private_key(str(path))[0].private_bytes_raw() == key.private_bytes_raw()
+
+
+def test_nats_exchange_settings(tmp_path):
+    own_key(tmp_path)
+    (tmp_path / "geodns.creds").write_text("creds")
+    (tmp_path / "ca.pem").write_text("ca")
+    s = load_node_settings(write(tmp_path, f"""
+node: ams1
+private_key_file: ams1.key
+peers:
+  - {{name: nyc1, public_key: "{NYC}"}}
+  - {{name: agent1, url: "http://127.0.0.3:8053", public_key: "{AGENT}"}}
+exchange:
+  nats:
+    servers: ["nats://127.0.0.1:4222", "tls://127.0.0.2:4222"]
+    credentials: geodns.creds
+    tls: {{ca_file: ca.pem}}
+    prefix: fleet-eu
+    replicas: 3
+"""))
+    assert s.nats is not None
+    assert s.nats.servers == ("nats://127.0.0.1:4222", "tls://127.0.0.2:4222")
+    assert s.nats.credentials == str(tmp_path / "geodns.creds")
+    assert s.nats.tls.ca_file == str(tmp_path / "ca.pem") and s.nats.tls.cert_file is None
+    assert (s.nats.prefix, s.nats.replicas) == ("fleet-eu", 3)
+    # over NATS a peer's url is optional: its public key is what matters
+    assert s.peers[0] == Peer("nyc1", "", NYC)
+    assert load_node_settings(write(tmp_path, "node: ams1\n")).nats is None
+
+
+@pytest.mark.parametrize("exchange, message", [
+    ("exchange: nats", "node.yaml:4: exchange: expected {nats:"),
+    ("exchange: {http: {}}", "node.yaml:4: exchange: expected {nats:"),
+    ("exchange:\n  nats:\n    prefix: x", "node.yaml:5: exchange.nats.servers: required"),
+    ("exchange:\n  nats:\n    servers: [http://127.0.0.1:4222]", "node.yaml:6: exchange.nats.servers: 'http://127.0.0.1:4222' is not a NATS URL"),
+    ("exchange:\n  nats:\n    servers: [nats://a:1]\n    credentials: missing.creds", "node.yaml:7: exchange.nats.credentials: cannot read 'missing.creds'"),
+    ("exchange:\n  nats:\n    servers: [nats://a:1]\n    tls: {cert_file: ams1.key}", "node.yaml:7: exchange.nats.tls: cert_file and key_file go together"),
+    ("exchange:\n  nats:\n    servers: [nats://a:1]\n    tls:\n      ca: x", "node.yaml:8: exchange.nats.tls.ca: unknown setting"),
+    ("exchange:\n  nats:\n    servers: [nats://a:1]\n    replicas: 7", "node.yaml:7: exchange.nats.replicas: expected an integer from 1 to 5"),
+    ("exchange:\n  nats:\n    servers: [nats://a:1]\n    prefix: a.b", "node.yaml:7: exchange.nats.prefix: expected 1-32"),
+    ("exchange:\n  nats:\n    servers: [nats://a:1]\n    subject: x", "node.yaml:7: exchange.nats.subject: unknown setting"),
+])
+def test_nats_exchange_errors_name_file_and_line(tmp_path, exchange, message):
+    own_key(tmp_path)
+    path = write(tmp_path, f"node: ams1\nprivate_key_file: ams1.key\npeers: [{{name: nyc1, public_key: '{NYC}'}}]\n{exchange}\n")
+    with pytest.raises(NodeSettingsError) as e:
+        load_node_settings(path)
+    assert str(e.value).startswith(f"{tmp_path}/{message}"), str(e.value)
+
+
+def test_without_nats_a_peer_needs_its_url_and_nats_needs_a_key(tmp_path):
+    own_key(tmp_path)
+    with pytest.raises(NodeSettingsError, match=r"node.yaml:3: peers: item 0: expected \{name: NAME, url:"):
+        load_node_settings(write(tmp_path, f"node: ams1\nprivate_key_file: ams1.key\npeers: [{{name: nyc1, public_key: '{NYC}'}}]\n"))
+    with pytest.raises(NodeSettingsError, match=r"node.yaml:2: exchange.nats: needs private_key_file"):
+        load_node_settings(write(tmp_path, "node: ams1\nexchange: {nats: {servers: [nats://a:1]}}\n"))

@@ -1,0 +1,89 @@
+"""Real `nats-server` processes with JetStream on loopback, for the NATS exchange tests.
+
+`nats_servers(tmp, host, n)` writes one config per server (a cluster of n
+routed servers when n > 1), starts them, waits for each to listen, and stops
+them on exit. A server can be stopped and started again mid-test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from netutil import free_port
+
+NATS_SERVER = shutil.which("nats-server") or (
+    "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None)
+
+needs_nats = pytest.mark.skipif(NATS_SERVER is None, reason="nats-server not installed (Debian package nats-server)")
+
+
+@dataclass
+class NatsServer:
+    name: str
+    host: str
+    port: int
+    cluster_port: int
+    dir: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        log = (self.dir / "server.log").open("a")
+        self.proc = subprocess.Popen([NATS_SERVER, "-c", str(self.dir / "server.conf")], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        _wait_port(self.host, self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def _wait_port(host: str, port: int, within: float = 15.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nats-server not listening on {host}:{port}")
+
+
+@contextlib.contextmanager
+def nats_servers(tmp: Path, host: str, n: int = 1) -> Iterator[list[NatsServer]]:
+    servers = []
+    for i in range(n):
+        d = tmp / f"nats{i + 1}"
+        d.mkdir(parents=True)
+        servers.append(NatsServer(f"s{i + 1}", host, free_port(host), free_port(host), d))
+    for s in servers:
+        conf = [f"server_name: {s.name}", f"listen: {s.host}:{s.port}",
+                f'jetstream {{ store_dir: "{s.dir / "js"}", max_memory_store: 64MB, max_file_store: 256MB }}']
+        if n > 1:
+            routes = ", ".join(f"nats-route://{o.host}:{o.cluster_port}" for o in servers if o is not s)
+            conf.append(f"cluster {{ name: geodns-test, listen: {s.host}:{s.cluster_port}, routes: [{routes}] }}")
+        (s.dir / "server.conf").write_text("\n".join(conf) + "\n")
+    try:
+        for s in servers:
+            s.start()
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
