@@ -762,8 +762,8 @@ def attach(app: web.Application | None, health: Any, node_file: str, controller:
     """Latency measurement on a serving node, with the health service's identity and peers;
     None when the node sets no `region`. Raises LatencySettingsError."""
     node = health.node
-    peers = {p.name: p.url.rstrip("/") for p in node.peers}
-    settings = load_settings(node_file, set(peers), node.source_address)
+    peers = {p.name: p.url.rstrip("/") for p in node.peers if p.url}  # over NATS a peer may have no url
+    settings = load_settings(node_file, {p.name for p in node.peers}, node.source_address)
     if settings is None:
         return None
 
