@@ -150,6 +150,11 @@ async def test_status_page_shows_a_drain_within_seconds(tmp_path: Path, procs: l
             await page.until("document.querySelectorAll('#markers circle').length === 5", timeout=10)
             assert await page.js("document.querySelector('#regions tr[data-region=\"eu-west\"]').dataset.state") == "up"
             assert await page.js("document.querySelector('footer a[href=\"https://db-ip.com\"]').textContent") == "IP Geolocation by DB-IP"
+            from geodns.control.zonestore import content_hash
+
+            digest = content_hash((zones / "example.yaml").read_text())
+            zone_row = await page.js("document.querySelector('#zones li[data-zone=\"gslb.example.test\"]').textContent")
+            assert digest[:19] in zone_row  # each zone's content hash, as on every other node
             await page.until("document.querySelector('#window').textContent.endsWith('s')", timeout=6)
 
             status, doc = http_json(f"http://{node.admin}/v1/drain", {"target": "eu-west", "reason": "maintenance: kernel upgrade"}, token=TOKEN)
