@@ -35,6 +35,7 @@ from geodns.health import strictjson
 
 log = logging.getLogger("geodns.zones")
 
+SOURCES_FILE = ".zone-sources.json"
 MAX_ZONE_BYTES = 4 * 1024 * 1024
 """A zone body's limit: about 40,000 records."""
 _FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -183,8 +184,8 @@ class ZoneStore:
 
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
-        self.sources: dict[str, dict[str, Any]] = {}
-        """Zone -> where its current version came from, when not from a file at start."""
+        self.sources: dict[str, dict[str, Any]] = self._load_sources()
+        """Zone -> who wrote it through the API (`source`, `updated`) and the hash it had then."""
         self.listeners: list[Callable[[ZoneChange], None]] = []
         self._hashes: tuple[Config | None, dict[str, str]] = (None, {})
         self.stale_peers: dict[str, list[str]] = {}
@@ -229,10 +230,44 @@ class ZoneStore:
                 "serial": z.soa.serial,
                 "hash": hashes.get(z.origin),
                 "file": Path(z.source).name,
-                **self.sources.get(z.origin, {"source": "file"}),
+                **self._source(z.origin, hashes.get(z.origin)),
             }
             for z in sorted(config.zones if config else (), key=lambda z: z.origin)
         ]
+
+    # Who wrote each zone survives a restart in a file beside the zones (not *.yaml, so
+    # never loaded as one); an entry counts only while the zone still has the hash it
+    # was written with: edited by hand since, the zone is the file's again.
+
+    def _source(self, name: str, digest: str | None) -> dict[str, Any]:
+        entry = self.sources.get(name)
+        if entry is None or entry.get("hash") != digest:
+            return {"source": "file"}
+        return {"source": entry["source"], "updated": entry["updated"]}
+
+    def _load_sources(self) -> dict[str, dict[str, Any]]:
+        directory = self.directory
+        try:
+            doc = strictjson.loads((directory / SOURCES_FILE).read_bytes()) if directory else {}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, RecursionError) as exc:
+            log.error("zone sources file ignored: %s", exc)
+            return {}
+        if not isinstance(doc, dict):
+            return {}
+        return {k: v for k, v in doc.items() if isinstance(k, str) and isinstance(v, dict)
+                and isinstance(v.get("source"), str) and isinstance(v.get("hash"), str)
+                and isinstance(v.get("updated"), int | float)}
+
+    def _save_sources(self) -> None:
+        directory = self.directory
+        if directory is None:
+            return
+        try:
+            write_atomic(directory / SOURCES_FILE, json.dumps(self.sources, indent=1, sort_keys=True))
+        except OSError as exc:
+            log.error("cannot write the zone sources file: %s", exc)
 
     def _path_for(self, name: str, current: Zone | None) -> Path:
         directory = self.directory
@@ -264,7 +299,8 @@ class ZoneStore:
         if current is not None and self.hashes().get(name) == digest:
             return self._result(name, digest, changed=False, created=False)
         self._replace(path, text)
-        self.sources[name] = {"source": source, "updated": time.time()}
+        self.sources[name] = {"source": source, "updated": time.time(), "hash": digest}
+        self._save_sources()
         log.info("zone %s zone=%s hash=%s source=%s generation=%d",
                  "replaced" if current else "created", name, digest, source, self.controller.generation)
         self._notify(ZoneChange(name, text, digest, source))
@@ -281,6 +317,7 @@ class ZoneStore:
             raise ZoneRefused(409, "zone not deleted: the zones left would not load", self._errors(exc)) from None
         self._replace(path, None)
         self.sources.pop(name, None)
+        self._save_sources()
         log.info("zone deleted zone=%s source=%s generation=%d", name, source, self.controller.generation)
         self._notify(ZoneChange(name, None, None, source))
         return {"zone": name, "deleted": True, "generation": self.controller.generation}

@@ -10,7 +10,7 @@ from typing import Any
 import dns.rcode
 import yaml
 
-from geodns.control.zonestore import content_hash, zone_name
+from geodns.control.zonestore import ZoneStore, content_hash, zone_name
 from tests.control.conftest import TOKEN, Node, a_records, http_request
 
 LONDON = "81.2.69.160"
@@ -89,6 +89,14 @@ def test_put_creates_a_zone_that_is_served_and_json_is_the_same_zone(node: Node)
     status, listing, _ = call(node, "GET", "/v1/zones", token=None)
     entry = next(z for z in listing["zones"] if z["zone"] == "api.example.test")
     assert entry["source"] == "api" and entry["hash"] == doc["hash"] and entry["updated"] > 0
+    # Who wrote it survives a restart (a new store over the same directory) ...
+    restarted = node.call(lambda: {z["zone"]: z for z in ZoneStore(node.controller).describe()})
+    assert restarted["api.example.test"]["source"] == "api" and restarted["gslb.example.test"]["source"] == "file"
+    # ... until the file is edited by hand: then it is the file's.
+    path = node.zones / "api.example.test.yaml"
+    path.write_text(path.read_text().replace("192.0.2.111", "192.0.2.112"))
+    node.call(node.controller.reload)
+    assert node.call(lambda: {z["zone"]: z for z in ZoneStore(node.controller).describe()})["api.example.test"]["source"] == "file"
 
 
 def test_replacing_the_example_zone_keeps_its_file(node: Node) -> None:
