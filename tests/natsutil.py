@@ -66,6 +66,32 @@ def _wait_port(host: str, port: int, within: float = 15.0) -> None:
     raise AssertionError(f"nats-server not listening on {host}:{port}")
 
 
+def _wait_jetstream(url: str, within: float = 20.0) -> None:
+    """A routed cluster serves JetStream once it has elected its meta leader."""
+    import asyncio
+
+    import nats
+
+    async def ready() -> bool:
+        nc = await nats.connect(url, connect_timeout=2)
+        try:
+            await nc.jetstream(timeout=1).account_info()
+            return True
+        except Exception:  # noqa: BLE001 - not ready yet
+            return False
+        finally:
+            await nc.close()
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    deadline = time.monotonic() + within
+    # (its own loop in a thread: the caller may be inside a running loop)
+    with ThreadPoolExecutor(1) as pool:
+        while not pool.submit(asyncio.run, ready()).result():
+            assert time.monotonic() < deadline, f"JetStream not ready at {url}"
+            time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def nats_servers(tmp: Path, host: str, n: int = 1) -> Iterator[list[NatsServer]]:
     servers = []
@@ -83,6 +109,8 @@ def nats_servers(tmp: Path, host: str, n: int = 1) -> Iterator[list[NatsServer]]
     try:
         for s in servers:
             s.start()
+        if n > 1:
+            _wait_jetstream(servers[0].url)
         yield servers
     finally:
         for s in servers:

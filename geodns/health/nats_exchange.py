@@ -22,8 +22,8 @@ leaked NATS credential cannot speak for a node. A refused message is counted
 and logged as on the built-in exchange
 (`geodns_peer_messages_rejected_total{reason, peer}`).
 
-Losing NATS (no write has succeeded for `3 × exchange_interval + 1` s): the
-node keeps probing; a peer's view that would go stale is dropped instead, so
+Losing NATS (the connection is down, or no write has succeeded for
+`2 × exchange_interval + 0.5` s): the node keeps probing; a peer's view that would go stale is dropped instead, so
 that targets this node probes are decided by its own fresh view (like an
 isolated node) and targets it does not probe keep their last verdict, until
 NATS comes back (docs/health.md).
@@ -148,6 +148,7 @@ class NatsExchange:
         self._written = time.monotonic()
         ready = asyncio.Event()
         self._tasks.append(asyncio.create_task(self._run(ready), name="health-nats"))
+        self._tasks.append(asyncio.create_task(self._watch_loss(), name="health-nats-loss"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ready.wait(), warm_start)
         if not ready.is_set():
@@ -249,8 +250,8 @@ class NatsExchange:
                 self._last_error = text
                 if self._nc is not None and self._nc.is_closed:
                     self._nc = None
-            self._check_lost()
-            await asyncio.sleep(RETRY)
+            # Connected (a watcher's server left, a bucket to recreate): again at once.
+            await asyncio.sleep(0.1 if self._nc is not None and self._nc.is_connected else RETRY)
 
     # ---- publishing ----------------------------------------------------------------
 
@@ -261,7 +262,6 @@ class NatsExchange:
             started = loop.time()
             await self._publish()
             await self._write_drains()
-            self._check_lost()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, started + interval - loop.time()))
@@ -403,30 +403,34 @@ class NatsExchange:
 
     # ---- losing NATS ---------------------------------------------------------------
 
-    def _check_lost(self) -> None:
+    async def _watch_loss(self) -> None:
         """Note when NATS is lost or back, and while it is lost, drop peers'
         views just before they would go stale (see the module's docstring)."""
         interval = self.service.node.exchange_interval
-        lost = time.monotonic() - self._written > 3 * interval + 1
-        now = time.time()
-        if lost and self._lost_since is None:
-            self._lost_since = now
-            log.warning("health nats lost node=%s no write succeeded for %.0fs: deciding on own fresh views, "
-                        "keeping the last verdict of targets this node does not probe", self.name,
-                        3 * interval + 1)
-        elif not lost and self._lost_since is not None:
-            log.warning("health nats back node=%s after %.1fs", self.name, now - self._lost_since)
-            self._lost_since = None
-        if self._lost_since is not None:
-            self._hold(now)
+        tick = max(0.05, min(0.25, interval / 2))
+        while True:
+            await asyncio.sleep(tick)
+            connected = self._nc is not None and self._nc.is_connected
+            lost = not connected or time.monotonic() - self._written > 2 * interval + 0.5
+            now = time.time()
+            if lost and self._lost_since is None:
+                self._lost_since = now
+                log.warning("health nats lost node=%s %s: deciding on own fresh views, keeping the last "
+                            "verdict of targets this node does not probe", self.name,
+                            "disconnected" if not connected else "writes failing")
+            elif not lost and self._lost_since is not None:
+                log.warning("health nats back node=%s after %.1fs", self.name, now - self._lost_since)
+                self._lost_since = None
+            if self._lost_since is not None:
+                self._hold(now, margin=max(HOLD_MARGIN, 2 * tick))
 
-    def _hold(self, now: float) -> None:
+    def _hold(self, now: float, margin: float) -> None:
         svc = self.service
         since = time.strftime("%H:%M:%SZ", time.gmtime(self._lost_since or now))
         touched: set[str] = set()
         for views in svc._peer_views.values():
             for target, v in list(views.items()):
-                if now - v.heard > svc._stale_after(target) - HOLD_MARGIN:
+                if now - v.heard > svc._stale_after(target) - margin:
                     del views[target]
                     touched.add(target)
         for target in touched:

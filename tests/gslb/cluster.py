@@ -88,9 +88,10 @@ class Node:
 
 
 def make_cluster(tmp: Path, names: list[str], first_host: int, exchange_interval: float = 0.3,
-                 extra: str = "") -> list[Node]:
+                 extra: str = "", nats: list[str] | None = None) -> list[Node]:
     """Nodes with their own Ed25519 keys (as `geodns keygen` writes them) and
-    every peer's public key in their node.yaml."""
+    every peer's public key in their node.yaml. With `nats` (server URLs) the
+    nodes exchange through NATS JetStream: their peers have no url."""
     from geodns.health import keys
 
     nodes = []
@@ -104,10 +105,15 @@ def make_cluster(tmp: Path, names: list[str], first_host: int, exchange_interval
         public[name] = keys.public_key_text(key)
         nodes.append(Node(name, host, free_port(host), free_port(host), directory))
     for node in nodes:
-        peers = "".join(f"\n  - {{name: {p.name}, url: 'http://{p.admin}', public_key: '{public[p.name]}'}}"
+        url = "" if nats else "url: 'http://{}', "
+        peers = "".join(f"\n  - {{name: {p.name}, {url.format(p.admin)}public_key: '{public[p.name]}'}}"
                         for p in nodes if p is not node)
+        if nats:
+            extra_nats = f"exchange: {{nats: {{servers: [{', '.join(nats)}], replicas: {min(3, len(nats))}}}}}\n"
+        else:
+            extra_nats = ""
         (node.dir / "node.yaml").write_text(
             f"node: {node.name}\nprivate_key_file: {node.name}.key\npeers:{peers}\n"
-            f"exchange_interval: {exchange_interval}\nstate_dir: {node.dir / 'state'}\n{extra}"
+            f"exchange_interval: {exchange_interval}\nstate_dir: {node.dir / 'state'}\n{extra_nats}{extra}"
         )
     return nodes

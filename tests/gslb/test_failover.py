@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from natsutil import nats_servers, needs_nats
 
 from .cluster import free_port, make_cluster
 
@@ -84,15 +86,16 @@ async def all_answer(nodes, want: list[str], within: float) -> float:
 
 
 async def start_cluster(tmp_path: Path, backend_hosts: tuple[str, str], first_host: int,
-                        exchange_interval: float = 0.3, **zone: float):
-    """Two backends, their zone, and three nodes answering us-east; stop with `stop_cluster`."""
+                        exchange_interval: float = 0.3, nats: list[str] | None = None, **zone: float):
+    """Two backends, their zone, and three nodes answering us-east; stop with `stop_cluster`.
+    `nats`: the NATS servers the nodes exchange through (default: the built-in HTTP exchange)."""
     east, west = Backend(backend_hosts[0]), Backend(backend_hosts[1])
     await east.start()
     await west.start()
     zones = tmp_path / "zones"
     zones.mkdir()
     (zones / "z.yaml").write_text(zone_text(east, west, **zone))
-    nodes = make_cluster(tmp_path, ["n1", "n2", "n3"], first_host, exchange_interval=exchange_interval)
+    nodes = make_cluster(tmp_path, ["n1", "n2", "n3"], first_host, exchange_interval=exchange_interval, nats=nats)
     return nodes, zones, east, west
 
 
@@ -104,8 +107,19 @@ async def stop_cluster(nodes, east: Backend, west: Backend) -> None:
         await east.runner.cleanup()
 
 
-async def test_region_failover_and_drain_reach_every_node(tmp_path: Path) -> None:
-    nodes, zones, east, west = await start_cluster(tmp_path, ("127.0.0.61", "127.0.0.62"), 51)
+@pytest.fixture(params=["http", pytest.param("nats", marks=needs_nats)])
+def exchange(request, tmp_path: Path) -> Iterator[list[str] | None]:
+    """The exchange the cluster uses: None (built-in HTTP) or the URLs of a
+    `nats-server` with JetStream started here on loopback."""
+    if request.param == "http":
+        yield None
+        return
+    with nats_servers(tmp_path / "nats", "127.0.0.69") as servers:
+        yield [s.url for s in servers]
+
+
+async def test_region_failover_and_drain_reach_every_node(tmp_path: Path, exchange) -> None:
+    nodes, zones, east, west = await start_cluster(tmp_path, ("127.0.0.61", "127.0.0.62"), 51, nats=exchange)
     try:
         for node in nodes:
             node.start(zones, TOKEN)
@@ -142,9 +156,9 @@ async def test_region_failover_and_drain_reach_every_node(tmp_path: Path) -> Non
         await stop_cluster(nodes, east, west)
 
 
-async def test_failover_at_a_one_second_interval_moves_every_node_within_five_seconds(tmp_path: Path) -> None:
+async def test_failover_at_a_one_second_interval_moves_every_node_within_five_seconds(tmp_path: Path, exchange) -> None:
     """Production-like timing: 1 s probes, 1 s exchange, signed per-node messages."""
-    nodes, zones, east, west = await start_cluster(tmp_path, ("127.0.0.63", "127.0.0.64"), 141,
+    nodes, zones, east, west = await start_cluster(tmp_path, ("127.0.0.63", "127.0.0.64"), 141, nats=exchange,
                                                    exchange_interval=1.0, interval=1.0, timeout=0.5)
     try:
         for node in nodes:
@@ -153,7 +167,7 @@ async def test_failover_at_a_one_second_interval_moves_every_node_within_five_se
         await asyncio.sleep(1.0)
         await east.stop()
         down = await all_answer(nodes, ["192.0.2.20"], 10)
-        print(f"\n1 s interval: us-east down -> gone from all 3 nodes in {down:.2f}s "
+        print(f"\n1 s interval, {'nats' if exchange else 'http'}: us-east down -> gone from all 3 nodes in {down:.2f}s "
               f"(fall {FALL} x 1 s + exchange 1 s + timeout 0.5 s = {FALL + 1.5:.1f}s)")
         assert down < 5.0
     finally:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from natsutil import nats_servers, needs_nats
 
 from geodns.health import keys
 from geodns.health.drains import drain_to_json, sign_drain
@@ -174,3 +175,67 @@ async def test_poisoned_drains_are_refused_and_every_node_keeps_deciding_and_res
         print(f"us-east back -> all 3 nodes answer it again after {back:.2f}s")
     finally:
         await stop_cluster(nodes, east, west)
+
+
+@needs_nats
+async def test_over_nats_a_leaked_credential_cannot_speak_for_a_node(tmp_path: Path) -> None:
+    """The same attacker over NATS: n3's key and a working NATS connection (a
+    leaked credential) write straight into the buckets. Messages claiming n1 or
+    n2 but signed by n3, n3's message under n2's key, and a drain in n2's name
+    are refused and counted as on the built-in exchange; answers never move."""
+    import nats as nats_client
+
+    from geodns.health.nats_exchange import KIND, envelope, key_token
+
+    with nats_servers(tmp_path / "nats", "127.0.0.189") as servers:
+        nodes, _, east, west = await start_cluster(tmp_path, ("127.0.0.191", "127.0.0.192"), 183,
+                                                   nats=[s.url for s in servers])
+        try:
+            for node in nodes:
+                node.start(_, TOKEN)
+            await all_answer(nodes, EAST, 15)
+            n1, n2, _n3 = nodes
+            n3 = attacker(nodes)
+            nc = await nats_client.connect(servers[0].url)
+            js = nc.jetstream()
+            views, drains = await js.key_value("geodns-views"), await js.key_value("geodns-drains")
+            targets = ["us-east/192.0.2.10"]
+            forged_drain = drain_to_json(sign_drain(Drain("us-east", True, "forged", time.time(), "n2"), n3.key))
+            answers = []
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                for name in ("n1", "n2"):
+                    # n3's key, claiming n1/n2 in the signed headers, under their own keys.
+                    body = encode(forged_message(name, "down", targets))
+                    await views.put(f"views.{key_token(name)}",
+                                    envelope(as_claimed(n3, name).sign(KIND, "nats:geodns", body), body))
+                # n3's own, correctly signed message, written under n2's key.
+                body = encode(forged_message("n3", "down", targets))
+                await views.put("views.n2", envelope(n3.sign(KIND, "nats:geodns", body), body))
+                # A drain in n2's name signed with n3's key.
+                await drains.put(f"drain.{key_token('us-east')}", json.dumps(forged_drain).encode())
+                await views.put("views.n1", b"not a signed message")
+                answers.append({n.name: await asyncio.to_thread(n.ask, "www.gslb.example.test") for n in nodes})
+                await asyncio.sleep(0.1)
+            await nc.close()
+            assert all(a == {"n1": EAST, "n2": EAST, "n3": EAST} for a in answers), answers
+            for victim in nodes:
+                for other in [o for o in ("n1", "n2") if o != victim.name]:
+                    assert metric(victim, "geodns_peer_messages_rejected_total",
+                                  {"reason": "bad_signature", "peer": other}) >= 5, (victim.name, other)
+                # (a name a node does not list as a peer, its own included, counts as unknown)
+                assert metric(victim, "geodns_peer_messages_rejected_total",
+                              {"reason": "bad_drain", "peer": "n2" if victim is not n2 else "unknown"}) >= 5
+                if victim is not n2:
+                    assert metric(victim, "geodns_peer_messages_rejected_total",
+                                  {"reason": "wrong_peer", "peer": "n3" if victim is n1 else "unknown"}) >= 5
+                if victim.name != "n1":
+                    assert metric(victim, "geodns_peer_messages_rejected_total",
+                                  {"reason": "unsigned", "peer": "unknown"}) >= 5, victim.name
+                assert metric(victim, "geodns_verdict_forced", {"target": "us-east"}) == 0
+            # The real nodes' next heartbeats put their own views back: failover still moves.
+            await east.stop()
+            moved = await all_answer(nodes, WEST, 10)
+            print(f"\nover NATS, after the forged writes, us-east down -> all 3 nodes moved in {moved:.2f}s")
+        finally:
+            await stop_cluster(nodes, east, west)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import replace
 
 import pytest
 from aiohttp import web
@@ -59,20 +60,24 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def cluster(zones, tmp_path, exchange: str = "http"):
-    """Three nodes; over NATS, one `nats-server` with JetStream started here,
-    and the nodes' settings name it instead of pushing to each other."""
+async def cluster(zones, tmp_path, exchange: str = "http", nats_urls: list[str] | None = None):
+    """Three nodes; over NATS (`exchange="nats"`), one `nats-server` with
+    JetStream started here, or the servers at `nats_urls` (the test's own),
+    named in the nodes' settings instead of pushing to each other."""
     with contextlib.ExitStack() as stack:
+        if exchange == "nats" and nats_urls is None:
+            nats_urls = [stack.enter_context(nats_servers(tmp_path / "nats", NATS_HOST))[0].url]
         nats = None
-        if exchange == "nats":
-            servers = stack.enter_context(nats_servers(tmp_path / "nats", NATS_HOST))
-            nats = NatsSettings(servers=(servers[0].url,))
+        if nats_urls:
+            # each node tries the servers in its own order: the connections spread over them
+            nats = NatsSettings(servers=tuple(nats_urls), replicas=min(3, len(nats_urls)))
         ports = {name: free_port(addr) for name, addr in NODES.items()}
         nodes = []
         for name, addr in NODES.items():
             settings = NodeSettings(
                 name=name, private_key=KEYS[name], exchange_interval=EXCHANGE, source_address=addr,
-                state_dir=str(tmp_path / name), nats=nats,
+                state_dir=str(tmp_path / name),
+                nats=nats and replace(nats, servers=nats.servers[len(nodes):] + nats.servers[:len(nodes)]),
                 peers=tuple(peer(p, "" if nats else f"http://{NODES[p]}:{ports[p]}", KEYS[p])
                             for p in NODES if p != name),
             )
