@@ -105,7 +105,7 @@ def explain(snap: Snapshot, name: str, qtype: str, client: str) -> Explanation:
     czone = snap.find_zone(name)
     placed, network, steps, regions, failopen, decided_by = "not needed (the answer does not depend on the client)", None, (), (), False, None
     if czone is not None:
-        located, _ = locate(snap, czone, address, "ECS", narrowing_of(snap, czone, name, QTYPE.reverse[qtype]))
+        located, _ = locate(snap, czone, address, "ECS", narrowing_of(snap, czone, name, QTYPE.reverse[qtype]), name)
         res = resolve(snap, czone, name, QTYPE.reverse[qtype], lambda: located, explain=True)
         if res.decision is not None:
             loc = located.location

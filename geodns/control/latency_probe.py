@@ -570,7 +570,9 @@ class LatencyService:
             if self.verifier is None:
                 raise _peers.Rejected("no_key")
             sender = self.verifier.verify("latency", request.headers, body, now)
-            self.accept(sender, _peers.decode(body), now)
+            message = _peers.decode(body)
+            if self.settings.enabled:  # off: answer (with no rows), keep nothing
+                self.accept(sender, message, now)
         except _peers.Rejected as exc:
             self.refused[exc.reason] = self.refused.get(exc.reason, 0) + 1
             log.warning("latency rows refused claimed=%s reason=%s remote=%s",
@@ -688,8 +690,7 @@ class LatencyService:
         if not self.settings.enabled:
             log.info("latency measurement off (latency_probe.enabled: false): the latency step reads the table only")
             return
-        SOURCES.enabled = True
-        os.environ[SOURCES_ENV] = "1"
+        SOURCES.enabled = True  # `prepare` did, for the workers; a service started alone (tests) too
         self.load()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=max(2.0, min(10.0, 2 * self.settings.exchange_interval))))
         tick = min(tick, self.settings.interval, self.settings.exchange_interval)
@@ -758,14 +759,25 @@ class LatencyCollector(Collector):
         yield g
 
 
-def attach(app: web.Application | None, health: Any, node_file: str, controller: Any) -> LatencyService | None:
-    """Latency measurement on a serving node, with the health service's identity and peers;
-    None when the node sets no `region`. Raises LatencySettingsError."""
+def prepare(health: Any, node_file: str) -> LatencySettings | None:
+    """The node's latency settings (None: no `region`), read before the data plane starts: when
+    measurement is on, the DNS transports (and the workers, by environment) tally who asks.
+    Raises LatencySettingsError."""
     node = health.node
-    peers = {p.name: p.url.rstrip("/") for p in node.peers if p.url}  # over NATS a peer may have no url
     settings = load_settings(node_file, {p.name for p in node.peers}, node.source_address)
+    if settings is not None and settings.enabled:
+        SOURCES.enabled = True
+        os.environ[SOURCES_ENV] = "1"
+    return settings
+
+
+def attach(app: web.Application | None, health: Any, settings: LatencySettings | None, controller: Any) -> LatencyService | None:
+    """Latency measurement on a serving node, with the health service's identity and peers
+    (`settings` from `prepare`); None when the node sets no `region`."""
     if settings is None:
         return None
+    node = health.node
+    peers = {p.name: p.url.rstrip("/") for p in node.peers if p.url}  # over NATS a peer may have no url
 
     def qname() -> str:
         zones = controller.config.zones if controller.config else ()

@@ -94,6 +94,7 @@ async def _serve(
         return 2
 
     health = None
+    latency_settings = None
     if options.node_file:
         from geodns.control.cookie_settings import COOKIE_KEYS
         from geodns.control.latency_probe import KEYS as LATENCY_KEYS
@@ -106,6 +107,13 @@ async def _serve(
             log.error("%s", exc)
             return 2
         health = HealthService(settings, list(controller.config.zones), controller.set_health_verdicts)
+        from geodns.control import latency_probe
+
+        try:  # before the data plane starts: it tallies who asks when measurement is on
+            latency_settings = latency_probe.prepare(health, options.node_file)
+        except latency_probe.LatencySettingsError as exc:
+            log.error("not starting: %s", exc)
+            return 2
         # Warm start: verdicts from saved state before the first query is answered.
         controller.set_health_verdicts(health.verdicts())
         controller.reload_hooks.append(lambda config: health.reconfigure(list(config.zones)))
@@ -154,13 +162,7 @@ async def _serve(
                 return 2
     latency = None
     if health is not None:
-        from geodns.control import latency_probe
-
-        try:
-            latency = latency_probe.attach(app if admin_mod is not None else None, health, options.node_file, controller)
-        except latency_probe.LatencySettingsError as exc:
-            log.error("not starting: %s", exc)
-            return 2
+        latency = latency_probe.attach(app if admin_mod is not None else None, health, latency_settings, controller)
     if admin_mod is not None:
         try:
             admin_runner = await admin_mod.start_admin(app, options.admin.host, options.admin.port)

@@ -239,14 +239,17 @@ def client_address(query: Query, source: str) -> tuple[IPAddress, str]:
 
 
 def locate(
-    snap: Snapshot, czone: CompiledZone, address: IPAddress, source: str, nets: Mapping | None = None
+    snap: Snapshot, czone: CompiledZone, address: IPAddress, source: str, nets: Mapping | None = None, name: str = ""
 ) -> tuple[Client, bool]:
     """Where the client is, and the network the answer may be shared with (its ECS scope),
-    narrowed by `nets` (`narrowing_of` the query; the zone's CIDRs when not given)."""
+    narrowed by `nets` (`narrowing_of` the query; the zone's CIDRs when not given) and, for a
+    `name` with a latency step while measurements are in effect, to at least /24 (/48)."""
     geo = snap.geo
     location, prefix = geo.lookup(address) if geo is not None else (None, 0)
     nets = czone.narrowing_ints if nets is None else nets
     prefix, inside = narrow_int(int(address), address.max_prefixlen, prefix, nets[address.version])
+    if snap.measured is not None and name in czone.latency_nodes:
+        prefix = max(prefix, V4_PREFIX if address.version == 4 else V6_PREFIX)
     return Client(address, location, prefix, source), inside
 
 

@@ -124,7 +124,7 @@ def reason(snap: Snapshot, query: Query, client: str) -> str:
     if czone is None:
         return "reason=not-our-zone"
     address, origin = client_address(query, client)
-    located, _ = locate(snap, czone, address, origin, narrowing_of(snap, czone, name, query.qtype))
+    located, _ = locate(snap, czone, address, origin, narrowing_of(snap, czone, name, query.qtype), name)
     res = resolve(snap, czone, name, query.qtype, lambda: located, explain=True)
     decision = res.decision
     if decision is None:

@@ -222,6 +222,12 @@ def test_three_regions_measure_agree_move_and_do_not_flap(tmp_path, procs):
         warm = {s: wait_all(nodes, s, r, 30) for s, r in (("s1", "eu-west"), ("s2", "us-west"), ("s3", "us-east"))}
         print(f"\nwarm-up: every node steers each stand-in by measurement after {time.monotonic() - started:.1f}s ({warm})")
 
+        # n1's tallies come from its two worker processes: it counted the stand-ins itself.
+        deadline = time.monotonic() + 5.0  # workers send their tallies once a second
+        while metric(NODES["n1"][0], admin_ports["n1"], 'geodns_latency_networks{set="seen"}') < 3:
+            assert time.monotonic() < deadline, "n1 did not count the three stand-ins"
+            time.sleep(0.2)
+
         # Inside the hysteresis (us-east 45 ms against us-west 50: margin max(20%, 5 ms) = 10 ms): no flap.
         set_delays(standins, {"s2": {"eu-west": 150, "us-east": 45, "us-west": 50}})
         deadline = time.monotonic() + 4.0
