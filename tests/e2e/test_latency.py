@@ -323,7 +323,13 @@ latency_probe: {{rate: 20, interval: 60, timeout: 0.5, port: {free_port("127.0.8
     seen = metric(host, admin_port, 'geodns_latency_networks{set="seen"}')
     print(f"\nflood: 100,000 networks in {flood:.1f}s; then {probes:.0f} probes in {window:.0f}s "
           f"(limit 20/s), {seen:.0f} networks tracked")
-    assert probes <= 20 * window * 1.15 + 2
-    assert probes >= 20 * window * 0.3  # it does probe: the limit, not idleness, holds it
-    assert 0 < seen <= 10_000 * 1.25
-    assert ask_from("127.0.8.23", (host, dns_port)) == [ADDRESS["us-east"]]
+    assert probes <= 20 * window * 1.15 + 2, probes
+    assert probes >= 20 * window * 0.2, probes  # it does probe: the limit, not idleness, holds it
+    assert 0 < seen <= 10_000 * 1.25, seen
+    for attempt in range(3):  # and it still answers (a loaded machine may drop one datagram)
+        try:
+            assert ask_from("127.0.8.23", (host, dns_port)) == [ADDRESS["us-east"]]
+            break
+        except OSError:
+            if attempt == 2:
+                raise
