@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -125,8 +126,9 @@ class NatsExchange:
         self._drains: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
-        self._revisions: dict[str, int] = {}
-        """KV key -> the last revision taken (a watcher restarted delivers it again)."""
+        self._taken: dict[str, bytes] = {}
+        """KV key -> digest of the value last taken: a restarted watcher delivers it
+        again (not a replay to refuse), and a recreated bucket starts its revisions over."""
         self._drain_revisions: dict[str, int] = {}
         """Target -> revision of its drain entry as last read (the compare-and-set's `last`)."""
         self._drain_history: dict[str, list[dict[str, Any]]] = {}
@@ -346,9 +348,10 @@ class NatsExchange:
 
     def _take_view(self, entry: Any) -> None:
         key = entry.key
-        if entry.revision <= self._revisions.get(key, 0):
+        digest = hashlib.sha256(entry.value).digest()
+        if self._taken.get(key) == digest:
             return
-        self._revisions[key] = entry.revision
+        self._taken[key] = digest
         if key == f"views.{key_token(self.name)}":
             self._own_seen = time.monotonic()
             return
