@@ -50,6 +50,7 @@ from geodns.balance.upstream import (
     UpstreamError,
     header_bytes,
 )
+from geodns.serverlog import ServerLog
 
 log = logging.getLogger("geodns.balance")
 
@@ -209,7 +210,7 @@ class Balancer:
             await site.start()
             self.addresses.append(address)
         if cfg.admin.listen is not None:
-            admin_runner = web.AppRunner(self.admin_app(), access_log=None)
+            admin_runner = web.AppRunner(self.admin_app(), access_log=None, logger=ServerLog(log))
             await admin_runner.setup()
             site = web.TCPSite(admin_runner, cfg.admin.listen.host, cfg.admin.listen.port)
             await site.start()

@@ -42,6 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from geodns.balance import config as config_mod
 from geodns.balance.config import BalancerConfig
+from geodns.serverlog import ServerLog
 
 log = logging.getLogger("geodns.balance")
 
@@ -275,7 +276,7 @@ class Supervisor:
             raise
         listen = self.config.admin.listen
         if listen is not None:
-            self._runner = web.AppRunner(self.admin_app(), access_log=None)
+            self._runner = web.AppRunner(self.admin_app(), access_log=None, logger=ServerLog(log))
             await self._runner.setup()
             await web.TCPSite(self._runner, listen.host, listen.port).start()
         _log("started", workers=self.count, admin=listen,

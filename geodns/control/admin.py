@@ -37,6 +37,7 @@ from geodns.health.drains import MAX_REASON, DrainRefused, DrainStore
 from geodns.health.peers import ADMIN_TOKEN
 from geodns.health.plan import balancer_target
 from geodns.health.quorum import Drain
+from geodns.serverlog import ServerLog
 from geodns.steer.verdict import endpoint_target
 
 log = logging.getLogger("geodns.admin")
@@ -654,7 +655,7 @@ def make_admin_app(
 async def start_admin(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serve the admin app on host:port; `await runner.cleanup()` to stop."""
     app[STATE].listen_host = host
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=ServerLog(log))
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:

@@ -42,6 +42,7 @@ import aiohttp
 from aiohttp import web
 
 from geodns.health import strictjson
+from geodns.serverlog import ServerLog
 
 log = logging.getLogger("geodns.webhook")
 
@@ -509,7 +510,7 @@ def run(args: argparse.Namespace) -> int:
     app = make_app(args.admin, token, tuple(args.zone))
 
     async def main() -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=ServerLog(log))
         await runner.setup()
         await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port)).start()
         log.info("webhook listening on %s for the node at %s zones=%s", args.listen, args.admin, ",".join(args.zone) or "all")

@@ -27,6 +27,7 @@ from geodns.config.model import Zone
 from geodns.health.peers import ADMIN_TOKEN
 from geodns.health.service import HealthService
 from geodns.health.settings import NodeSettings, NodeSettingsError, load_node_settings
+from geodns.serverlog import ServerLog
 
 __all__ = ["add_arguments", "run", "main", "serve_agent"]
 
@@ -56,7 +57,7 @@ async def serve_agent(settings: NodeSettings, zones: Sequence[Zone], stop: async
         if token:
             app[ADMIN_TOKEN] = token
         service.add_routes(app)
-        runner = web.AppRunner(app)
+        runner = web.AppRunner(app, logger=ServerLog(log))
         await runner.setup()
         host, port = _split_listen(settings.listen)
         await web.TCPSite(runner, host, port).start()

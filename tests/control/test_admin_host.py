@@ -110,6 +110,28 @@ def test_non_utf8_authorization_is_a_401(served: GeoNode) -> None:
     request(served, "POST", "/v1/undrain", HOST, {"Authorization": f"Bearer {TOKEN}"}, body)
 
 
+def test_malformed_requests_are_one_log_line_each(served: GeoNode) -> None:
+    """A request aiohttp's parser refuses (no Host, a bad method, a NUL in a header,
+    two Content-Lengths) is a 400 and one line in the node's log, never a traceback."""
+    import socket
+    import time
+
+    bad = (b"GET /v1/status HTTP/1.1\r\n\r\n", b"GARBAGE\r\n\r\n",
+           b"GET / HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\nX: a\x00b\r\n\r\n",
+           b"POST /v1/drain HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
+    for raw in bad:
+        with socket.create_connection((served.host, served.admin_port), timeout=5) as sock:
+            sock.sendall(raw)
+            assert sock.recv(100).startswith(b"HTTP/1.0 400 "), raw
+    assert request(served, "GET", "/v1/status", HOST)[0] == 200
+    deadline = time.monotonic() + 5
+    while served.proc.output().count("event=bad_request") < len(bad) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = served.proc.output()
+    assert log.count("event=bad_request") >= len(bad), log
+    assert "Traceback" not in log and "Error handling request" not in log, log
+
+
 @pytest.mark.slow
 def test_default_loopback_admin_works_with_curl(tmp_path: Path) -> None:
     curl = shutil.which("curl")
