@@ -40,7 +40,7 @@ from geodns.dns.wire import (
 from geodns.dnssec.zone import COMPACT_OK, SIGNED, echo_co, signed_key
 from geodns.steer import Client
 from geodns.steer.chain import remember
-from geodns.steer.measured import V4_PREFIX, V6_PREFIX, network_key
+from geodns.steer.measured import V4_PREFIX, V6_PREFIX, key_of, network_key
 
 _NO_STATS = Stats()
 """Where counts go when the caller keeps none (tests, explain)."""
@@ -232,10 +232,15 @@ def client_address(query: Query, source: str) -> tuple[IPAddress, str]:
         ecs = edns.ecs
         family = socket.AF_INET if ecs.family == 1 else socket.AF_INET6
         return ipaddress.ip_address(socket.inet_ntop(family, ecs.address)), "ECS"
+    return sender_address(source), "source address"
+
+
+def sender_address(source: str) -> IPAddress:
+    """The query's source address (an IPv4-mapped IPv6 one as IPv4)."""
     address = ipaddress.ip_address(source.split("%", 1)[0])
     if address.version == 6 and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return address, "source address"
+    return address
 
 
 def locate(
@@ -277,21 +282,34 @@ def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, 
         value = int.from_bytes(packed, "big")
         prefix, inside = narrow_int(value, bits, prefix, nets)
     measured = snap.measured
+    resolver = None
+    by_source = origin != "ECS"
     if measured is not None and entry.measured:
         # Measured networks are /24s (/48s): no scope may span one, and a measured one is
-        # decided by its own row, so it gets its own cache entry.
+        # decided by its own row, so it gets its own cache entry. An ECS network nobody
+        # measured is steered by its resolver's network, when that one is measured: the
+        # answer then depends on the sender too (so level 0, keyed by the bytes, is not used).
         value = int.from_bytes(packed, "big")
         floor = V4_PREFIX if version == 4 else V6_PREFIX
         if prefix < floor:
             prefix = floor
+        by_source = True
         if network_key(version, value) in measured.rows:
             inside = True
+        elif origin == "ECS":
+            try:
+                sender = sender_address(source)
+            except ValueError:  # not an address (an in-process caller's name for its client)
+                sender = None
+            if sender is not None and key_of(sender) in measured.rows:
+                resolver = sender
     # Level 2: one decision per GeoIP record (a place), shared by every network that
     # has it; per network when a CIDR rule makes the address itself matter. The
     # name bytes come from the level-1 key (one object shared by every entry of a name).
     key2 = (key[0], key[1], version, value >> (bits - prefix), prefix) if inside else (key[0], key[1], "at", record)
+    if resolver is not None:
+        key2 = (*key2, "via", key_of(resolver))
     prepared = cache.places.get(key2)
-    by_source = origin != "ECS"
     if prepared is not None and (prepared.deadline is None or prepared.deadline >= _monotonic()):
         stats.cache_hits += 1
         return prepared, prefix if prepared.client_dependent else None, by_source
@@ -299,7 +317,7 @@ def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, 
     location = geo.location(record, packed) if geo is not None else None
     if address is None:
         address = ipaddress.IPv4Address(packed) if version == 4 else ipaddress.IPv6Address(packed)
-    client = Client(address, location, prefix, origin)
+    client = Client(address, location, prefix, origin, resolver)
     if entry.node is not None:
         res = steer(snap, czone, entry.node, name, query.qtype, client)
     else:

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from geodns.dns.answer import answer, client_address, locate, narrowing_of
+from geodns.dns.answer import answer, client_address, locate, narrowing_of, sender_address
 from geodns.dns.resolve import name_of, resolve
 from geodns.dns.rrl import Limiter
 from geodns.dns.snapshot import Snapshot
@@ -125,6 +125,8 @@ def reason(snap: Snapshot, query: Query, client: str) -> str:
         return "reason=not-our-zone"
     address, origin = client_address(query, client)
     located, _ = locate(snap, czone, address, origin, narrowing_of(snap, czone, name, query.qtype), name)
+    if origin == "ECS" and snap.measured is not None:
+        located.resolver = sender_address(client)  # as the answer path: the resolver's RTTs may steer
     res = resolve(snap, czone, name, query.qtype, lambda: located, explain=True)
     decision = res.decision
     if decision is None:

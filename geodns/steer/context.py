@@ -32,6 +32,9 @@ class Client:
     """Prefix length of the GeoIP network the address fell into (narrowed by CIDR rules); the ECS scope."""
     source: str = "source address"
     """`ECS` or `source address`: what the address came from."""
+    resolver: IPAddress | None = None
+    """With ECS: the sender (the resolver), when measured RTTs to its network may steer the
+    client (its ECS network was not measured); None otherwise."""
 
     @property
     def network(self) -> IPNetwork | None:

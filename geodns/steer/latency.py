@@ -1,7 +1,8 @@
 """`latency`: the regions with the lowest RTT from the client's network.
 
 In order: the RTTs the nodes measured to the client's network (its /24 or /48,
-`Measured`, ranked with hysteresis by the control plane), the operator's table
+`Measured`, ranked with hysteresis by the control plane) or, for an ECS client
+whose network was not measured, to its resolver's network; the operator's table
 (`LatencyTable`), and otherwise the candidates unchanged for the next step.
 """
 
@@ -14,9 +15,11 @@ def latency(candidates: Candidates, ctx: Context, params: tuple[float, str | Non
     tolerance = params[0] if params else 0.0
     measured = ctx.measured
     if measured is not None and measured.rows:
-        found = measured.lookup(ctx.client.address)
+        found, via = measured.lookup(ctx.client.address), ""
+        if found is None and ctx.client.resolver is not None:
+            found, via = measured.lookup(ctx.client.resolver), "resolver "
         if found is not None:
-            kept = _by_measurement(candidates, ctx, found[0], found[1], tolerance)
+            kept = _by_measurement(candidates, ctx, found[0], found[1], tolerance, via)
             if kept is not None:
                 return kept
     table = ctx.latency
@@ -37,7 +40,7 @@ def latency(candidates: Candidates, ctx: Context, params: tuple[float, str | Non
     return Kept(kept, f"{matched}: {rtts}")
 
 
-def _by_measurement(candidates: Candidates, ctx: Context, ranking, key: int, tolerance: float) -> Kept | None:
+def _by_measurement(candidates: Candidates, ctx: Context, ranking, key: int, tolerance: float, via: str = "") -> Kept | None:
     """The measured regions among the candidates, leader first, with those within `tolerance` ms
     of it; None when no candidate was measured (the table decides then)."""
     wanted = set(candidates)
@@ -50,4 +53,4 @@ def _by_measurement(candidates: Candidates, ctx: Context, ranking, key: int, tol
         return Kept(kept, "")
     rtts = ", ".join(f"{region} {rtt:.1f} ms" for region, rtt in ranked[:4])
     margin = f" (hysteresis {ctx.measured.hysteresis})" if ctx.measured.hysteresis else ""
-    return Kept(kept, f"measured {network_text(key)}: {rtts}{margin}")
+    return Kept(kept, f"measured {via}{network_text(key)}: {rtts}{margin}")

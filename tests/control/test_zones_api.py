@@ -152,6 +152,20 @@ def test_invalid_bodies_get_line_and_field_and_change_nothing(node: Node) -> Non
     assert node.query("www.api.example.test", LONDON).rcode() == dns.rcode.REFUSED
 
 
+def test_deeply_nested_bodies_are_refused_not_a_500(node: Node) -> None:
+    """PyYAML composes and dumps recursively: thousands of nested brackets were a
+    RecursionError, a 500 and a traceback. They are a 422/400 that says why."""
+    before, generation = snapshot_of(node.zones), node.controller.generation
+    deep_yaml = "zone: api.example.test\nrecords: " + "[" * 5000 + "]" * 5000
+    deep_json = '{"zone": "api.example.test", "records": ' + "[" * 900 + "]" * 900 + "}"
+    for body, kind, expected in ((deep_yaml, "application/yaml", 422), (deep_json, "application/json", 400)):
+        status, doc, _ = call(node, "PUT", "/v1/zones/api.example.test", body.encode(), content_type=kind)
+        assert status == expected, (kind, doc)
+        assert "nested deeper than 64 levels" in json.dumps(doc), doc
+    assert snapshot_of(node.zones) == before and node.controller.generation == generation
+    assert node.query("www.gslb.example.test", LONDON).rcode() == dns.rcode.NOERROR
+
+
 def test_file_references_may_not_leave_the_zones_directory(node: Node, tmp_path: Path) -> None:
     before, generation = snapshot_of(node.zones), node.controller.generation
     outside = tmp_path / "keys"

@@ -11,12 +11,13 @@ from geodns.steer.measured import Measured, parse_network
 LONDON_NET = "81.2.69.0/24"
 
 
-def ask(c: Controller, name: str, subnet: str, prefix: int = 32) -> tuple[list[str], int]:
+def ask(c: Controller, name: str, subnet: str, prefix: int = 32, source: str = "127.0.0.1") -> tuple[list[str], int]:
     q = DNSRecord.question(name, "A")
     address = ipaddress.ip_address(subnet)
     ecs = b"\x00\x01" + bytes([prefix, 0]) + address.packed[: (prefix + 7) // 8]
     q.add_ar(EDNS0(udp_len=1232, opts=[EDNSOption(8, ecs)]))
-    reply = DNSRecord.parse(answer(c.snapshot, q.pack(), "127.0.0.1", udp=True))
+    q.header.id = 7  # the same bytes from every source: level 0 must not mix them up
+    reply = DNSRecord.parse(answer(c.snapshot, q.pack(), source, udp=True))
     scope = next(opt.data[3] for rr in reply.ar if rr.rtype == QTYPE.OPT for opt in rr.rdata if opt.code == 8)
     return [str(rr.rdata) for rr in reply.rr], scope
 
@@ -49,3 +50,27 @@ def test_same_ranking_keeps_the_cache_and_a_new_one_drops_it():
     c.set_health_verdicts({})
     c.set_measured(Measured({parse_network(LONDON_NET): (("eu-west", 3.0),)}))
     assert c.snapshot.cache is not before.cache
+
+
+def test_an_unmeasured_ecs_network_is_steered_by_its_measured_resolver():
+    c = Controller("zones", "data/geoip-bundle.mmdb")
+    c.start()
+    c.set_measured(Measured({
+        parse_network("198.51.100.0/24"): (("us-west", 4.0), ("eu-west", 90.0)),  # a resolver's network
+        parse_network(LONDON_NET): (("us-east", 3.0), ("eu-west", 40.0)),
+    }))
+    for _ in range(2):  # the second time from the caches
+        # London's 81.2.68.0/24 is not measured: its resolver's network decides ...
+        assert ask(c, "fast.gslb.example.test", "81.2.68.1", source="198.51.100.53")[0] == ["192.0.2.20"]
+        # ... and the same query bytes from an unmeasured resolver get the table's answer.
+        assert ask(c, "fast.gslb.example.test", "81.2.68.1", source="203.0.113.53")[0] == ["192.0.2.30"]
+        # A measured ECS network wins over its resolver's.
+        assert ask(c, "fast.gslb.example.test", "81.2.69.160", source="198.51.100.53")[0] == ["192.0.2.10"]
+    # The query log says which decided.
+    from geodns.dns.server import reason
+    from geodns.dns.wire import parse_query
+
+    q = DNSRecord.question("fast.gslb.example.test", "A")
+    q.add_ar(EDNS0(udp_len=1232, opts=[EDNSOption(8, b"\x00\x01\x18\x00" + bytes([81, 2, 68]))]))
+    why = reason(c.snapshot, parse_query(bytes(q.pack())), "198.51.100.53")
+    assert 'latency="measured resolver 198.51.100.0/24: us-west 4.0 ms' in why, why
