@@ -388,31 +388,29 @@ class Response:
             while end < 0:
                 if len(conn.buffer) > MAX_HEAD:
                     raise BadResponse("response head too large")
-                if _BARE_LF.search(conn.buffer):
-                    break  # a head cut by LF alone: refused below, never waited on
+                if (bare := _BARE_LF.search(conn.buffer)) is not None:
+                    # A head cut by LF alone: refused now, never waited on.
+                    raise BareLineFeed(f"bare LF in response head at byte {bare.start()}")
                 await conn.wait_data(self._timeout)
                 end = conn.buffer.find(b"\r\n\r\n")
             if end > MAX_HEAD:
                 raise BadResponse("response head too large")
-            if (bare := _BARE_LF.search(conn.buffer, 0, end if end >= 0 else len(conn.buffer))):
-                raise BareLineFeed(f"bare LF in response head at byte {bare.start()}")
             raw = bytes(conn.buffer[:end])
+            if raw.count(b"\n") != raw.count(b"\r\n"):
+                raise BareLineFeed(f"bare LF in response head {raw[:80]!r}")
             del conn.buffer[: end + 4]
             head = parse_head(raw, bodiless)
             if head.status >= 200:
                 break
             # 1xx interim response (100 Continue, 103 Early Hints): the final one follows.
-        self.status = head.status
-        self.reason = head.reason
-        self.version = head.version
-        self.headers = head.headers
-        self.length = head.length
-        self.chunked = head.chunked
-        self.until_close = head.until_close
-        self._left = head.length
-        if not head.keep_alive:
+        status, self.reason, self.version, self.headers, length, chunked, keep_alive = head
+        self.status = status
+        self.length = self._left = length
+        self.chunked = chunked
+        self.until_close = length is None and not chunked
+        if not keep_alive:
             self._pool.keep = False
-        if head.length == 0:
+        if length == 0:
             self._finish()
 
     def _finish(self) -> None:
