@@ -62,7 +62,9 @@ __all__ = [
     "HEALTH_PATH",
     "ADMIN_TOKEN",
     "MAX_BODY",
+    "MAX_CONTAINERS",
     "MAX_DECODED",
+    "MAX_VALUES",
     "Rejected",
     "Verifier",
     "encode",
@@ -85,6 +87,13 @@ MAX_BODY = 8 * 1024 * 1024
 """Compressed bytes a peer message may have: 10,000 targets take about 0.2 MB."""
 MAX_DECODED = 64 * 1024 * 1024
 """Bytes a peer message may decompress to (a zlib bomb stops here)."""
+MAX_CONTAINERS = 500_000
+MAX_VALUES = 1_000_000
+"""Arrays and objects, and values, a peer message may hold (counted, before it is
+parsed, as its `[`/`{` and `,` bytes). 64 MiB of `{},` would parse into 22 M
+dicts: 1.7 GB and 12 s of a blocked event loop. A full 10,000-target view is
+about 10,000 arrays and 70,000 values; these caps hold the worst message to
+about 150 MB and half a second."""
 MAX_REPLAY_MEMORY = 200_000
 _PROTOCOL = b"geodns-peer-v2"
 _NONCE_CHARS = frozenset("0123456789abcdef")
@@ -203,6 +212,9 @@ def decode(body: bytes) -> Any:
         raise Rejected("too_large", f"decompresses to more than {MAX_DECODED} bytes")
     if not inflater.eof or inflater.unused_data:
         raise Rejected("malformed", "truncated or trailing bytes")
+    containers = data.count(b"[") + data.count(b"{")
+    if containers > MAX_CONTAINERS or containers + data.count(b",") > MAX_VALUES:
+        raise Rejected("too_large", f"more than {MAX_CONTAINERS} arrays and objects or {MAX_VALUES} values")
     try:
         return strictjson.loads(data)
     except (ValueError, RecursionError) as e:

@@ -239,3 +239,47 @@ async def test_over_nats_a_leaked_credential_cannot_speak_for_a_node(tmp_path: P
             print(f"\nover NATS, after the forged writes, us-east down -> all 3 nodes moved in {moved:.2f}s")
         finally:
             await stop_cluster(nodes, east, west)
+
+
+def _peak_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def test_a_signed_inflation_bomb_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    """65 kB on the wire, signed with a peer's valid key, inflating to 64 MiB of
+    `{},`: parsed, it was 22 M dicts, 1.7 GB and 12 s of a deaf admin port. It is
+    refused (413) from a count of its brackets and commas; the node stays small
+    and answers while it arrives."""
+    import zlib
+
+    from .cluster import make_cluster
+
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "z.yaml").write_text("zone: gslb.example.test\nsoa: {mname: ns1, rname: hostmaster, serial: 1}\n"
+                                  "nameservers: [{name: ns1, glue: [127.0.0.53]}]\nrecords:\n  www: {A: [192.0.2.1]}\n")
+    n1, n2 = make_cluster(tmp_path, ["n1", "n2"], 131)
+    key, _ = keys.load_private_key(str(n2.dir / "n2.key"))
+    signer = Verifier("n2", key, {})
+    n1.start(zones, TOKEN)
+    try:
+        bombs = [zlib.compress(b"[" + unit * ((64 * 1024 * 1024 - 2) // len(unit) - 1) + unit[:-1] + b"]", 9)
+                 for unit in (b"{},", b"0,")]
+        async with aiohttp.ClientSession() as http:
+            for bomb in bombs:
+                assert len(bomb) < 100_000
+                headers = {**signer.sign("push", "n1", bomb), "Content-Type": CONTENT_TYPE}
+                started = time.monotonic()
+                async with http.post(f"http://{n1.admin}{OBSERVATIONS_PATH}", data=bomb, headers=headers) as r:
+                    assert r.status == 413, await r.text()
+                assert time.monotonic() - started < 5
+            async with http.get(f"http://{n1.admin}/v1/status") as r:
+                assert r.status == 200
+        assert n1.ask("www.gslb.example.test") == ["192.0.2.1"]
+        assert n1.proc is not None and _peak_rss_kb(n1.proc.pid) < 400_000
+        assert metric(n1, "geodns_peer_messages_rejected_total", {"reason": "too_large", "peer": "n2"}) == 2
+    finally:
+        n1.stop()
