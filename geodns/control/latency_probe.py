@@ -280,7 +280,11 @@ def _number(value: Any, high: float) -> float:
 
 
 FULL_EVERY = 60.0
-"""Seconds between full recomputations (expiry of old rows); between them only changed networks."""
+"""Seconds between expiry passes; each starts a sweep that re-ranks every network over the next
+ticks, SWEEP_SLICE at a time. Between them only networks whose figures changed are ranked."""
+SWEEP_SLICE = 500
+ACCEPT_SLICE = 2000
+"""Rows of a peer message checked between two turns of the event loop."""
 
 
 class LatencyService:
@@ -310,6 +314,7 @@ class LatencyService:
         self._changed: set[int] = set()
         """Networks whose figures changed since the last ranking."""
         self._full_at = 0.0
+        self._sweep: list[int] = []
         self._pending: dict[int, Ranking] | None = None
         """A ranking whose figures moved but no leader did: published within PUBLISH_EVERY."""
         self._targets_dirty = True
@@ -363,19 +368,24 @@ class LatencyService:
         return out
 
     def recompute(self, now: float, full: bool = False) -> None:
-        """Rank the networks whose figures changed (all of them, and drop expired rows, every
-        FULL_EVERY seconds), and hand the ranking on when a leader moved (or, every
-        PUBLISH_EVERY seconds, when only figures did: answers are the same, explanations older)."""
+        """Rank the networks whose figures changed (every FULL_EVERY seconds, drop expired rows and
+        start a sweep over all; `full`: all at once, at load), and hand the ranking on when a
+        leader moved (or, every PUBLISH_EVERY seconds, when only figures did: answers are the
+        same, explanations older)."""
         published = self.measured.rows if self.measured is not None else {}
         base = self._pending if self._pending is not None else published
-        if full or now - self._full_at >= FULL_EVERY:
+        if not full and now - self._full_at >= FULL_EVERY and self.measured is not None:
+            # Expiry, and a sweep that re-ranks every network over the next minute, a slice
+            # per tick: a full pass at 10,000 networks would hold the loop for ~250 ms.
             self._full_at = now
-            self.own.expire(now)
-            for name, peer in list(self.peer_rows.items()):
-                peer.rows = {k: e for k, e in peer.rows.items() if now - e.at <= self.settings.expiry}
-                peer.addresses = {k: a for k, a in peer.addresses.items() if k in peer.rows}
-                if not peer.rows:
-                    del self.peer_rows[name]
+            self._changed.update(self._expire(now))
+            self._sweep = list(published)
+        if self._sweep:
+            self._changed.update(self._sweep[-SWEEP_SLICE:])
+            del self._sweep[-SWEEP_SLICE:]
+        if full or self.measured is None and now - self._full_at >= FULL_EVERY:
+            self._full_at = now
+            self._expire(now)
             rows = [(self.settings.region, self.own.rows)] + [(p.region, p.rows) for p in self.peer_rows.values()]
             ranked = rank_rows(best_per_region(rows, now, self.settings.expiry), published, self.settings.hysteresis)
             self._changed.clear()
@@ -405,6 +415,21 @@ class LatencyService:
                 self._pending = ranked
             if self._pending is not None and now - self.published_at >= PUBLISH_EVERY:
                 self._publish(self._pending, now)
+
+    def _expire(self, now: float) -> set[int]:
+        """Drop rows older than `expiry` (this node's and its peers'); the networks they were for."""
+        gone = set(self.own.rows)
+        self.own.expire(now)
+        gone -= set(self.own.rows)
+        for name, peer in list(self.peer_rows.items()):
+            fresh = {k: e for k, e in peer.rows.items() if now - e.at <= self.settings.expiry}
+            if len(fresh) != len(peer.rows):
+                gone.update(k for k in peer.rows if k not in fresh)
+                peer.rows = fresh
+                peer.addresses = {k: a for k, a in peer.addresses.items() if k in fresh}
+            if not peer.rows:
+                del self.peer_rows[name]
+        return gone
 
     def _publish(self, rows: dict[int, Ranking], now: float) -> None:
         self.measured = Measured(rows, self.settings.hysteresis.describe())
@@ -519,6 +544,23 @@ class LatencyService:
 
     def accept(self, sender: str, message: Any, received: float) -> None:
         """A peer's measurements, checked whole; raises Rejected('malformed') and keeps nothing."""
+        region, raw = self._check_message(sender, message)
+        rows: dict[int, Estimate] = {}
+        addresses: dict[int, int] = {}
+        self._parse_rows(raw, received, rows, addresses)
+        self._take(sender, region, rows, addresses, received)
+
+    async def accept_async(self, sender: str, message: Any, received: float) -> None:
+        """`accept`, giving the event loop a turn every ACCEPT_SLICE rows (10,000 rows take ~75 ms)."""
+        region, raw = self._check_message(sender, message)
+        rows: dict[int, Estimate] = {}
+        addresses: dict[int, int] = {}
+        for start in range(0, len(raw), ACCEPT_SLICE):
+            self._parse_rows(raw[start : start + ACCEPT_SLICE], received, rows, addresses)
+            await asyncio.sleep(0)
+        self._take(sender, region, rows, addresses, received)
+
+    def _check_message(self, sender: str, message: Any) -> tuple[str, list]:
         if not isinstance(message, dict) or message.get("v") != 1:
             raise _peers.Rejected("malformed", "expected {v: 1, node, region, rows}")
         if message.get("node") != sender:
@@ -532,8 +574,9 @@ class LatencyService:
         raw = message.get("rows")
         if not isinstance(raw, list) or len(raw) > MAX_ROWS:
             raise _peers.Rejected("malformed", f"rows must be a list of at most {MAX_ROWS}")
-        rows: dict[int, Estimate] = {}
-        addresses: dict[int, int] = {}
+        return region, raw
+
+    def _parse_rows(self, raw: list, received: float, rows: dict[int, Estimate], addresses: dict[int, int]) -> None:
         expiry = self.settings.expiry
         for row in raw:
             try:
@@ -546,6 +589,8 @@ class LatencyService:
             if age <= expiry:
                 rows[key] = Estimate(rtt, received - age)
                 addresses[key] = address
+
+    def _take(self, sender: str, region: str, rows: dict[int, Estimate], addresses: dict[int, int], received: float) -> None:
         if len(rows) > self.settings.top:  # keep the freshest `top`
             keep = sorted(rows, key=lambda k: -rows[k].at)[: self.settings.top]
             rows = {k: rows[k] for k in keep}
@@ -572,7 +617,7 @@ class LatencyService:
             sender = self.verifier.verify("latency", request.headers, body, now)
             message = _peers.decode(body)
             if self.settings.enabled:  # off: answer (with no rows), keep nothing
-                self.accept(sender, message, now)
+                await self.accept_async(sender, message, now)
         except _peers.Rejected as exc:
             self.refused[exc.reason] = self.refused.get(exc.reason, 0) + 1
             log.warning("latency rows refused claimed=%s reason=%s remote=%s",
@@ -591,7 +636,7 @@ class LatencyService:
             reply = await _peers._read_limited(resp.content, resp.content_length)
             received = time.time()
             self.verifier.verify("latency-reply", resp.headers, reply, received, sender=peer, nonce=headers[_peers.NONCE_HEADER])
-        self.accept(peer, _peers.decode(reply), received)
+        await self.accept_async(peer, _peers.decode(reply), received)
 
     async def _exchange_loop(self) -> None:
         failing: set[str] = set()

@@ -263,3 +263,20 @@ def test_ranking_is_handed_on_when_a_leader_moves_and_figures_wait():
     svc.accept("b", _message("b", "us-east", [["198.51.100.5", 20.0, 0.0]]), now + 40)  # beyond the margin
     svc.recompute(now + 40)
     assert len(published) == 3 and published[-1].rows[net][0] == ("us-east", 20.0)
+
+
+def test_expired_rows_leave_the_ranking_and_a_sweep_reranks_everything():
+    svc, published = _service("a", "eu-west", keys.generate(), {}, {}, expiry=100.0)
+    now = 1_000_000.0
+    nets = [parse_network(f"198.51.{i}.0/24") for i in range(3)]
+    for i, net in enumerate(nets):
+        svc.sample(net, (net << 8) | 5, 10.0 + i, now if i else now - 90)  # the first is older
+    svc.recompute(now)
+    assert set(published[-1].rows) == set(nets)
+    svc.recompute(now + 30)  # expiry is due once a minute only
+    assert len(published) == 1
+    svc.recompute(now + 61)  # the first network's row is 151 s old: gone
+    assert set(published[-1].rows) == set(nets[1:])
+    assert not svc._sweep  # 2 networks: one slice re-ranked them all
+    svc.recompute(now + 200)
+    assert published[-1] is None  # nothing fresh is left: the table decides again
