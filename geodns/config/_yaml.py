@@ -77,6 +77,34 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
+MAX_DEPTH = 64
+"""Mappings and sequences nested deeper than this are refused: PyYAML composes recursively,
+and thousands of `[` were a RecursionError (a zone is a few levels deep)."""
+
+
+class TooDeep(yaml.MarkedYAMLError):
+    def __init__(self, mark: Any) -> None:
+        super().__init__(problem=f"nested deeper than {MAX_DEPTH} levels", problem_mark=mark)
+
+
+def check_depth(text: str) -> None:
+    """Raise TooDeep where the text nests past MAX_DEPTH (the event parser does not recurse)."""
+    # Each level is a flow bracket or more leading indentation (spaces, or `- ` of a
+    # compact sequence): when even their sum stays under the limit, skip the parse.
+    brackets = text.count("[") + text.count("{")
+    if brackets < MAX_DEPTH and max((len(line) - len(line.lstrip(" -?:")) for line in text.splitlines()), default=0) + brackets < MAX_DEPTH:
+        return
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise TooDeep(event.start_mark)
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            depth -= 1
+
+
 def load_yaml(text: str) -> Any:
     """Parse one YAML document into LineMap/LineList/scalars. Raises yaml.YAMLError."""
+    check_depth(text)
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass

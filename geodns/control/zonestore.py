@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from geodns.config import ConfigError, Zone
-from geodns.config._yaml import LineList, LineMap, load_yaml
+from geodns.config._yaml import MAX_DEPTH, LineList, LineMap, load_yaml
 from geodns.control.controller import Config, Controller, ReloadFailed, load_config
 from geodns.health import strictjson
 
@@ -94,6 +94,13 @@ def text_from_json(raw: bytes) -> str:
         raise ValueError(f"body is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ValueError("body must be a JSON object (a zone document)")
+    stack = [(doc, 1)]
+    while stack:  # iteratively: the YAML dumper below recurses
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise ValueError(f"body is nested deeper than {MAX_DEPTH} levels")
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
 
 
