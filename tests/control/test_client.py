@@ -52,3 +52,20 @@ def test_errors_are_clear_and_non_zero(node: Node, capsys: pytest.CaptureFixture
     port = free_port("127.0.5.10")
     assert run(["status", "--admin", f"127.0.5.10:{port}"]) == 1
     assert "cannot reach the admin API" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_is_no_traceback(node: Node) -> None:
+    """`geodns status | head -1`: the pipe closes before the command writes; it
+    exits quietly (141, as a shell reports SIGPIPE), not with a BrokenPipeError."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "geodns", "status", "--admin", node.admin],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(30) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
