@@ -13,7 +13,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from geodns.dnssec.keys import Key
+from geodns.dnssec.keys import Key, name_wire
 
 RRSIG = 46
 NSEC = 47
@@ -96,19 +96,10 @@ def rrsig_rdata(
             pos += owner[pos] + 1
         signed_owner = b"\x01*" + owner[pos:]
     head = struct.pack("!HBBIIIH", rtype, key.algorithm, labels, ttl, win.expiration, win.inception, key.tag)
-    head += _zone_wire(key.zone)
+    head += name_wire(key.zone)
     prefix = signed_owner + struct.pack("!HHI", rtype, CLASS_IN, ttl)
     data = head + b"".join(prefix + struct.pack("!H", len(r)) + r for r in sorted(set(rdatas)))
     return head + sign(data)
-
-
-def _zone_wire(zone: str) -> bytes:
-    out = bytearray()
-    for label in zone.split(".") if zone else ():
-        out.append(len(label))
-        out += label.encode("ascii")
-    out.append(0)
-    return bytes(out)
 
 
 def type_bitmap(types: set[int] | frozenset[int]) -> bytes:

@@ -34,6 +34,7 @@ from geodns.dnssec import denial
 from geodns.dnssec.cache import SignatureCache
 from geodns.dnssec.keys import Key, Signer, ds_rdata
 from geodns.dnssec.sign import CDNSKEY, CDS, DNSKEY, NSEC, NXNAME, RRSIG
+from geodns.dnssec.sign import labels_of as labels_of_owner
 
 SIGNED = 1 << 16
 """Added to the qtype in answer-cache keys of DO queries to a signed zone: their answers differ."""
@@ -280,7 +281,7 @@ class ZoneSigner:
             first = group[0]
             owner = _wire(first.rname)
             labels = self.wildcard_labels(name_of(owner)) if wildcards else None
-            count = labels if labels is not None else _label_count(owner)
+            count = labels if labels is not None else labels_of_owner(owner)
             rdatas = [canonical_rdata(rr) for rr in group]
             sigs, renew_at = self.signatures.rrsigs(self.signers, owner, first.rtype, first.ttl, rdatas, count, now)
             if renew_at < renew[0]:
@@ -307,14 +308,6 @@ def _rrsets(rrs: Iterable[RR]) -> list[list[RR]]:
     for rr in rrs:
         groups.setdefault((_wire(rr.rname), rr.rtype), []).append(rr)
     return list(groups.values())
-
-
-def _label_count(owner: bytes) -> int:
-    count, pos = 0, 0
-    while owner[pos]:
-        count += 1
-        pos += owner[pos] + 1
-    return count
 
 
 def _owner_label(name: str) -> DNSLabel:

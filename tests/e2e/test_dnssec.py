@@ -44,38 +44,18 @@ from tests.e2e.conftest import (
     unavailable,
     wait_dns,
 )
+from tests.e2e.test_delegation import KNOT_CONF as DELEGATION_KNOT_CONF
 from tests.e2e.test_delegation import NODES, PARENT, UNBOUND_CONF, can_bind_53
 
 pytestmark = pytest.mark.slow
 
-KNOT_CONF = """\
-server:
-    rundir: "{dir}"
-    pidfile: "{dir}/knot.pid"
-    listen: {knot}@{port}
-log:
-  - target: stderr
-    any: info
-control:
-    listen: "{dir}/knot.sock"
-database:
-    storage: "{dir}/knot-db"
-policy:
-  - id: csk
-    algorithm: ecdsap256sha256
-    single-type-signing: on
-    nsec3: off
-template:
-  - id: default
-    storage: "{dir}"
-    semantic-checks: on
-zone:
-  - domain: example.test
-    file: "example.test.zone"
-    dnssec-signing: on
-    dnssec-policy: csk
-    zonefile-sync: -1
-"""
+KNOT_CONF = (
+    DELEGATION_KNOT_CONF.replace(
+        "template:", "policy:\n  - id: csk\n    algorithm: ecdsap256sha256\n    single-type-signing: on\n    nsec3: off\ntemplate:"
+    )
+    + "    dnssec-signing: on\n    dnssec-policy: csk\n    zonefile-sync: -1\n"
+)
+"""test_delegation's Knot, signing example.test itself (one CSK, NSEC), never writing the zone file."""
 
 
 def geodns_keys(*args: str) -> str:
