@@ -241,6 +241,10 @@ class ZoneSigner:
             else:
                 rdata = denial.nodata_rdata(owner, self.types_at(name_of(owner)), qtype)
             nsecs.append(RR(denied, NSEC, ttl=self._negative_ttl(), rdata=RD(rdata)))
+            if qtype == NSEC and not answer:
+                # An explicit NSEC query: the NSEC made for the name is the answer (its bitmap
+                # lists NSEC, so a NODATA for NSEC would contradict itself).
+                signed_answer, authority, nsecs, rcode = self._sign_section(nsecs, now, renew), [], [], 0
         if referral:
             signed_authority = authority + self._sign_section(nsecs, now, renew)
         else:

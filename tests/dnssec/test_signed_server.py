@@ -143,6 +143,11 @@ def test_nonexistent_name_is_a_compact_answer(server, keyring) -> None:
     reply = udp(server, query)
     assert reply.rcode() == dns.rcode.NXDOMAIN and reply.ednsflags & 0x4000
     assert reply.find_rrset(reply.authority, dns.name.from_text(name), dns.rdataclass.IN, dns.rdatatype.NSEC)
+    # An explicit NSEC query gets the NSEC as its answer, for a name that exists or not.
+    for owner in (name, f"mail.{ZONE}."):
+        reply = udp(server, make(owner, "NSEC", do=True))
+        assert reply.rcode() == dns.rcode.NOERROR and not reply.authority
+        assert validated(reply, keyring) == [(owner, "NSEC")]
     # An explicit NXNAME query is a format error (RFC 9824 3.5).
     assert udp(server, make(name, 128, do=True)).rcode() == dns.rcode.FORMERR
 
@@ -273,3 +278,31 @@ def test_metrics_report_signature_expiry(tmp_path: Path) -> None:
         assert 6 * 86400 < float(found.group(1)) <= 8 * 86400
         made = re.search(r'^geodns_dnssec_signatures_total\{zone="gslb.example.test"\} (\S+)$', text, re.M)
         assert made and float(made.group(1)) >= 1
+
+
+def test_an_unsigned_zone_beside_a_signed_one_answers_as_before(tmp_path: Path) -> None:
+    """With one zone signed, DO queries get cache keys of their own; another zone's answers to
+    them stay exactly the bytes they were with no zone signed (sans-I/O answer(), same queries)."""
+    from geodns.config import load_zone_text, load_zones
+    from geodns.dns.answer import answer
+    from geodns.dns.snapshot import build_snapshot
+
+    zones, _ = signed_zones(tmp_path)
+    signed = load_zones(zones)
+    other = load_zone_text(
+        "zone: other.test\nsoa: {mname: ns1, rname: hostmaster, serial: 1}\n"
+        "nameservers: [{name: ns1, glue: [192.0.2.53]}]\nrecords:\n  www: {A: [192.0.2.7]}\n  '*.w': {A: [192.0.2.8]}\n",
+        str(tmp_path / "other.yaml"),
+    )
+    plain = [*load_zones(REPO / "zones"), other]
+    with_signed = build_snapshot(1, [*signed, other], None, {})
+    without = build_snapshot(1, plain, None, {})
+    assert with_signed.signed and not without.signed
+    for name, rdtype in (("www.other.test.", "A"), ("nope.other.test.", "A"), ("x.w.other.test.", "A"), ("other.test.", "DNSKEY")):
+        for do in (True, False):
+            wire = make(name, rdtype, do=do, edns=0, qid=77).to_wire()
+            for _ in range(2):  # the first answer, then the cached one
+                assert answer(with_signed, wire, "192.0.2.1") == answer(without, wire, "192.0.2.1"), (name, rdtype, do)
+    # ...while the signed zone's DO answers differ from its plain ones.
+    wire = make(f"www.{ZONE}.", "A", do=True, qid=77).to_wire()
+    assert answer(with_signed, wire, "192.0.2.1") != answer(without, wire, "192.0.2.1")
