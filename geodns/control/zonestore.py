@@ -137,8 +137,8 @@ def refused_references(text: str, file: Path, directory: Path, current: Zone | N
         value = container.get(key)
         if not isinstance(value, str):
             continue  # the loader says what is wrong with it
-        target = (file.parent / value).resolve()
-        if (target != root and root not in target.parents and target not in allowed) or "\0" in value:
+        target = (file.parent / value).resolve() if "\0" not in value else None  # resolve() raises on NUL
+        if target is None or (target != root and root not in target.parents and target not in allowed):
             errors.append(ConfigError(file.name, container.line_of(key), field,
                                       f"{value!r} is outside the zones directory: a zone written through "
                                       "the API may only name files inside it"))

@@ -171,6 +171,17 @@ def test_deeply_nested_bodies_are_refused_not_a_500(node: Node) -> None:
     assert node.query("www.gslb.example.test", LONDON).rcode() == dns.rcode.NOERROR
 
 
+def test_a_nul_in_a_file_reference_is_refused_not_a_500(node: Node) -> None:
+    """YAML's "\\0" puts a NUL in a path; resolving it raised ValueError (a 500)."""
+    before = snapshot_of(node.zones)
+    for field in ('latency_table: "latency.yaml\\0x"', 'dnssec: {keys: "keys\\0x"}'):
+        body = NEW_ZONE.replace("records:", field + "\nrecords:")
+        status, doc, _ = call(node, "PUT", "/v1/zones/api.example.test", body.encode())
+        assert status == 422, (field, doc)
+        assert "outside the zones directory" in doc["errors"][0]["message"], doc
+    assert snapshot_of(node.zones) == before
+
+
 def test_file_references_may_not_leave_the_zones_directory(node: Node, tmp_path: Path) -> None:
     before, generation = snapshot_of(node.zones), node.controller.generation
     outside = tmp_path / "keys"
