@@ -54,6 +54,12 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineMap:
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         key_line = key_node.start_mark.line + 1
+        try:
+            hash(key)
+        except TypeError:  # `? [1]: 2`, `? !!set {a}: 2` (PyYAML's own mappings refuse them too)
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, "found an unhashable key (a list, mapping or set)", key_node.start_mark
+            ) from None
         if key in result:
             raise DuplicateKey(key, key_line, result.key_lines[key])
         value = loader.construct_object(value_node, deep=True)

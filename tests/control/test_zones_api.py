@@ -171,6 +171,17 @@ def test_deeply_nested_bodies_are_refused_not_a_500(node: Node) -> None:
     assert node.query("www.gslb.example.test", LONDON).rcode() == dns.rcode.NOERROR
 
 
+def test_an_unhashable_key_is_refused_not_a_500(node: Node) -> None:
+    """`? [1]: 2` or `? !!set {a}: 2` made a list or set a dict key: a TypeError, a 500."""
+    before = snapshot_of(node.zones)
+    for records in ("records: {? [1]: 2}", "records: {? !!set {a}: 3}", "records:\n  ? {a: 1}\n  : 2"):
+        body = NEW_ZONE.split("records:")[0] + records + "\n"
+        status, doc, _ = call(node, "PUT", "/v1/zones/api.example.test", body.encode())
+        assert status == 422, (records, doc)
+        assert "unhashable key" in doc["errors"][0]["message"] and doc["errors"][0]["line"] >= 8, doc
+    assert snapshot_of(node.zones) == before
+
+
 def test_a_nul_in_a_file_reference_is_refused_not_a_500(node: Node) -> None:
     """YAML's "\\0" puts a NUL in a path; resolving it raised ValueError (a 500)."""
     before = snapshot_of(node.zones)
