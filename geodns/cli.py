@@ -107,6 +107,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         print(f"geodns keygen: --name {name!r} is not a usable file name", file=sys.stderr)
         return 2
     path = Path(args.out) / f"{name}.key"
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"geodns keygen: --out {args.out} is not a directory (the key file goes inside it, as NAME.key)", file=sys.stderr)
+        return 2
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         key = keys.generate()

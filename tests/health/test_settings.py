@@ -119,6 +119,11 @@ def test_keygen_writes_a_private_key_and_prints_the_public_one(tmp_path):
                            capture_output=True, text=True, timeout=30)
     assert again.returncode == 1 and "not overwriting" in again.stderr
     assert keys.load_private_key(str(path))[0].private_bytes_raw() == key.private_bytes_raw()
+    # --out naming the key file itself (a file, not a directory) says so, and writes nothing
+    wrong = subprocess.run([sys.executable, "-m", "geodns", "keygen", "--out", str(path)],
+                           capture_output=True, text=True, timeout=30)
+    assert wrong.returncode == 2 and "is not a directory" in wrong.stderr, wrong.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["ams1.key"]
 
 
 def test_nats_exchange_settings(tmp_path):
