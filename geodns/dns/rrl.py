@@ -82,6 +82,12 @@ class Action(IntEnum):
     SLIP = 2
 
 
+# Members as module globals for the per-response code: an Enum member looked up on its
+# class costs several times a global's in Python 3.11.
+SEND, DROP, SLIP = Action.SEND, Action.DROP, Action.SLIP
+ANSWER, NODATA, NXDOMAIN, REFERRAL, ERROR = tuple(ResponseClass)
+_CLASS_BYTES = tuple(bytes((c,)) for c in ResponseClass)
+
 ACTION_NAMES = ("sent", "dropped", "slipped")
 LOGGED = "logged"
 """The metric action for a response that would have been limited, sent in full (`log_only`)."""
@@ -191,14 +197,14 @@ def classify(response: bytes) -> ResponseClass:
     """The response's class, from its header: rcode, AA and the answer count."""
     rcode = response[3] & 0xF
     if rcode == 3:
-        return ResponseClass.NXDOMAIN
+        return NXDOMAIN
     if rcode:
-        return ResponseClass.ERROR
+        return ERROR
     if response[6] or response[7]:
-        return ResponseClass.ANSWER
+        return ANSWER
     if response[2] & 0x04:  # AA and nothing in the answer section
-        return ResponseClass.NODATA
-    return ResponseClass.REFERRAL
+        return NODATA
+    return REFERRAL
 
 
 def _qname_end(response: bytes) -> int:
@@ -217,20 +223,20 @@ def _qname_end(response: bytes) -> int:
 
 def unit_name(response: bytes, cls: ResponseClass) -> bytes:
     """The name a response is counted under (lower case, wire form without the root label)."""
-    if cls == ResponseClass.ERROR or len(response) < 13:
+    if cls == ERROR or len(response) < 13:
         return b""
     # The first zero byte ends the name, or is inside a label (binary labels are legal but
     # nobody sends them): then the unit is a prefix of the name, which only counts more.
     end = response.find(b"\x00", 12)
     if end < 0:
         return b""
-    if cls != ResponseClass.NXDOMAIN and cls != ResponseClass.REFERRAL:
+    if cls != NXDOMAIN and cls != REFERRAL:
         return response[12:end].lower()
     # As BIND: an NXDOMAIN counts under its zone (the SOA's owner) and a referral under the
     # delegation (the NS records' owner), so a random-subdomain flood is one unit, not one per
     # name. That owner is the first authority record's, a pointer into the question name.
     if response[6] or response[7] or response[8:10] == b"\x00\x00" or end + 7 > len(response):
-        return b"" if cls == ResponseClass.NXDOMAIN else response[12:end].lower()
+        return b"" if cls == NXDOMAIN else response[12:end].lower()
     head = response[end + 5]
     if head & 0xC0 == 0xC0:
         start = ((head & 0x3F) << 8) | response[end + 6]
@@ -309,12 +315,12 @@ class Table:
             # paused for a window, not merely for the next token.
             if flags and tokens >= self.capacity:
                 self._pack(buf, offset, tag, tokens - 1.0, last, 0, 0)
-                return Action.SEND, True
+                return SEND, True
             self._pack(buf, offset, tag, tokens - 1.0, last, slips, flags)
-            return Action.SEND, False
+            return SEND, False
         slip = self.slip
         # BIND's order: the first drop slips, then every slip-th.
-        action = Action.SLIP if slip and slips % slip == 0 else Action.DROP
+        action = SLIP if slip and slips % slip == 0 else DROP
         self._pack(buf, offset, tag, tokens, last, (slips + 1) % 1_000_000, _LIMITED)
         return action, not flags
 
@@ -385,8 +391,8 @@ class Limiter:
         name = unit_name(response, cls)
         # Python's hash of bytes is SipHash keyed by the process's hash seed: secret, so a
         # client cannot aim units at one slot; workers sharing a table share the seed.
-        action, changed = self.table.debit(hash(network + bytes((cls,)) + name), now)
-        if action is Action.SEND:
+        action, changed = self.table.debit(hash(network + _CLASS_BYTES[cls] + name), now)
+        if action is SEND:
             if changed:
                 self._log_change(network, cls, name, action)
             return action
@@ -396,12 +402,12 @@ class Limiter:
             # limited (its response still took a token, as a spoofer's would).
             if asked is not None and self.trusted(*asked):
                 counts[("cookie", CLASS_NAMES[cls])] = counts.get(("cookie", CLASS_NAMES[cls]), 0) + 1
-                return Action.SEND
+                return SEND
         if changed:
             self._log_change(network, cls, name, action)
         label = (LOGGED if self.log_only else ACTION_NAMES[action], CLASS_NAMES[cls])
         counts[label] = counts.get(label, 0) + 1
-        return Action.SEND if self.log_only else action
+        return SEND if self.log_only else action
 
     def screen(self, out: list, now: float, counts: dict, batch: list | None = None) -> list:
         """`out` (response, raw sockaddr) pairs as limited: dropped ones gone, slipped ones truncated.
@@ -431,9 +437,9 @@ class Limiter:
                 kept.append(item)
                 continue
             action = self.decide(net, response, now, counts, find and (lambda a=addr: find(a)))
-            if action is Action.SEND:
+            if action is SEND:
                 kept.append(item)
-            elif action is Action.SLIP:
+            elif action is SLIP:
                 truncated = slip_response(response)
                 if truncated is not None:
                     kept.append((truncated, addr))
@@ -449,15 +455,15 @@ class Limiter:
             return response
         asked = None if query is None else (lambda: (query, packed))
         action = self.decide(net, response, now, counts, asked)
-        if action is Action.SEND:
+        if action is SEND:
             return response
-        return slip_response(response) if action is Action.SLIP else None
+        return slip_response(response) if action is SLIP else None
 
     def _log_change(self, network: bytes, cls: ResponseClass, name: bytes, action: Action) -> None:
         size = network[0]
         prefix = (self.settings.ipv4_prefix if size == 4 else self.settings.ipv6_prefix)
         net = f"{ipaddress.ip_address(network[1:])}/{prefix}"
-        if action is Action.SEND:
+        if action is SEND:
             log.info("rrl leaves limiting network=%s class=%s name=%s", net, CLASS_NAMES[cls], _text(name))
             return
         self.limited += 1
