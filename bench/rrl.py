@@ -269,17 +269,6 @@ def serving(host: str, flags: list[str], log_path: Path):
 # ---------------------------------------------------------------- what RRL costs per query
 
 
-def read_workload(path: Path, limit: int) -> list[bytes]:
-    """Queries of a bench workload (`NAME.bin`: each with a 2-byte length before it)."""
-    data = path.read_bytes()
-    out, pos = [], 0
-    while pos + 2 <= len(data) and len(out) < limit:
-        (n,) = struct.unpack_from("!H", data, pos)
-        out.append(data[pos + 2:pos + 2 + n])
-        pos += 2 + n
-    return out
-
-
 def cost(workload: Path, geoip: Path, rounds: int, count: int) -> dict[str, list[float]]:
     """CPU microseconds per query of the batched UDP path (`BatchedUDP.on_readable`, the
     level-0 cache and `answer()`), fed the workload's queries in batches of 64 from 127.0.0.1,
@@ -291,7 +280,10 @@ def cost(workload: Path, geoip: Path, rounds: int, count: int) -> dict[str, list
     from geodns.dns.server import BatchedUDP
     from geodns.dns.stats import Stats
 
-    queries = read_workload(workload, count)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from cookies import read_bin  # bench/cookies.py: a bench workload's queries
+
+    queries = read_bin(workload, count)
     sockaddr = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 40000) + socket.inet_aton("127.0.0.1") + bytes(8)
     batches = [[(q, sockaddr) for q in queries[i:i + 64]] for i in range(0, len(queries), 64)]
     variants = {
