@@ -11,6 +11,7 @@ import yaml
 
 from geodns.cli import build_parser
 from geodns.control.controller import load_config
+from geodns.control import latency_probe
 from geodns.control.cookie_settings import COOKIE_KEYS, load_cookie_secrets
 from geodns.health.settings import load_node_settings
 
@@ -134,8 +135,10 @@ def test_compose_runs_three_regions_with_backends(tmp_path: Path) -> None:
         serve_args(service["command"])
         node_file = service["command"][service["command"].index("--node") + 1]
         local = DEPLOY / "compose" / "nodes" / Path(node_file).name
-        settings = load_node_settings(str(local), extra_keys=COOKIE_KEYS)
+        settings = load_node_settings(str(local), extra_keys=(*COOKIE_KEYS, *latency_probe.KEYS))
         assert settings.name == region
+        # Each node measures as the region it stands in (a region of the zone).
+        assert latency_probe.load_settings(str(local), {p.name for p in settings.peers}).region == region
         cookie_secrets.add(load_cookie_secrets(str(local)).current)
         assert {p.url for p in settings.peers} == {f"http://{ips[n]}:8053" for n in nodes if n != name}
         assert set(service["depends_on"]) == set(backends)
