@@ -126,6 +126,7 @@ class Verifier:
         self.peer_keys = dict(peer_keys)
         self.window = window
         self._seen: dict[tuple[str, str], float] = {}
+        self._seen_per_sender: dict[str, int] = {}
 
     def sign(self, kind: str, recipient: str, body: bytes, *, nonce: str | None = None,
              now: float | None = None) -> dict[str, str]:
@@ -190,11 +191,16 @@ class Verifier:
             if now - seen_at <= 2 * self.window:
                 break
             del self._seen[key]
+            self._seen_per_sender[key[0]] -= 1
         if (sender, nonce) in self._seen:
             raise Rejected("replay")
-        if len(self._seen) >= MAX_REPLAY_MEMORY:
-            raise Rejected("replay", "replay memory full")
+        # Each peer gets its share of the memory: one peer sending thousands of
+        # messages a second fills its own share, never the others' (which would
+        # refuse every peer's pushes and isolate this node).
+        if self._seen_per_sender.get(sender, 0) >= MAX_REPLAY_MEMORY // max(1, len(self.peer_keys)):
+            raise Rejected("replay", "replay memory full for this peer")
         self._seen[(sender, nonce)] = now
+        self._seen_per_sender[sender] = self._seen_per_sender.get(sender, 0) + 1
 
 
 def encode(message: Any) -> bytes:

@@ -242,3 +242,25 @@ async def test_health_route_needs_a_signature_or_the_token(node):
         assert r.status == 200
     async with http.get(base + HEALTH_PATH, headers=as_node("n3", STRANGER).sign("health", "n1", b"")) as r:
         assert r.status == 401
+
+
+async def test_one_peer_cannot_fill_the_replay_memory_for_the_others(node, monkeypatch):
+    """Every accepted nonce is remembered for twice the window, and the memory is
+    bounded. It was one pool: a peer sending fast enough (garbage bodies will do:
+    the nonce is kept once the signature checks) filled it and every peer's push
+    was then refused. Each peer now has its share; the others keep being heard."""
+    from geodns.health import peers as peers_module
+
+    svc, registry, http, base = node
+    monkeypatch.setattr(peers_module, "MAX_REPLAY_MEMORY", 20)
+    share = 20 // len(svc.verifier.peer_keys)
+    n2, n3 = as_node("n2"), as_node("n3")
+    codes = []
+    for _ in range(share + 4):
+        junk = b"not zlib"
+        codes.append((await post(http, base, junk, n2.sign("push", "n1", junk)))[0])
+    assert codes[:share] == [400] * share and codes[share:] == [401] * 4, codes
+    body = encode(message(node="n3"))
+    code, reply, _ = await post(http, base, body, n3.sign("push", "n1", body))
+    assert code == 200, reply
+    assert rejected(registry, "replay", "n2") == 4
