@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from netutil import free_port
+from netutil import free_port, wait_port
 
 NATS_SERVER = shutil.which("nats-server") or (
     "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None)
@@ -41,7 +41,7 @@ class NatsServer:
         log = (self.dir / "server.log").open("a")
         self.proc = subprocess.Popen([NATS_SERVER, "-c", str(self.dir / "server.conf")], stdout=log,
                                      stderr=subprocess.STDOUT)
-        _wait_port(self.host, self.port)
+        wait_port(self.host, self.port)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -52,18 +52,6 @@ class NatsServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-
-
-def _wait_port(host: str, port: int, within: float = 15.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nats-server not listening on {host}:{port}")
 
 
 def _wait_jetstream(url: str, within: float = 20.0) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -19,3 +20,14 @@ def free_port(host: str = "127.0.0.1") -> int:
                     continue
         return port
     raise RuntimeError(f"no port free for both TCP and UDP on {host}")
+
+
+def wait_port(host: str, port: int, within: float = 15.0) -> None:
+    """Until something listens on host:port (AssertionError after `within` seconds)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listening on {host}:{port}")

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import dns.exception
 import dns.message
 import dns.query
-from netutil import free_port
-
-
-def wait_port(host: str, port: int, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listening on {host}:{port}")
+from netutil import free_port, wait_port
 
 
 def ask(host: str, port: int, name: str, subnet: str | None = None) -> list[str] | None:
