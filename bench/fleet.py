@@ -242,8 +242,16 @@ async def run(exchange: str, args: argparse.Namespace, tmp: Path) -> dict[str, f
         sim = asyncio.create_task(agents_loop())
         r00 = {f"198.18.0.{j + 1}" for j in range(args.endpoints)}
         deadline = time.monotonic() + 60
-        while not all(answers(hosts[s], ports[s][0]) == r00 for s in servers):
-            assert time.monotonic() < deadline, "the fleet never answered r00"
+        async def ask_all() -> dict[str, set[str] | None]:
+            # in threads: a slow node must not stop the agents' loop
+            got = await asyncio.gather(*(asyncio.to_thread(answers, hosts[s], ports[s][0]) for s in servers))
+            return dict(zip(servers, got, strict=True))
+
+        while not all(a == r00 for a in (await ask_all()).values()):
+            if time.monotonic() > deadline:
+                got = {s: sorted(a or [])[:3] for s, a in (await ask_all()).items()}
+                raise SystemExit(f"{exchange}: the fleet did not answer r00 within 60 s: {got}; "
+                                 f"see {tmp}/s1/serve.log")
             await asyncio.sleep(0.5)
         await asyncio.sleep(args.interval * 3)
         cpu0 = {s: proc_cpu(p.pid) for s, p in procs.items()}
@@ -257,11 +265,9 @@ async def run(exchange: str, args: argparse.Namespace, tmp: Path) -> dict[str, f
         await runners[0].cleanup()
         gone_at = {}
         while len(gone_at) < len(servers) and time.monotonic() - killed < 30:
-            for s in servers:
-                if s not in gone_at:
-                    a = answers(hosts[s], ports[s][0])
-                    if a is not None and not (a & r00):
-                        gone_at[s] = time.monotonic() - killed
+            for s, a in (await ask_all()).items():
+                if s not in gone_at and a is not None and not (a & r00):
+                    gone_at[s] = time.monotonic() - killed
             await asyncio.sleep(0.05)
         sim.cancel()
         with contextlib.suppress(asyncio.CancelledError):
