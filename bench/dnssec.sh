@@ -8,6 +8,7 @@
 #
 #   bench/dnssec.sh                     # 3 runs x (main-do, miss-do) x (13, 15)
 #   WORKLOADS="main" RUNS=1 DURATION=5 bench/dnssec.sh
+#   WORKLOADS="main" ALGS= bench/dnssec.sh     # only PowerDNS beside signed geodns
 #
 # Writes only under ${GEODNS_CACHE:-$HOME/.cache/geodns}/bench/.
 set -eu
@@ -19,7 +20,8 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 WORKLOADS=${WORKLOADS:-"main miss"}
-ALGS=${ALGS:-"13 15"}
+ALGS=${ALGS-"13 15"}
+PDNS=${PDNS:-1}   # also PowerDNS (pdns-server, pdns-backend-geoip) beside signed geodns
 PORT=${PORT:-5311}
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 DB=${DB:-$(python3 -c "import sys; sys.path.insert(0, '$kit'); import benchlib; print(benchlib.ensure_geoip_db())")}
@@ -54,5 +56,21 @@ for w in $WORKLOADS; do
             --server "signed-$alg" "$((PORT + 1))" "$(serve "$signed/zones-$alg" "$((PORT + 1))")" | tee "$out/$w-do-$alg.txt"
     done
 done
+if [ "$PDNS" = 1 ] && command -v pdns_server >/dev/null; then
+    # PowerDNS Authoritative with its GeoIP backend, signing live (pdnsutil secure-zone:
+    # one algorithm 13 CSK), one receiver and one distributor thread. Its steering is by
+    # continent (%cn), not distance, so answers are not checked (--no-verify).
+    pd=$cache/bench/pdns
+    mkdir -p "$pd/keys"
+    sed "s#@DB@#$DB#; s#@DIR@#$pd#; s#@PORT@#$((PORT + 2))#" "$here/pdns/pdns.conf" > "$pd/pdns.conf"
+    cp "$here/pdns/geo.yaml" "$pd/geo.yaml"
+    ls "$pd/keys" | grep -q . || pdnsutil --config-dir="$pd" secure-zone gslb.example.test >/dev/null
+    for w in $WORKLOADS; do
+        timeout 3600 python3 "$kit/compare" --workload "$w-do" --workloads "$wl" --runs "$RUNS" --no-verify \
+            --duration "$DURATION" --warmup "$WARMUP" --wait-quiet 60 --retries 2 --json-out "$out/$w-do-pdns.json" \
+            --server pdns-geoip "$((PORT + 2))" "pdns_server --config-dir=$pd" \
+            --server signed-13 "$((PORT + 1))" "$(serve "$signed/zones-13" "$((PORT + 1))")" | tee "$out/$w-do-pdns.txt"
+    done
+fi
 taskset -c 0 python3 "$here/dnssec_sign_rate.py" | tee "$out/sign-rate.txt"
 echo "results in $out" >&2
