@@ -129,7 +129,13 @@ async def test_a_nats_cluster_losing_a_server_mid_run_still_moves_failover(backe
             took = time.monotonic() - killed
             print(f"\nNATS cluster minus one server: us down on all 3 nodes in {took:.2f}s "
                   f"(interval {INTERVAL}s, fall {FALL}, exchange {EXCHANGE}s)")
-            # every node says so from a quorum of views, not each from its own alone
-            await wait_for(lambda: all(n.svc.verdicts()["us/127.0.0.78"].cause.startswith("3/3") for n in nodes), 15)
+            # every node says so from a quorum of views, not each from its own alone: at least
+            # two of the three (a node whose NATS server left may still be re-watching the
+            # bucket through another server, its peers' views a moment old)
+            def by_quorum(cause: str) -> bool:  # "K/M observers say down": K views, not one
+                downs = cause.split("/", 1)[0]
+                return downs.isdigit() and int(downs) >= 2
+
+            await wait_for(lambda: all(by_quorum(n.svc.verdicts()["us/127.0.0.78"].cause) for n in nodes), 20)
             await us.start(port)
             await wait_for(lambda: all(n.up("us") for n in nodes), 10)
