@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 
 from geodns.cli import build_parser
-from geodns.control.controller import load_config
 from geodns.control import latency_probe
+from geodns.control.controller import load_config
 from geodns.control.cookie_settings import COOKIE_KEYS, load_cookie_secrets
 from geodns.health.settings import load_node_settings
 
