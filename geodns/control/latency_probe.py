@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import math
 import os
@@ -64,6 +63,7 @@ from prometheus_client.registry import Collector
 from geodns.dns.sources import SOURCES, SOURCES_ENV
 from geodns.health import peers as _peers
 from geodns.health import strictjson
+from geodns.health.drains import write_json_atomic
 from geodns.health.rtt import (
     Estimate,
     Estimates,
@@ -673,13 +673,10 @@ class LatencyService:
                 for name, p in self.peer_rows.items()
             },
         }
-        tmp = self.state_path + ".tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(doc, f, separators=(",", ":"))
-            os.replace(tmp, self.state_path)
+            write_json_atomic(self.state_path, doc)
             self._dirty = False
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a non-finite figure (never written)
             log.error("latency state not saved path=%s error=%s", self.state_path, exc)
 
     def load(self) -> None:
