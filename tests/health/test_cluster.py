@@ -193,6 +193,10 @@ async def test_restarted_node_takes_peer_views_before_its_own_probes(backend_fac
     zones = [make_zone([region("eu", "127.0.0.75", check=check(eu.port))])]
     async with cluster(zones, tmp_path, exchange) as nodes:
         await wait_for(lambda: all(not n.up("eu") for n in nodes), 5)
+        # n1's and n2's own views must have decided too (the first "down" everywhere may
+        # rest on n3's view alone, n1 and n2 still undecided): only then can the peers tell
+        # a restarted n3 what they saw
+        await wait_for(lambda: all(n.svc.verdicts()["eu/127.0.0.75"].cause.startswith("3/3") for n in nodes), 5)
         n3 = nodes[2]
         await n3.stop()
         # forget its saved state: only the peers can tell it now
