@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -115,15 +118,29 @@ def test_dockerfile_runs_the_readme_commands() -> None:
     assert any(op == "EXPOSE" and "53/udp" in rest and "53/tcp" in rest for op, rest in steps)
 
 
+def _with_project_path() -> dict[str, str]:
+    """The environment for running a deploy script against this checkout's geodns."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(DEPLOY.parent), os.environ.get("PYTHONPATH")]))}
+
+
 def test_compose_runs_three_regions_with_backends(tmp_path: Path) -> None:
     doc = yaml.safe_load((DEPLOY / "compose" / "compose.yaml").read_text())
     services = doc["services"]
     nodes = {n: s for n, s in services.items() if n.startswith("geodns-")}
+    # The node files are templates: the one-shot `demo-keys` service fills in keys and the
+    # cookie secret made at first start. Run that same script here, as the service does.
+    keygen = services["demo-keys"]
+    assert keygen["restart"] == "no" and "demo-nodes:/etc/geodns/nodes" in keygen["volumes"]
+    made = tmp_path / "nodes"
+    run = subprocess.run([sys.executable, str(DEPLOY / "compose" / "demo_keys.py"), str(DEPLOY / "compose" / "nodes"),
+                          str(made)], capture_output=True, text=True, timeout=30, env=_with_project_path())
+    assert run.returncode == 0, run.stderr
+    assert not list((DEPLOY / "compose").rglob("*.key")), "no private key of the demo is in the repository"
     backends = {n: s for n, s in services.items() if n.startswith("backend-")}
     assert len(nodes) == 3 and len(backends) == 3
     config = load_config(DEPLOY / "compose" / "zones")
     (zone,) = config.zones
-    ips = {n: s["networks"]["gslb"]["ipv4_address"] for n, s in services.items()}
+    ips = {n: s["networks"]["gslb"]["ipv4_address"] for n, s in services.items() if "networks" in s}
     assert set(zone.regions) == {n.removeprefix("geodns-") for n in nodes}
     for name, region in zone.regions.items():
         assert [str(e.address) for e in region.endpoints] == [ips[f"backend-{name}"]]
@@ -134,19 +151,28 @@ def test_compose_runs_three_regions_with_backends(tmp_path: Path) -> None:
         region = name.removeprefix("geodns-")
         serve_args(service["command"])
         node_file = service["command"][service["command"].index("--node") + 1]
-        local = DEPLOY / "compose" / "nodes" / Path(node_file).name
+        local = made / Path(node_file).name
+        assert (made / "keys" / f"{region}.key").stat().st_mode & 0o077 == 0
         settings = load_node_settings(str(local), extra_keys=(*COOKIE_KEYS, *latency_probe.KEYS))
         assert settings.name == region
         # Each node measures as the region it stands in (a region of the zone).
         assert latency_probe.load_settings(str(local), {p.name for p in settings.peers}).region == region
         cookie_secrets.add(load_cookie_secrets(str(local)).current)
         assert {p.url for p in settings.peers} == {f"http://{ips[n]}:8053" for n in nodes if n != name}
-        assert set(service["depends_on"]) == set(backends)
+        assert set(service["depends_on"]) == {*backends, "demo-keys"}
+        assert service["depends_on"]["demo-keys"]["condition"] == "service_completed_successfully"
         assert any(v.startswith("./zones:/etc/geodns/zones") for v in service["volumes"])
+        assert "demo-nodes:/etc/geodns/nodes:ro" in service["volumes"]
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
         udp = [p for p in service["ports"] if p.endswith("/udp")]
         assert udp and all(p.startswith("127.0.0.1:") for p in service["ports"])
     assert len(cookie_secrets) == 1, "every node shares one DNS cookie secret"
+    # Each node knows every other node's real public key, and a second run keeps them.
+    first = {p.name: p.public_key for p in load_node_settings(str(made / "us-east.yaml"), extra_keys=(
+        *COOKIE_KEYS, *latency_probe.KEYS)).peers}
+    again = subprocess.run([sys.executable, str(DEPLOY / "compose" / "demo_keys.py"), str(DEPLOY / "compose" / "nodes"),
+                            str(made)], capture_output=True, text=True, timeout=30, env=_with_project_path())
+    assert again.returncode == 0 and first["eu-west"] in again.stdout and first["ap-southeast"] in again.stdout
 
 
 def test_kubernetes_manifest(tmp_path: Path) -> None:
