@@ -50,7 +50,7 @@ from aiohttp import web  # noqa: E402
 from natsutil import nats_servers  # noqa: E402
 from netutil import free_port  # noqa: E402
 
-from geodns.config.loader import load_zone_text  # noqa: E402
+from geodns.config import load_zone_text  # noqa: E402
 from geodns.health import keys  # noqa: E402
 from geodns.health.nats_exchange import KIND, envelope, key_token  # noqa: E402
 from geodns.health.peers import CONTENT_TYPE, NONCE_HEADER, OBSERVATIONS_PATH, Verifier, encode  # noqa: E402

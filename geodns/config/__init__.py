@@ -1,18 +1,17 @@
-"""Zone configuration: YAML with line numbers, validation, the typed model."""
+"""Zone configuration: YAML with line numbers, validation, the typed model.
 
-from geodns.config.loader import (
-    ConfigError,
-    ConfigInvalid,
-    GeoRule,
-    load_zone_file,
-    load_zone_text,
-    load_zones,
-    zone_files,
-)
+`load_zones` / `load_zone_file` / `load_zone_text` read zone files; `read_yaml_file`
+reads any other YAML file of the node with the same line numbers and errors.
+"""
+
+from geodns.config._yaml import LineList, LineMap, read_yaml, read_yaml_file
+from geodns.config.errors import ConfigError, ConfigInvalid
+from geodns.config.loader import load_zone_file, load_zone_text, load_zones, zone_files
 from geodns.config.model import (
     SOA,
     Check,
     Endpoint,
+    GeoRule,
     NameServer,
     Node,
     Region,
@@ -29,6 +28,8 @@ __all__ = [
     "ConfigInvalid",
     "Endpoint",
     "GeoRule",
+    "LineList",
+    "LineMap",
     "NameServer",
     "Node",
     "RRset",
@@ -39,5 +40,7 @@ __all__ = [
     "load_zone_file",
     "load_zone_text",
     "load_zones",
+    "read_yaml",
+    "read_yaml_file",
     "zone_files",
 ]

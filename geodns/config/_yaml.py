@@ -7,9 +7,12 @@ validation errors can say `zones/example.yaml:14: regions.eu-west...`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+from geodns.config.errors import ConfigError, ConfigInvalid
 
 
 class LineMap(dict):
@@ -114,3 +117,27 @@ def load_yaml(text: str) -> Any:
     """Parse one YAML document into LineMap/LineList/scalars. Raises yaml.YAMLError."""
     check_depth(text)
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+
+
+def read_yaml(text: str, file: str) -> Any:
+    """Parse one YAML document for `file`; a syntax error, a duplicate key or nesting past
+    MAX_DEPTH raises ConfigInvalid with the line it is on."""
+    try:
+        return load_yaml(text)
+    except DuplicateKey as exc:
+        raise ConfigInvalid([ConfigError(file, exc.line, "", str(exc))]) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        raise ConfigInvalid([ConfigError(file, line, "", f"YAML syntax: {exc.problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigInvalid([ConfigError(file, 0, "", f"YAML: {exc}")]) from None
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """Read and parse a YAML file (`read_yaml`); an unreadable file raises ConfigInvalid too."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigInvalid([ConfigError(str(path), 0, "", f"cannot read: {exc}")]) from None
+    return read_yaml(text, str(path))

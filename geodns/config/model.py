@@ -1,7 +1,7 @@
 """The typed configuration model: what a zone file means once validated.
 
-Every value here is frozen; the loader (`geodns.config.load`) is the only
-producer, and the snapshot compiler the main consumer.
+Every value here is frozen; the zone loader (`geodns.config.load_zones`) is the
+only producer, and the snapshot compiler the main consumer.
 """
 
 from __future__ import annotations
@@ -86,6 +86,20 @@ class Step:
 
     kind: str
     params: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class GeoRule:
+    """One rule of a `geolocation` step: clients matching any of its matches go to `regions`."""
+
+    continents: frozenset[str]
+    countries: frozenset[str]
+    subdivisions: frozenset[str]
+    """`CC-SUB` pairs, e.g. `US-CA`."""
+    networks: tuple[IPNetwork, ...]
+    regions: tuple[str, ...]
+    label: str
+    """The matches as written, for explanations."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ The first rule that matches the client and still has a candidate region wins
 the next rule rather than to a fail-open answer).
 """
 
-from geodns.config.loader import GeoRule
+from geodns.config.model import GeoRule
 from geodns.steer.context import Candidates, Context
 from geodns.steer.geo_proximity import unlocated
 from geodns.steer.latency_table import address_in

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from geodns.config._yaml import load_yaml
+from geodns.config import ConfigInvalid, read_yaml_file
 from geodns.config.model import IPAddress, IPNetwork
 from geodns.geo import Location
 
@@ -51,9 +51,9 @@ def load_latency_table(path: str | Path, regions: set[str] | None = None) -> Lat
     """Read and validate a latency table file. Raises LatencyTableError with file:line."""
     path = str(path)
     try:
-        doc = load_yaml(Path(path).read_text(encoding="utf-8")) or {}
-    except Exception as exc:  # noqa: BLE001 - any read/parse failure is a config error here
-        raise LatencyTableError(f"{path}:0: cannot read latency table: {exc}") from None
+        doc = read_yaml_file(path) or {}
+    except ConfigInvalid as exc:  # unreadable, or not YAML: `file:line: ...` already
+        raise LatencyTableError(str(exc)) from None
     if not isinstance(doc, dict):
         raise LatencyTableError(f"{path}:1: expected a mapping")
     errors = []

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from netutil import free_port
 
-from geodns.config.loader import load_zone_text
+from geodns.config import load_zone_text
 from geodns.control.capacity import CapacityPoller, capacity_sources
 
 DATA = Path(__file__).parents[1] / "health" / "data"

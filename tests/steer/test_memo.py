@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from geodns.config.loader import GeoRule
-from geodns.config.model import Step
+from geodns.config.model import GeoRule, Step
 from geodns.steer import run_chain
 
 from .helpers import (

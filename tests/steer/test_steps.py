@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from geodns.config.loader import GeoRule
+from geodns.config.model import GeoRule
 from geodns.steer import Kept, LatencyTable, Split, Verdict
 from geodns.steer.capacity import capacity
 from geodns.steer.failover import failover

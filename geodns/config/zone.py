@@ -1,0 +1,222 @@
+"""The zone document: origin, TTLs, SOA, name servers, DNSSEC keys and regions.
+Records are `records.py`'s, steering `steering.py`'s, checks `checks.py`'s."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from geodns.config._yaml import LineList, LineMap
+from geodns.config.checks import read_check
+from geodns.config.fields import (
+    Ctx,
+    check_keys,
+    domain_name,
+    line_at,
+    read_domain_name,
+    read_float,
+    read_int,
+    read_ip,
+    read_list,
+    read_str,
+    show,
+    take,
+)
+from geodns.config.model import SOA, Dnssec, Endpoint, NameServer, Region, Zone
+from geodns.config.records import read_records
+
+DEFAULT_TTL = 30
+
+_ZONE_KEYS = ("zone", "ttl", "soa", "nameservers", "ns_ttl", "regions", "records", "latency_table", "dnssec")
+
+
+def read_zone(ctx: Ctx, doc: Any, file: str) -> Zone | None:
+    if doc is None:
+        return None
+    if not check_keys(ctx, doc, "", _ZONE_KEYS, ("zone", "soa", "nameservers")):
+        return None
+    origin = domain_name(ctx, "", doc.get("zone", ""), line_at(doc, "zone"), "zone") if "zone" in doc else None
+    if origin is None:
+        return None
+    ttl = read_int(ctx, doc, "ttl", "ttl", 0, 2**31 - 1) if "ttl" in doc else DEFAULT_TTL
+    ns_ttl = read_int(ctx, doc, "ns_ttl", "ns_ttl", 0, 2**31 - 1) if "ns_ttl" in doc else 3600
+    soa = _soa(ctx, doc["soa"], origin) if "soa" in doc else None
+    nameservers = _nameservers(ctx, doc, origin) if "nameservers" in doc else ()
+    regions = _regions(ctx, doc["regions"]) if "regions" in doc else {}
+    latency_table = None
+    if "latency_table" in doc:
+        value = read_str(ctx, doc, "latency_table", "latency_table")
+        if value is not None:
+            latency_table = str(Path(file).parent / value)
+    nodes = read_records(ctx, doc.get("records") or LineMap(), origin, regions, ttl or DEFAULT_TTL, doc)
+    dnssec = _dnssec(ctx, doc["dnssec"], origin, file) if "dnssec" in doc else None
+    if soa is None or ttl is None or ns_ttl is None:
+        return None
+    return Zone(
+        origin=origin,
+        source=file,
+        soa=soa,
+        nameservers=nameservers,
+        ns_ttl=ns_ttl,
+        ttl=ttl,
+        regions=regions,
+        nodes=nodes,
+        latency_table=latency_table,
+        dnssec=dnssec,
+    )
+
+
+def _dnssec(ctx: Ctx, spec: Any, origin: str, file: str) -> Dnssec | None:
+    """`dnssec: {keys: DIR}`: the key files must be readable, of this zone, and one must sign."""
+    if not check_keys(ctx, spec, "dnssec", ("keys",), ("keys",)) or "keys" not in spec:
+        return None
+    value = read_str(ctx, spec, "keys", "dnssec.keys")
+    if value is None:
+        return None
+    from geodns.dnssec.keys import KeyFileError, load
+
+    directory = Path(file).parent / value
+    line = line_at(spec, "keys")
+    try:
+        keys = load(origin, directory)
+    except KeyFileError as exc:
+        ctx.error(line, "dnssec.keys", str(exc))
+        return None
+    if not any(k.signing for k in keys):
+        found = f"{len(keys)} key(s), none active" if keys else "no key files"
+        ctx.error(line, "dnssec.keys", f"{directory}: {found} for {origin or '.'} (geodns keys generate {origin or '.'} --dir {value})")
+        return None
+    return Dnssec(str(directory), keys)
+
+
+_SOA_FIELDS = ("mname", "rname", "serial", "refresh", "retry", "expire", "minimum", "ttl")
+
+
+def _soa(ctx: Ctx, soa: Any, origin: str) -> SOA | None:
+    if not check_keys(ctx, soa, "soa", _SOA_FIELDS, ("mname", "rname", "serial")):
+        return None
+    values: dict[str, Any] = {"refresh": 3600, "retry": 600, "expire": 604800, "minimum": 60, "ttl": 3600}
+    readers = [(key, read_domain_name, origin) for key in ("mname", "rname")]
+    readers += [(key, read_int, 0, 2**32 - 1 if key == "serial" else 2**31 - 1) for key in _SOA_FIELDS[2:]]
+    ok = all([take(ctx, soa, "soa", values, key, read, *args) for key, read, *args in readers])
+    return SOA(**values) if ok and all(k in values for k in ("mname", "rname", "serial")) else None
+
+
+def _nameservers(ctx: Ctx, doc: LineMap, origin: str) -> tuple[NameServer, ...]:
+    items = read_list(ctx, doc, "nameservers", "nameservers")
+    result = []
+    for i, item in enumerate(items or ()):
+        field = f"nameservers[{i}]"
+        if isinstance(item, str):
+            item = LineMap({"name": item})
+            item.line = items.line_of(i)
+            item.key_lines = {}
+        if not check_keys(ctx, item, field, ("name", "glue"), ("name",)):
+            continue
+        name = domain_name(ctx, origin, item["name"], line_at(item, "name"), f"{field}.name") if "name" in item else None
+        glue = []
+        if "glue" in item:
+            addrs = read_list(ctx, item, "glue", f"{field}.glue") or ()
+            for j in range(len(addrs)):
+                address = read_ip(ctx, addrs, j, f"{field}.glue[{j}]")
+                if address is not None:
+                    glue.append(address)
+        if name is not None:
+            if glue and not (name == origin or name.endswith("." + origin)):
+                ctx.error(line_at(item, "glue"), f"{field}.glue", f"glue for {name!r}, which is outside the zone")
+            result.append(NameServer(name, tuple(glue)))
+    if not result and not ctx.errors:
+        ctx.error(doc.line_of("nameservers"), "nameservers", "at least one name server is required")
+    return tuple(result)
+
+
+# --- regions and checks ----------------------------------------------------------------
+
+_REGION_KEYS = ("coordinates", "endpoints", "bias", "weight", "min_healthy", "check", "balancer", "capacity_url")
+
+
+def _regions(ctx: Ctx, regions: Any) -> dict[str, Region]:
+    if not isinstance(regions, dict):
+        ctx.error(getattr(regions, "line", 0), "regions", f"expected a mapping, got {show(regions)}")
+        return {}
+    result = {}
+    for name, spec in regions.items():
+        field = f"regions.{name}"
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
+            ctx.error(line_at(regions, name), field, "region names are letters, digits, '-', '_' and '.'")
+            continue
+        if not check_keys(ctx, spec, field, _REGION_KEYS, ("coordinates", "endpoints")):
+            continue
+        region = _region(ctx, name, spec, field)
+        if region is not None:
+            result[name] = region
+    return result
+
+
+def _region(ctx: Ctx, name: str, spec: LineMap, field: str) -> Region | None:
+    ok = True
+    lat = lon = None
+    if "coordinates" in spec:
+        coords = spec["coordinates"]
+        if not isinstance(coords, list) or len(coords) != 2:
+            ctx.error(line_at(spec, "coordinates"), f"{field}.coordinates", "expected [latitude, longitude]")
+            ok = False
+        else:
+            lat = read_float(ctx, coords, 0, f"{field}.coordinates[0]", -90, 90)
+            lon = read_float(ctx, coords, 1, f"{field}.coordinates[1]", -180, 180)
+            ok &= lat is not None and lon is not None
+    endpoints = []
+    if "endpoints" in spec:
+        items = read_list(ctx, spec, "endpoints", f"{field}.endpoints") or LineList()
+        for i, item in enumerate(items):
+            efield = f"{field}.endpoints[{i}]"
+            if isinstance(item, dict):
+                if not check_keys(ctx, item, efield, ("address", "weight", "check"), ("address",)):
+                    ok = False
+                    continue
+                address = read_ip(ctx, item, "address", f"{efield}.address") if "address" in item else None
+                weight = read_int(ctx, item, "weight", f"{efield}.weight", 0, 65535) if "weight" in item else 1
+                check = read_check(ctx, item["check"], f"{efield}.check") if "check" in item else None
+                if address is None or weight is None:
+                    ok = False
+                    continue
+                endpoints.append(Endpoint(address, weight, check))
+            else:
+                address = read_ip(ctx, items, i, efield)
+                if address is None:
+                    ok = False
+                    continue
+                endpoints.append(Endpoint(address))
+        if not endpoints and ok:
+            ctx.error(line_at(spec, "endpoints"), f"{field}.endpoints", "a region needs at least one endpoint")
+            ok = False
+        seen = set()
+        for i, endpoint in enumerate(endpoints):
+            if endpoint.address in seen:
+                ctx.error(items.line_of(i), f"{field}.endpoints[{i}]", f"duplicate endpoint {endpoint.address}")
+                ok = False
+            seen.add(endpoint.address)
+    bias = read_float(ctx, spec, "bias", f"{field}.bias", -20000, 20000) if "bias" in spec else 0.0
+    weight = read_int(ctx, spec, "weight", f"{field}.weight", 0, 65535) if "weight" in spec else 1
+    min_healthy = read_int(ctx, spec, "min_healthy", f"{field}.min_healthy", 0, 65535) if "min_healthy" in spec else 1
+    check = read_check(ctx, spec["check"], f"{field}.check") if "check" in spec else None
+    balancer = read_check(ctx, spec["balancer"], f"{field}.balancer", balancer=True) if "balancer" in spec else None
+    capacity_url = read_str(ctx, spec, "capacity_url", f"{field}.capacity_url") if "capacity_url" in spec else None
+    if min_healthy is not None and endpoints and min_healthy > len(endpoints):
+        ctx.error(line_at(spec, "min_healthy"), f"{field}.min_healthy", f"{min_healthy} is more than the {len(endpoints)} endpoints")
+        ok = False
+    if not ok or None in (lat, lon, bias, weight, min_healthy):
+        return None
+    return Region(
+        name=name,
+        latitude=lat,
+        longitude=lon,
+        endpoints=tuple(endpoints),
+        bias_km=bias,
+        weight=weight,
+        min_healthy=min_healthy,
+        check=check,
+        balancer=balancer,
+        capacity_url=capacity_url,
+    )
