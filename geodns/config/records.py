@@ -148,16 +148,11 @@ def _rrset(ctx: Ctx, spec: LineMap, rtype: str, field: str, origin: str, ttl: in
 def _rdata(ctx: Ctx, rtype: str, items: LineList, i: int, field: str, origin: str) -> Any:
     item = items[i]
     line = items.line_of(i)
-    if rtype == "A":
+    if rtype in ("A", "AAAA"):
+        version = 4 if rtype == "A" else 6
         value = read_ip(ctx, items, i, field)
-        if value is not None and value.version != 4:
-            ctx.error(line, field, f"{item!r} is not an IPv4 address")
-            return None
-        return value
-    if rtype == "AAAA":
-        value = read_ip(ctx, items, i, field)
-        if value is not None and value.version != 6:
-            ctx.error(line, field, f"{item!r} is not an IPv6 address")
+        if value is not None and value.version != version:
+            ctx.error(line, field, f"{item!r} is not an IPv{version} address")
             return None
         return value
     if rtype in ("CNAME", "NS"):
