@@ -1,23 +1,28 @@
 """`geodns balance` configuration: YAML in, frozen values out.
 
-Every error names the file and the field (`us-east.yaml: pools.web.backends[1].weight:
-must be a positive integer`); unknown keys are errors, so a typo never silently
-falls back to a default. The schema is documented in README.md next to this file.
+Every error names the file, the line and the field (`us-east.yaml:14:
+pools.web.backends[1].weight: must be an integer >= 0, got -1`); unknown keys are
+errors, so a typo never silently falls back to a default. A pool's `check:` is read
+by the zone files' own check reader (`geodns.config.checks`), spelled as there
+(`type:`, `expect:`). The schema is documented in README.md next to this file.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from geodns.balance.choosers import ALGORITHMS
+from geodns.config import ConfigInvalid, LineList, LineMap, read_yaml_file
+from geodns.config.checks import POOL, read_check
+from geodns.config.fields import Ctx
 from geodns.config.model import Check
+
+log = logging.getLogger("geodns.balance.config")
 
 
 class ConfigError(ValueError):
@@ -144,26 +149,41 @@ class BalancerConfig:
 # ---------------------------------------------------------------- validation
 
 
+def _message(source: str, line: int | None, path: str, message: str) -> str:
+    """`file:line: field: message`, or `file: field: message` for a document without lines."""
+    return f"{source}:{line}: {path}: {message}" if line else f"{source}: {path}: {message}"
+
+
 class _Fields:
     """Reads one mapping, remembering which keys were used, so leftovers are errors."""
 
-    def __init__(self, source: str, where: str, data: Any) -> None:
+    def __init__(self, source: str, where: str, data: Any, line: int | None = None) -> None:
         self.source = source
         self.where = where
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise self.error("", f"must be a mapping, got {type(data).__name__}")
-        self.data: dict[str, Any] = data
+        self.line = getattr(data, "line", None) or line
+        """Of the mapping; None when the document came without lines (`parse` of a dict)."""
+        self.data: dict[str, Any] = {} if data is None else data
         self.used: set[str] = set()
+        if not isinstance(self.data, dict):
+            raise self.error("", f"must be a mapping, got {type(data).__name__}")
 
     def path(self, key: str) -> str:
         if not key:
             return self.where or "(top level)"
         return f"{self.where}.{key}" if self.where else key
 
+    def line_of(self, key: str) -> int | None:
+        """The line of `key` (of `key[i]`: of that item)."""
+        name, _, index = key.partition("[")
+        value = self.data.get(name) if isinstance(self.data, dict) else None
+        if index and isinstance(value, LineList):
+            return value.line_of(int(index.rstrip("]")))
+        if isinstance(self.data, LineMap) and name in self.data:
+            return self.data.line_of(name)
+        return self.line
+
     def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {self.path(key)}: {message}")
+        return ConfigError(_message(self.source, self.line_of(key), self.path(key), message))
 
     def get(self, key: str, default: Any = None, *, required: bool = False) -> Any:
         self.used.add(key)
@@ -234,29 +254,13 @@ def parse_address(text: Any, error: Callable[[str], ConfigError]) -> Address:
 
 
 def _check(source: str, where: str, data: Any) -> Check:
-    f = _Fields(source, where, data)
-    kind = f.choice("kind", "http", ("http", "https", "tcp"))
-    expect = f.get("expect_status", [200])
-    if isinstance(expect, int):
-        expect = [expect]
-    if not isinstance(expect, list) or not all(isinstance(x, int) for x in expect):
-        raise f.error("expect_status", f"must be a status or a list of them, got {expect!r}")
-    check = Check(
-        kind=kind or "http",
-        port=f.integer("port", None, minimum=1),
-        path=f.string("path", "/") or "/",
-        method=f.string("method", "GET") or "GET",
-        host_header=f.string("host_header"),
-        expect_status=tuple(expect),
-        body_contains=f.string("body_contains"),
-        verify_tls=f.boolean("verify_tls", True),
-        interval=f.number("interval", 5.0, exclusive=True),
-        timeout=f.number("timeout", 2.0, exclusive=True),
-        jitter=f.number("jitter", 0.2),
-        fall=f.integer("fall", 3, minimum=1) or 3,
-        rise=f.integer("rise", 2, minimum=1) or 2,
-    )
-    f.done()
+    """A pool's check, read as a zone file's is (`geodns.config.checks.POOL`)."""
+    ctx = Ctx(source)
+    check = read_check(ctx, data, where, POOL)
+    for w in ctx.warnings:
+        log.warning("%s", _message(source, w.line, w.field, w.message))
+    if check is None or ctx.errors:
+        raise ConfigError("\n".join(_message(source, e.line, e.field, e.message) for e in ctx.errors))
     return check
 
 
@@ -271,9 +275,10 @@ def _pool(source: str, name: str, data: Any) -> PoolConfig:
     seen: set[Address] = set()
     for i, item in enumerate(raw):
         where = f"pools.{name}.backends[{i}]"
+        line = raw.line_of(i) if isinstance(raw, LineList) else None
         if isinstance(item, str):
             item = {"address": item}
-        b = _Fields(source, where, item)
+        b = _Fields(source, where, item, line)
         address = parse_address(b.get("address", required=True), lambda m, b=b: b.error("address", m))
         if address in seen:
             raise b.error("address", f"duplicate backend {address}")
@@ -433,15 +438,8 @@ def parse(data: Any, source: str = "<config>") -> BalancerConfig:
 
 def load(path: str | os.PathLike[str]) -> BalancerConfig:
     """Read and validate a balancer config file; ConfigError says what is wrong where."""
-    source = str(path)
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse(data, source)
+        data = read_yaml_file(path)
+    except ConfigInvalid as exc:  # unreadable, or not YAML: `file:line: ...`
+        raise ConfigError(str(exc)) from None
+    return parse(data, str(path))

@@ -28,6 +28,8 @@ class Ctx:
     def __init__(self, file: str):
         self.file = file
         self.errors: list[ConfigError] = []
+        self.warnings: list[ConfigError] = []
+        """Accepted, but to be told (an old spelling)."""
 
     def error(self, line: int, field: str, message: str) -> None:
         self.errors.append(ConfigError(self.file, line, field, message))
@@ -159,10 +161,10 @@ def read_list(ctx: Ctx, container: Any, key: Any, field: str) -> LineList | None
     if isinstance(value, dict):
         ctx.error(line_at(container, key), field, "expected a list, got a mapping")
         return None
-    single = LineList([value])
-    single.line = line_at(container, key)
-    single.item_lines = [single.line]
-    return single
+    items = LineList(value if isinstance(value, list) else [value])  # a list of a document without lines
+    items.line = line_at(container, key)
+    items.item_lines = [items.line] * len(items)
+    return items
 
 
 def read_domain_name(ctx: Ctx, container: Any, key: Any, field: str, origin: str) -> str | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from geodns.config._yaml import LineList, LineMap
-from geodns.config.checks import read_check
+from geodns.config.checks import REGION_BALANCER, read_check
 from geodns.config.fields import (
     Ctx,
     check_keys,
@@ -201,7 +201,7 @@ def _region(ctx: Ctx, name: str, spec: LineMap, field: str) -> Region | None:
     weight = read_int(ctx, spec, "weight", f"{field}.weight", 0, 65535) if "weight" in spec else 1
     min_healthy = read_int(ctx, spec, "min_healthy", f"{field}.min_healthy", 0, 65535) if "min_healthy" in spec else 1
     check = read_check(ctx, spec["check"], f"{field}.check") if "check" in spec else None
-    balancer = read_check(ctx, spec["balancer"], f"{field}.balancer", balancer=True) if "balancer" in spec else None
+    balancer = read_check(ctx, spec["balancer"], f"{field}.balancer", REGION_BALANCER) if "balancer" in spec else None
     capacity_url = read_str(ctx, spec, "capacity_url", f"{field}.capacity_url") if "capacity_url" in spec else None
     if min_healthy is not None and endpoints and min_healthy > len(endpoints):
         ctx.error(line_at(spec, "min_healthy"), f"{field}.min_healthy", f"{min_healthy} is more than the {len(endpoints)} endpoints")

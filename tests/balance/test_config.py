@@ -36,7 +36,11 @@ def test_minimal_defaults() -> None:
         (lambda d: d.update(routes=[{"path": "/", "pool": "nope"}]), "x.yaml: routes[0].pool: no pool named 'nope'"),
         (lambda d: d.update(routes=[{"path": "api", "pool": "web"}]), "routes[0].path: must start with '/'"),
         (lambda d: d["pools"]["web"].update(hash_key={"source": "header"}), "pools.web.hash_key.name: is required"),
-        (lambda d: d["pools"]["web"].update(check={"kind": "http", "intervl": 1}), "pools.web.check.intervl: unknown key"),
+        (lambda d: d["pools"]["web"].update(check={"type": "http", "intervl": 1}), "x.yaml: pools.web.check.intervl: unknown key"),
+        (lambda d: d["pools"]["web"].update(check={"type": "dns"}), "x.yaml: pools.web.check.type: 'dns' is not one of http, https, tcp"),
+        (lambda d: d["pools"]["web"].update(check={"expect": [200, 99]}), "x.yaml: pools.web.check.expect[1]: 99 is out of range 100..599"),
+        (lambda d: d["pools"]["web"].update(check={"interval": 1, "timeout": 2}), "x.yaml: pools.web.check.timeout: must not exceed the interval"),
+        (lambda d: d["pools"]["web"].update(check={"type": "tcp", "kind": "http"}), "x.yaml: pools.web.check.kind: give type (or its old spelling kind), not both"),
         (lambda d: d.update(timeouts={"connect": 0}), "x.yaml: timeouts.connect: must be > 0"),
         (lambda d: d.update(timeouts={"request_head": -1}), "x.yaml: timeouts.request_head: must be > 0"),
         (lambda d: d.update(timeouts={"request_body": "1s"}), "x.yaml: timeouts.request_body: must be a number"),
@@ -59,7 +63,10 @@ def test_errors_name_file_and_field(patch, message: str) -> None:
 def test_load_reports_yaml_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("listen: [\n")
-    with pytest.raises(ConfigError, match="bad.yaml: line"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:2: YAML syntax: "):
+        load(bad)
+    bad.write_text("listen: 127.0.4.2:8080\npools:\n  web: {backends: [127.0.4.10:80]}\nlisten: 127.0.4.2:8081\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:4: duplicate key 'listen' \(first at line 1\)"):
         load(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "missing.yaml")
@@ -72,3 +79,39 @@ def test_deploy_examples_validate(name: str, monkeypatch: pytest.MonkeyPatch) ->
     assert config.region and config.admin.listen is not None
     for a in (*config.listen, config.admin.listen, *(b.address for p in config.pools.values() for b in p.backends)):
         assert a.host.startswith("127.")
+
+
+def test_errors_in_a_file_carry_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "b.yaml"
+    path.write_text(
+        "listen: 127.0.4.2:8080\n"
+        "pools:\n"
+        "  web:\n"
+        "    backends:\n"
+        "      - 127.0.4.10:80\n"
+        "      - {address: 127.0.4.11:80, weight: -1}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value) == f"{path}:6: pools.web.backends[1].weight: must be an integer >= 0, got -1"
+    path.write_text("listen: 127.0.4.2:8080\npools:\n  web:\n    backends: [127.0.4.10:80]\n    check:\n      type: http\n      pth: /health\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value).startswith(f"{path}:7: pools.web.check.pth: unknown key (expected one of: ")
+
+
+def test_a_pool_check_is_spelled_as_a_zone_check(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "b.yaml"
+    body = "listen: 127.0.4.2:8080\npools:\n  web:\n    backends: [127.0.4.10:80]\n    check:\n"
+    path.write_text(body + "      type: https\n      expect: [200, 204]\n      path: /health\n")
+    with caplog.at_level("WARNING", logger="geodns.balance.config"):
+        new = load(path).pools["web"].check
+    assert (new.kind, new.expect_status, new.path, new.jitter) == ("https", (200, 204), "/health", 0.2)
+    assert not caplog.records
+    # The first spelling still loads, to the same check, with one line saying where and what to write.
+    path.write_text(body + "      kind: https\n      expect_status: [200, 204]\n      path: /health\n")
+    with caplog.at_level("WARNING", logger="geodns.balance.config"):
+        assert load(path).pools["web"].check == new
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}:6: pools.web.check: old spelling, still accepted: write type: for kind: and expect: for expect_status:, as zone files do"
+    ]

@@ -60,7 +60,7 @@ def test_check_flag_names_file_and_field(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "geodns.balance", "--config", str(bad), "--check"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
-    assert "bad.yaml: pools.web.wieght: unknown key" in r.stderr
+    assert "bad.yaml:2: pools.web.wieght: unknown key" in r.stderr
 
 
 @pytest.mark.slow

@@ -250,7 +250,7 @@ async def test_passive_breaker_takes_failing_backend_out(backends, balancer, cli
 
 async def test_active_checks_and_load_report(backends, balancer, client):
     backs = await backends(2)
-    check = {"kind": "http", "path": "/health", "interval": 0.1, "timeout": 0.5, "fall": 1, "rise": 1, "jitter": 0}
+    check = {"type": "http", "path": "/health", "interval": 0.1, "timeout": 0.1, "fall": 1, "rise": 1, "jitter": 0}
     b = await balancer({"region": "test", "pools": {"web": pool(backs, check=check, max_conns=10)}})
     async with client.get(admin_url(b, "/v1/load")) as r:
         load = await r.json()
