@@ -22,7 +22,7 @@ from geodns.dns.server import SnapshotRef
 from geodns.dns.snapshot import Snapshot, build_snapshot
 from geodns.geo import GeoDatabase, GeoDatabaseError
 from geodns.health import strictjson
-from geodns.steer import LatencyTable, LatencyTableError, Verdict, load_latency_table
+from geodns.steer import LatencyTable, LatencyTableError, Verdict, VerdictState, load_latency_table
 from geodns.steer.measured import Measured
 
 log = logging.getLogger("geodns.control")
@@ -104,7 +104,7 @@ def load_admin_state(path: str | None, *, strict: bool = True) -> dict[str, Verd
 
     verdicts: dict[str, Verdict] = {}
     for target in entries("down"):
-        verdicts[target] = Verdict(up=False, forced=True, cause="marked down in the admin state file")
+        verdicts[target] = Verdict(up=False, forced=True, state=VerdictState.FORCED, cause="marked down in the admin state file")
     drains = doc.get("drains") or {}
     if not isinstance(drains, dict):
         log.error("admin state drains dropped path=%s: expected {target: reason}", path)
@@ -113,9 +113,9 @@ def load_admin_state(path: str | None, *, strict: bool = True) -> dict[str, Verd
         if not isinstance(reason, str) or len(reason) > 500:
             log.error("admin state drain dropped path=%s target=%r: reason must be a string of at most 500 characters", path, target[:80])
             continue
-        verdicts[target] = Verdict(up=False, forced=True, cause=f"drained: {reason}")
+        verdicts[target] = Verdict(up=False, forced=True, state=VerdictState.DRAINED, cause=f"drained: {reason}")
     for target in entries("up"):
-        verdicts[target] = Verdict(up=True, forced=True, cause="forced up in the admin state file")
+        verdicts[target] = Verdict(up=True, forced=True, state=VerdictState.FORCED, cause="forced up in the admin state file")
     return verdicts
 
 

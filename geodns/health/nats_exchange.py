@@ -54,6 +54,7 @@ from geodns.health.drains import DrainRefused, drain_to_json
 from geodns.health.nats_settings import NatsSettings
 from geodns.health.quorum import Drain, newer_drain
 from geodns.health.service import _kv
+from geodns.steer.verdict import DECIDED
 
 if TYPE_CHECKING:
     from geodns.health.service import HealthService
@@ -438,7 +439,7 @@ class NatsExchange:
                     touched.add(target)
         for target in touched:
             v = svc._verdicts.get(target)
-            if target in svc._own or v is None or v.forced or v.cause.startswith(("unknown", "no fresh")):
+            if target in svc._own or v is None or v.state not in DECIDED:
                 continue
             svc._fallback[target] = replace(v, cause=f"NATS unreachable since {since}, last verdict kept: {v.cause}")
         if touched:

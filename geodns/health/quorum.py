@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from geodns.health.risefall import State
-from geodns.steer.verdict import Verdict
+from geodns.steer.verdict import Verdict, VerdictState
 
 __all__ = [
     "ObserverView",
@@ -144,6 +144,7 @@ def _drained(drain: Drain) -> Verdict:
         up=False,
         forced=True,
         until=None,
+        state=VerdictState.DRAINED,
         cause=f"drained by operator via {drain.by} at {_clock(drain.at)}: {drain.reason or 'no reason given'}",
     )
 
@@ -176,9 +177,9 @@ def decide_target(
         pending = [v.until for v in fresh if v.until > now]
         until = min([now + UNKNOWN_RETRY, *pending])
         if fallback is not None:
-            return Verdict(up=fallback.up, forced=False, until=until,
+            return Verdict(up=fallback.up, forced=False, until=until, state=VerdictState.FALLBACK,
                            cause=f"no fresh observation yet; {fallback.cause}")
-        return Verdict(up=True, until=until,
+        return Verdict(up=True, until=until, state=VerdictState.UNKNOWN,
                        cause="unknown: no observer has decided yet; assumed up for now")
     need = needed_down(rule, len(decided))
     down = downs >= need
@@ -201,7 +202,8 @@ def decide_target(
         parts += [f"{v.observer} silent {now - v.heard:.0f}s" for v in silent]
     rule_text = rule if isinstance(rule, str) else f"{rule} down"
     cause = f"{downs}/{len(decided)} observers say down ({rule_text} needs {need}): " + "; ".join(parts)
-    return Verdict(up=not down, until=until, cause=cause)
+    return Verdict(up=not down, until=until, cause=cause,
+                   state=VerdictState.DOWN if down else VerdictState.UP)
 
 
 def decide_region(
@@ -231,8 +233,10 @@ def decide_region(
         reasons.append(f"balancer check down: {balancer.cause}")
         forced.append(balancer.forced)
     if reasons:
-        return Verdict(up=False, forced=all(forced), until=until, cause="; ".join(reasons))
+        forced_down = all(forced)
+        return Verdict(up=False, forced=forced_down, until=until, cause="; ".join(reasons),
+                       state=VerdictState.FORCED if forced_down else VerdictState.DOWN)
     cause = f"{len(ups)}/{len(endpoints)} endpoints up (min_healthy {min_healthy})"
     if balancer is not None:
         cause += "; balancer check up"
-    return Verdict(up=True, until=until, cause=cause)
+    return Verdict(up=True, until=until, cause=cause, state=VerdictState.UP)

@@ -60,7 +60,7 @@ from geodns.health.quorum import (
 )
 from geodns.health.risefall import Rules, State, View, earliest_change, observe
 from geodns.health.settings import NodeSettings
-from geodns.steer.verdict import Verdict
+from geodns.steer.verdict import DECIDED, Verdict, VerdictState
 
 __all__ = ["HealthService", "record_failopen", "FAILOPEN"]
 
@@ -301,7 +301,7 @@ class HealthService:
         now = time.time()
 
         def verdict(v: Verdict | None) -> dict[str, Any] | None:
-            return None if v is None else asdict(v)
+            return None if v is None else v.to_json()
 
         targets = {}
         for target, tp in sorted(self._plan.targets.items()):
@@ -351,7 +351,7 @@ class HealthService:
             "regions": regions,
             "targets": targets,
             "drains": {t: asdict(d) for t, d in sorted(self._drains.items()) if d.active},
-            "verdicts": {t: asdict(v) for t, v in sorted(self._verdicts.items())},
+            "verdicts": {t: v.to_json() for t, v in sorted(self._verdicts.items())},
         }
 
     # ---- peer protocol (used by geodns.health.peers) ----------------------
@@ -740,10 +740,10 @@ class HealthService:
             drain = self._drains.get(target)
             if tp.key is None:
                 v = decide_target([], now, stale_after=0.0, drain=drain) if drain and drain.active \
-                    else Verdict(up=True, cause="no check configured")
+                    else Verdict(up=True, state=VerdictState.UP, cause="no check configured")
             else:
                 v = self._decide(target, now, drain, cache)
-                if isolated and not v.forced and v.cause and not v.cause.startswith(("unknown", "no fresh")):
+                if isolated and v.state in DECIDED:
                     v = replace(v, cause=f"isolated, own view only: {v.cause}")
             new[target] = v
         for name in regions:
@@ -753,7 +753,7 @@ class HealthService:
                 balancer=new.get(rp.balancer) if rp.balancer else None, drain=self._drains.get(name),
             )
         # Fallbacks only bridge the gap to the first real decision.
-        for target in [t for t in self._fallback if t in new and not new[t].cause.startswith("no fresh")]:
+        for target in [t for t in self._fallback if t in new and new[t].state is not VerdictState.FALLBACK]:
             del self._fallback[target]
         self._verdicts = new
         changed = False
@@ -799,7 +799,7 @@ class HealthService:
         hit = cache.get(key)
         if hit is None:
             v = decide_target(views, now, stale_after=stale_after, rule=self.node.quorum)
-            if v.cause.startswith("unknown"):
+            if v.state is VerdictState.UNKNOWN:
                 return v  # undecided: its bound rests on the own view's times; cheap anyway
             fresh = [p for p in peers if now - p.heard <= stale_after]
             cache[key] = (v, min((p.until for p in fresh), default=math.inf),
@@ -898,12 +898,13 @@ class HealthService:
             log.error("health saved state ignored path=%s error=\"expected saved_at (a time) and verdicts\"", path)
             return
         saved = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(saved_at))
-        for target, v in verdicts.items():
-            if not isinstance(v, dict) or not isinstance(v.get("up"), bool) \
-                    or not isinstance(v.get("cause", ""), str):
+        for target, raw in verdicts.items():
+            try:
+                v = Verdict.from_json(raw)  # an older node's state.json has no state: derived there
+            except ValueError:
                 log.error("health saved verdict dropped path=%s target=%s", path, _kv(target[:80]))
                 continue
-            self._fallback[target] = Verdict(up=v["up"], cause=f"saved state from {saved}: {v.get('cause', '')[:500]}")
+            self._fallback[target] = Verdict(up=v.up, cause=f"saved state from {saved}: {v.cause[:500]}")
         log.info("health warm start from saved state path=%s saved=%s targets=%d", path, saved,
                  len(self._fallback))
 
@@ -932,9 +933,9 @@ class HealthService:
         # Only what probes decided: drains have their own file, and "unknown"
         # must not be saved as if it were knowledge.
         verdicts = {
-            t: {"up": v.up, "cause": v.cause}
+            t: {"up": v.up, "cause": v.cause, "state": v.state.value}
             for t, v in self._verdicts.items()
-            if t in self._plan.targets and not v.forced and not v.cause.startswith(("unknown", "no fresh"))
+            if t in self._plan.targets and v.state in DECIDED
         }
         try:
             self._write_atomic("state.json", {"node": self.node.name, "saved_at": time.time(),

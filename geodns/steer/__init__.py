@@ -4,7 +4,14 @@ from geodns.steer.chain import STEPS, Branch, Decision, TraceStep, run_chain
 from geodns.steer.context import Candidates, Client, Context, RegionInfo
 from geodns.steer.latency_table import LatencyTable, LatencyTableError, load_latency_table
 from geodns.steer.outcome import Kept, Split
-from geodns.steer.verdict import UP, Verdict, Verdicts, earliest_change, endpoint_target
+from geodns.steer.verdict import (
+    UP,
+    Verdict,
+    Verdicts,
+    VerdictState,
+    earliest_change,
+    endpoint_target,
+)
 
 __all__ = [
     "STEPS",
@@ -22,6 +29,7 @@ __all__ = [
     "TraceStep",
     "Verdict",
     "Verdicts",
+    "VerdictState",
     "earliest_change",
     "endpoint_target",
     "load_latency_table",

@@ -2,6 +2,7 @@
 
 from geodns.steer.context import Candidates, Context
 from geodns.steer.outcome import Kept
+from geodns.steer.verdict import VerdictState
 
 
 def healthy(candidates: Candidates, ctx: Context, params: None = None) -> Kept:
@@ -13,7 +14,9 @@ def healthy(candidates: Candidates, ctx: Context, params: None = None) -> Kept:
     reasons = []
     for region in removed:
         verdict = ctx.verdicts.get(region)
+        if verdict is not None and verdict.state is VerdictState.DRAINED and verdict.cause:
+            reasons.append(f"{region} ({verdict.cause})")  # a drain's cause says "drained" itself
+            continue
         cause = verdict.cause if verdict and verdict.cause else "too few healthy endpoints"
-        state = "drained" if verdict and verdict.forced else "down"
-        reasons.append(f"{region} ({cause})" if cause.startswith(state) else f"{region} ({state}: {cause})")
+        reasons.append(f"{region} ({'drained' if verdict and verdict.forced else 'down'}: {cause})")
     return Kept(kept, "removed " + "; ".join(reasons))

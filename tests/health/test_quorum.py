@@ -14,7 +14,7 @@ from geodns.health.quorum import (
     parse_quorum,
 )
 from geodns.health.risefall import State
-from geodns.steer.verdict import Verdict
+from geodns.steer.verdict import Verdict, VerdictState
 
 NOW = 1000.0
 U, D, Q = State.UP, State.DOWN, State.UNKNOWN
@@ -44,14 +44,14 @@ def test_parse_quorum():
 
 def test_one_wrong_observer_cannot_fail_a_target():
     v = decide(ov("a", D, detail="HTTP 503"), ov("b", U), ov("c", U))
-    assert v.up and not v.forced
+    assert v.up and not v.forced and v.state is VerdictState.UP
     assert v.cause.startswith("1/3 observers say down (majority needs 2)")
     assert "a down since" in v.cause and "(HTTP 503)" in v.cause
 
 
 def test_majority_down_is_down():
     v = decide(ov("a", D), ov("b", D), ov("c", U))
-    assert not v.up and "2/3" in v.cause
+    assert not v.up and v.state is VerdictState.DOWN and "2/3" in v.cause
 
 
 def test_tie_stays_up_under_majority():
@@ -72,15 +72,17 @@ def test_unknown_views_abstain():
 
 def test_nothing_known_is_up_briefly_and_says_so():
     v = decide(ov("a", Q, until=NOW + 0.2))
-    assert v.up and v.until == NOW + 0.2 and v.cause.startswith("unknown")
+    assert v.up and v.until == NOW + 0.2 and v.state is VerdictState.UNKNOWN
+    assert v.cause.startswith("unknown: no observer has decided yet")
     v = decide()
-    assert v.up and v.until == NOW + 1.0
+    assert v.up and v.until == NOW + 1.0 and v.state is VerdictState.UNKNOWN
 
 
 def test_fallback_is_used_before_any_decision():
     saved = Verdict(up=False, cause="saved state from 09:00:00Z: was down")
     v = decide(ov("a", Q), fallback=saved)
     assert not v.up and not v.forced and "saved state" in v.cause and v.until <= NOW + 1
+    assert v.state is VerdictState.FALLBACK and v.cause.startswith("no fresh observation yet; ")
 
 
 def test_until_is_the_earliest_view_change_or_staleness():
@@ -101,7 +103,7 @@ def test_rules_any_all_and_k():
 def test_drain_wins_over_probes():
     drain = Drain("eu/10.0.0.1", True, "kernel upgrade", NOW - 5, "n1")
     v = decide(ov("a", U), ov("b", U), drain=drain)
-    assert not v.up and v.forced and v.until is None
+    assert not v.up and v.forced and v.until is None and v.state is VerdictState.DRAINED
     assert "kernel upgrade" in v.cause and "n1" in v.cause
     undrain = Drain("eu/10.0.0.1", False, "", NOW, "n2")
     assert decide(ov("a", U), drain=undrain).up
@@ -135,8 +137,9 @@ def test_region_balancer_down_fails_region():
 def test_region_all_endpoints_drained_is_forced():
     drained = Verdict(up=False, forced=True, cause="drained")
     v = decide_region([("eu/1", drained), ("eu/2", drained)])
-    assert not v.up and v.forced
-    assert not decide_region([("eu/1", drained), ("eu/2", DOWN)]).forced
+    assert not v.up and v.forced and v.state is VerdictState.FORCED
+    mixed = decide_region([("eu/1", drained), ("eu/2", DOWN)])
+    assert not mixed.forced and mixed.state is VerdictState.DOWN
 
 
 def test_region_drain():

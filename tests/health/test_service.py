@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from geodns.config.model import Check
 from geodns.health import HealthService, NodeSettings, record_failopen
 from geodns.health.plan import choose_observers, plan_zones
+from geodns.steer.verdict import VerdictState
 
 from .conftest import make_zone, region, wait_for
 
@@ -36,7 +37,7 @@ async def test_endpoint_up_then_down_then_region_down(backend_factory):
     try:
         # Before any decision: up, with a short bound, and the cause says why.
         v = svc.verdicts()["eu/127.0.0.31"]
-        assert v.up and v.cause.startswith("unknown") and v.until <= time.time() + 1.5
+        assert v.up and v.state is VerdictState.UNKNOWN and v.until <= time.time() + 1.5
         await wait_for(lambda: "1/1 observers" not in svc.verdicts()["eu/127.0.0.31"].cause
                        and svc.verdicts()["eu/127.0.0.31"].cause.startswith("0/1"), 3)
         assert svc.verdicts()["eu"].up
@@ -125,13 +126,28 @@ async def test_warm_start_from_saved_state_not_all_up(backend_factory, tmp_path)
     await svc.stop()
     saved = json.loads((tmp_path / "state.json").read_text())
     assert saved["verdicts"]["eu/127.0.0.36"]["up"] is False
+    assert saved["verdicts"]["eu/127.0.0.36"]["state"] == "down"
     # A restarted node says down at once, from its saved state, before probing.
     slow = Check(kind="http", port=b.port, interval=5, timeout=0.3, jitter=0.0)
     svc2, calls = service([make_zone([region("eu", "127.0.0.36", check=slow)])], tmp_path)
     # same check key is not required: the saved verdict is per target
     v = svc2.verdicts()["eu/127.0.0.36"]
     assert not v.up and "saved state from" in v.cause and v.until <= time.time() + 1.5
+    assert v.state is VerdictState.FALLBACK
     assert not svc2.verdicts()["eu"].up
+
+
+def test_saved_state_of_an_older_node_is_read(tmp_path):
+    # state.json written before verdicts carried a state: up and cause only.
+    (tmp_path / "state.json").write_text(json.dumps({"node": "n1", "saved_at": time.time() - 5, "verdicts": {
+        "eu/127.0.0.36": {"up": False, "cause": "1/1 observers say down"},
+        "eu/127.0.0.99": {"up": "no"},
+    }}))
+    check = Check(kind="http", port=9, interval=5, timeout=0.3, jitter=0.0)
+    svc, _ = service([make_zone([region("eu", "127.0.0.36", check=check)])], tmp_path)
+    v = svc.verdicts()["eu/127.0.0.36"]
+    assert not v.up and v.state is VerdictState.FALLBACK and "1/1 observers say down" in v.cause
+    assert not svc.verdicts()["eu"].up
 
 
 async def test_balancer_check_fails_region(backend_factory):
@@ -260,7 +276,7 @@ def test_shared_decisions_equal_one_decision_per_target():
     decided = 0
     for target in svc._plan.targets:
         shared = svc._decide(target, now, None, cache)
-        decided += not shared.cause.startswith("unknown")
+        decided += shared.state is not VerdictState.UNKNOWN
         alone = decide_target(svc._views_of(target, now), now, stale_after=svc._stale_after(target),
                               rule=svc.node.quorum)
         assert shared == alone, (target, shared, alone)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from geodns.config.model import GeoRule
-from geodns.steer import Kept, LatencyTable, Split, Verdict
+from geodns.steer import Kept, LatencyTable, Split, Verdict, VerdictState
 from geodns.steer.capacity import capacity
 from geodns.steer.failover import failover
 from geodns.steer.geo_proximity import geo_proximity
@@ -290,6 +290,11 @@ def test_healthy_reports_drains():
     kept = healthy(ALL, context(verdicts={"us-west": drain}))
     assert "us-west" not in kept.candidates
     assert kept.note == "removed us-west (drained: maintenance)"
+    # A drain of the region itself: its cause already says "drained", and is not said twice.
+    drain = Verdict(up=False, forced=True, cause="drained by operator via n1 at 10:00:00Z: move",
+                    state=VerdictState.DRAINED)
+    kept = healthy(ALL, context(verdicts={"us-west": drain}))
+    assert kept.note == "removed us-west (drained by operator via n1 at 10:00:00Z: move)"
 
 
 def test_healthy_counts_endpoints_against_min_healthy():
