@@ -21,7 +21,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,9 @@ from geodns.dns.snapshot import Snapshot
 from geodns.health import strictjson
 from geodns.health.drains import MAX_REASON, DrainRefused, DrainStore
 from geodns.health.peers import ADMIN_TOKEN
-from geodns.health.plan import balancer_target
 from geodns.health.quorum import Drain
 from geodns.serverlog import ServerLog
-from geodns.steer.verdict import endpoint_target
+from geodns.steer.verdict import balancer_target, endpoint_target, region_verdict
 
 log = logging.getLogger("geodns.admin")
 
@@ -88,7 +86,7 @@ class AdminState:
                 before = self._last_up.get((origin, region))
                 if before is None or before == up:
                     continue
-                cause = region_cause(snap, czone.regions[region].region, up)
+                cause = region_verdict(czone.regions[region], snap.verdicts).cause
                 self.changes.appendleft(
                     {"at": now, "generation": snap.generation, "zone": origin, "region": region, "up": up, "cause": cause}
                 )
@@ -129,27 +127,6 @@ class AdminState:
 
 CONTROLLER = web.AppKey("controller", Controller)
 STATE = web.AppKey("admin_state", AdminState)
-
-
-def region_cause(snap: Snapshot, region: Any, up: bool) -> str:
-    """Why a region is up or down, in one line, from the verdicts that decided it."""
-    causes = []
-    for target in (region.name, f"{region.name}/balancer"):
-        v = snap.verdicts.get(target)
-        if v is not None and not v.up:
-            causes.append(f"{target}: {v.cause or 'down'}")
-    down = [
-        f"{endpoint_target(region.name, e.address)}: {v.cause or 'down'}"
-        for e in region.endpoints
-        if (v := snap.verdicts.get(endpoint_target(region.name, e.address))) is not None and not v.up
-    ]
-    if down and not causes:
-        healthy = len(region.endpoints) - len(down)
-        causes.append(f"{healthy} of {len(region.endpoints)} endpoints up (min_healthy {region.min_healthy})")
-        causes.extend(down)
-    if up:
-        return "healthy" if not down else "; ".join(["still enough endpoints up", *down])
-    return "; ".join(causes) or "down"
 
 
 # ---- access --------------------------------------------------------------------
@@ -355,11 +332,11 @@ def status_document(state: AdminState) -> dict[str, Any]:
     for name, entry in regions.items():
         entry["up"] = all(entry["zones"].values())
         v = snap.verdicts.get(name)
-        entry["verdict"] = None if v is None else asdict(v)
+        entry["verdict"] = None if v is None else v.to_json()
         entry["drained"] = drains.get(name)
         entry["share"] = shares["regions"].get(name, 0.0)
         any_zone = next(z for z in snap.zones.values() if name in z.regions)
-        entry["cause"] = region_cause(snap, any_zone.regions[name].region, entry["up"])
+        entry["cause"] = region_verdict(any_zone.regions[name], snap.verdicts).cause
         entry["capacity"] = {"utilisation": c.utilisation.get(name), "detail": c.capacity_notes.get(name)}
         b = snap.verdicts.get(balancer_target(name))
         entry["balancer"] = None if b is None else {"up": b.up, "cause": b.cause}

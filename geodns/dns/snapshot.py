@@ -17,9 +17,9 @@ from typing import Any
 from geodns.config.model import IPNetwork, Node, RRset, Steered, Zone
 from geodns.dns.cache import AnswerCache
 from geodns.geo import GeoDatabase
-from geodns.steer import LatencyTable, RegionInfo, Verdict, Verdicts
+from geodns.steer import LatencyTable, RegionInfo, Verdicts
 from geodns.steer.measured import Measured
-from geodns.steer.verdict import endpoint_target
+from geodns.steer.verdict import region_is_up
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,26 +82,6 @@ class Snapshot:
                 return zones[suffix]
             position = name.find(".", position + 1)
         return zones.get("")
-
-
-def region_is_up(info: RegionInfo, verdicts: Verdicts) -> bool:
-    """A region is down when its own verdict says so, or fewer than min_healthy endpoints are up."""
-    region = info.region
-    own = verdicts.get(region.name)
-    if own is not None and not own.up:
-        return False
-    balancer = verdicts.get(f"{region.name}/balancer")
-    if balancer is not None and not balancer.up:
-        return False
-    up = sum(
-        1
-        for endpoint in region.endpoints
-        if verdicts.get(endpoint_target(region.name, endpoint.address), _UP).up
-    )
-    return up >= region.min_healthy
-
-
-_UP = Verdict(up=True)
 
 
 def compile_zone(zone: Zone, verdicts: Verdicts, latency: LatencyTable | None) -> CompiledZone:

@@ -1,7 +1,8 @@
 """What to watch: zones compiled into targets, regions and probes (pure).
 
 A target is a region's name, `region/address` for an endpoint, or
-`region#balancer` for a region's balancer check. Probes are keyed by
+`region#balancer` for a region's balancer check (`geodns.steer.verdict`'s
+`endpoint_target` and `balancer_target`). Probes are keyed by
 (check, address): two records (or zones) using the same endpoint with the
 same check share one probe, so a backend is probed at most once per interval
 by this node however many names point at it.
@@ -20,16 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from geodns.config.model import Check, Zone
-from geodns.steer.verdict import endpoint_target
+from geodns.steer.verdict import balancer_target, endpoint_target
 
 __all__ = ["ProbeKey", "TargetPlan", "RegionPlan", "Plan", "plan_zones", "choose_observers",
            "balancer_target"]
 
 log = logging.getLogger("geodns.health")
-
-
-def balancer_target(region: str) -> str:
-    return f"{region}#balancer"
 
 
 @dataclass(frozen=True, slots=True)

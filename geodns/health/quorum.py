@@ -20,8 +20,9 @@ The rules, in the order they apply:
    state, or a peer's last verdict) is used; failing that the target is
    "unknown": up, with a short `until`, and the cause says so.
 
-A region is down when fewer than `min_healthy` of its endpoints are up, or
-when its balancer check is down.
+A region's verdict follows from its endpoints' and its balancer check's by the
+one region rule, `geodns.steer.verdict.decide_region`; a drained region is
+down whatever they say.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ __all__ = [
     "needed_down",
     "parse_quorum",
     "decide_target",
-    "decide_region",
+    "drained",
     "newer_drain",
 ]
 
@@ -139,7 +140,8 @@ def _clock(t: float) -> str:
     return text
 
 
-def _drained(drain: Drain) -> Verdict:
+def drained(drain: Drain) -> Verdict:
+    """The verdict on a target an active drain takes out."""
     return Verdict(
         up=False,
         forced=True,
@@ -160,7 +162,7 @@ def decide_target(
 ) -> Verdict:
     """The verdict on one target from every observer's latest view of it."""
     if drain is not None and drain.active:
-        return _drained(drain)
+        return drained(drain)
     fresh: list[ObserverView] = []
     silent: list[ObserverView] = []
     decided: list[ObserverView] = []
@@ -204,39 +206,3 @@ def decide_target(
     cause = f"{downs}/{len(decided)} observers say down ({rule_text} needs {need}): " + "; ".join(parts)
     return Verdict(up=not down, until=until, cause=cause,
                    state=VerdictState.DOWN if down else VerdictState.UP)
-
-
-def decide_region(
-    endpoints: Sequence[tuple[str, Verdict]],
-    *,
-    min_healthy: int = 1,
-    balancer: Verdict | None = None,
-    drain: Drain | None = None,
-) -> Verdict:
-    """The verdict on a region from its endpoints' verdicts and its balancer's."""
-    if drain is not None and drain.active:
-        return _drained(drain)
-    ups = [t for t, v in endpoints if v.up]
-    downs = [(t, v) for t, v in endpoints if not v.up]
-    untils = [v.until for _, v in endpoints if v.until is not None]
-    if balancer is not None and balancer.until is not None:
-        untils.append(balancer.until)
-    until = min(untils) if untils else None
-    reasons = []
-    forced = []
-    if len(ups) < min_healthy:
-        listed = "; ".join(f"{t} down: {v.cause}" for t, v in downs[:4])
-        more = f"; and {len(downs) - 4} more" if len(downs) > 4 else ""
-        reasons.append(f"{len(ups)}/{len(endpoints)} endpoints up, below min_healthy {min_healthy}: {listed}{more}")
-        forced.append(bool(downs) and all(v.forced for _, v in downs))
-    if balancer is not None and not balancer.up:
-        reasons.append(f"balancer check down: {balancer.cause}")
-        forced.append(balancer.forced)
-    if reasons:
-        forced_down = all(forced)
-        return Verdict(up=False, forced=forced_down, until=until, cause="; ".join(reasons),
-                       state=VerdictState.FORCED if forced_down else VerdictState.DOWN)
-    cause = f"{len(ups)}/{len(endpoints)} endpoints up (min_healthy {min_healthy})"
-    if balancer is not None:
-        cause += "; balancer check up"
-    return Verdict(up=True, until=until, cause=cause, state=VerdictState.UP)

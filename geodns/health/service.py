@@ -54,13 +54,13 @@ from geodns.health.probes import ProbeResult, probe, probe_session
 from geodns.health.quorum import (
     Drain,
     ObserverView,
-    decide_region,
     decide_target,
+    drained,
     newer_drain,
 )
 from geodns.health.risefall import Rules, State, View, earliest_change, observe
 from geodns.health.settings import NodeSettings
-from geodns.steer.verdict import DECIDED, Verdict, VerdictState
+from geodns.steer.verdict import DECIDED, Verdict, VerdictState, decide_region
 
 __all__ = ["HealthService", "record_failopen", "FAILOPEN"]
 
@@ -748,10 +748,9 @@ class HealthService:
             new[target] = v
         for name in regions:
             rp = self._plan.regions[name]
-            new[name] = decide_region(
-                [(t, new[t]) for t in rp.endpoints], min_healthy=rp.min_healthy,
-                balancer=new.get(rp.balancer) if rp.balancer else None, drain=self._drains.get(name),
-            )
+            drain = self._drains.get(name)
+            new[name] = decide_region(name, rp.endpoints, rp.min_healthy, new,
+                                      own=drained(drain) if drain is not None and drain.active else None)
         # Fallbacks only bridge the gap to the first real decision.
         for target in [t for t in self._fallback if t in new and new[t].state is not VerdictState.FALLBACK]:
             del self._fallback[target]

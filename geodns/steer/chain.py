@@ -179,7 +179,7 @@ def _decide(
 
 
 def _targets(regions: Candidates, ctx: Context) -> list[str]:
-    """Every verdict a region's state reads (see `geodns.dns.snapshot.region_is_up`): its own,
+    """Every verdict a region's state reads (see `geodns.steer.verdict.decide_region`): its own,
     its balancer's and all its endpoints', of both families, since min_healthy counts them all."""
     return [t for name in regions for t in ctx.regions[name].targets]
 

@@ -6,14 +6,21 @@ can take the minimum and never be cached by resolvers past that moment.
 
 Code decides on a verdict's `state` (and `up`), never by reading its `cause`:
 the cause is the explanation for people (logs, `geodns status`, the status page).
+
+The region rule ("is this region up, and why") is here too, once: the health
+service decides regions with it, the snapshot computes `region_up` with it,
+and the status page explains regions with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from geodns.steer.context import RegionInfo
 
 
 class VerdictState(StrEnum):
@@ -101,11 +108,83 @@ def endpoint_target(region: str, address: object) -> str:
 
 
 def balancer_target(region: str) -> str:
-    """The target name of a region's own balancer check (`Region.balancer`)."""
-    return f"{region}/balancer"
+    """The target name of a region's own balancer check (`Region.balancer`).
+
+    `#`, not `/`: it is no endpoint. The name is on disk (drains, state.json), in
+    peer messages and in operators' `geodns drain` commands, so it stays as it is."""
+    return f"{region}#balancer"
 
 
 def earliest_change(verdicts: Iterable[Verdict]) -> float | None:
     """The soonest moment any of these verdicts could change (None: never)."""
     times = [v.until for v in verdicts if v.until is not None]
     return min(times) if times else None
+
+
+def decide_region(
+    name: str,
+    endpoints: Sequence[str],
+    min_healthy: int,
+    verdicts: Verdicts,
+    *,
+    own: Verdict | None = None,
+) -> Verdict:
+    """Is region `name` up, and why: the one region rule.
+
+    Down when its `own` verdict is down (a drain of the region, an operator's
+    mark or, read from a snapshot, the health service's region verdict: it is
+    returned as it is), when its balancer check (`balancer_target`) is down, or
+    when fewer than `min_healthy` of its `endpoints` (target names) are up. A
+    target missing from `verdicts` is up. A down region is `forced` when every
+    down reason is an operator's; its `until` is the earliest of its parts'."""
+    if own is not None and not own.up:
+        return own
+    ups = 0
+    downs: list[tuple[str, Verdict]] = []
+    untils = [own.until] if own is not None and own.until is not None else []
+    for target in endpoints:
+        v = verdicts.get(target)
+        if v is None:
+            ups += 1
+            continue
+        if v.until is not None:
+            untils.append(v.until)
+        if v.up:
+            ups += 1
+        else:
+            downs.append((target, v))
+    balancer = verdicts.get(balancer_target(name))
+    if balancer is not None and balancer.until is not None:
+        untils.append(balancer.until)
+    until = min(untils) if untils else None
+    total = len(endpoints)
+    reasons = []
+    forced = []
+    if ups < min_healthy:
+        listed = "; ".join(f"{t} down: {v.cause}" for t, v in downs[:4])
+        more = f"; and {len(downs) - 4} more" if len(downs) > 4 else ""
+        reasons.append(f"{ups}/{total} endpoints up, below min_healthy {min_healthy}: {listed}{more}")
+        forced.append(bool(downs) and all(v.forced for _, v in downs))
+    if balancer is not None and not balancer.up:
+        reasons.append(f"balancer check down: {balancer.cause}")
+        forced.append(balancer.forced)
+    if reasons:
+        by_hand = all(forced)
+        return Verdict(up=False, forced=by_hand, until=until, cause="; ".join(reasons),
+                       state=VerdictState.FORCED if by_hand else VerdictState.DOWN)
+    cause = f"{ups}/{total} endpoints up (min_healthy {min_healthy})"
+    if balancer is not None:
+        cause += "; balancer check up"
+    return Verdict(up=True, until=until, cause=cause, state=VerdictState.UP)
+
+
+def region_verdict(info: RegionInfo, verdicts: Verdicts) -> Verdict:
+    """`decide_region` for a configured region, from a snapshot's verdicts."""
+    region = info.region
+    return decide_region(region.name, tuple(info.endpoint_targets.values()), region.min_healthy, verdicts,
+                         own=verdicts.get(region.name))
+
+
+def region_is_up(info: RegionInfo, verdicts: Verdicts) -> bool:
+    """Whether a configured region may be answered (`region_verdict`'s `up`)."""
+    return region_verdict(info, verdicts).up

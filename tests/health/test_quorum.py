@@ -7,7 +7,6 @@ import pytest
 from geodns.health.quorum import (
     Drain,
     ObserverView,
-    decide_region,
     decide_target,
     needed_down,
     newer_drain,
@@ -114,39 +113,3 @@ def test_newer_drain_last_writer_wins():
     b = Drain("eu", False, "", 11.0, "n2")
     assert newer_drain(a, b) is b and newer_drain(b, a) is b
     assert newer_drain(None, a) is a and newer_drain(a, None) is a
-
-
-UP = Verdict(up=True, until=NOW + 5, cause="ok")
-DOWN = Verdict(up=False, until=NOW + 3, cause="2/3 observers say down")
-
-
-def test_region_min_healthy():
-    eps = [("eu/1", UP), ("eu/2", DOWN), ("eu/3", UP)]
-    v = decide_region(eps, min_healthy=2)
-    assert v.up and v.cause == "2/3 endpoints up (min_healthy 2)" and v.until == NOW + 3
-    v = decide_region(eps, min_healthy=3)
-    assert not v.up and not v.forced
-    assert "2/3 endpoints up, below min_healthy 3: eu/2 down: 2/3 observers say down" in v.cause
-
-
-def test_region_balancer_down_fails_region():
-    v = decide_region([("eu/1", UP)], balancer=Verdict(up=False, cause="HTTP 503"))
-    assert not v.up and "balancer check down: HTTP 503" in v.cause
-
-
-def test_region_all_endpoints_drained_is_forced():
-    drained = Verdict(up=False, forced=True, cause="drained")
-    v = decide_region([("eu/1", drained), ("eu/2", drained)])
-    assert not v.up and v.forced and v.state is VerdictState.FORCED
-    mixed = decide_region([("eu/1", drained), ("eu/2", DOWN)])
-    assert not mixed.forced and mixed.state is VerdictState.DOWN
-
-
-def test_region_drain():
-    v = decide_region([("eu/1", UP)], drain=Drain("eu", True, "move out", NOW, "n1"))
-    assert not v.up and v.forced and "move out" in v.cause
-
-
-def test_region_without_checks_is_up_unbounded():
-    v = decide_region([("eu/1", Verdict(up=True))])
-    assert v.up and v.until is None

@@ -6,9 +6,9 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 
 from geodns.config.model import Endpoint, Region, Steered, Step
-from geodns.dns.snapshot import region_is_up
 from geodns.geo import Location
 from geodns.steer import Client, Context, LatencyTable, RegionInfo, Verdict
+from geodns.steer.verdict import region_is_up
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network

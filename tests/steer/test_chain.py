@@ -9,6 +9,7 @@ import pytest
 from geodns.config.model import Step
 from geodns.dns.cache import smooth_schedule
 from geodns.steer import Verdict, run_chain
+from geodns.steer.verdict import balancer_target
 
 from .helpers import ALL, DOWN, LONDON, REGIONS, SAN_FRANCISCO, context, region, steered
 
@@ -154,8 +155,8 @@ def test_until_ignores_regions_that_are_not_candidates():
 
 
 def test_until_counts_the_balancer_verdict():
-    # region_is_up reads `<region>/balancer`: when it could change, the region could.
-    verdicts = {"eu-west/balancer": Verdict(up=True, until=1300.0)}
+    # The region rule reads the balancer check's verdict: when it could change, the region could.
+    verdicts = {balancer_target("eu-west"): Verdict(up=True, until=1300.0)}
     assert run_chain(steered(*GEO), context(LONDON, verdicts=verdicts)).until == 1300.0
 
 

@@ -13,6 +13,7 @@ from geodns.steer.geolocation import geolocation
 from geodns.steer.healthy import healthy
 from geodns.steer.latency import latency
 from geodns.steer.limit import limit
+from geodns.steer.verdict import balancer_target
 from geodns.steer.weighted import weighted
 
 from .helpers import (
@@ -313,7 +314,7 @@ def test_healthy_counts_endpoints_against_min_healthy():
 
 
 def test_balancer_verdict_takes_the_region_down():
-    assert "eu-west" not in healthy(ALL, context(verdicts={"eu-west/balancer": DOWN})).candidates
+    assert "eu-west" not in healthy(ALL, context(verdicts={balancer_target("eu-west"): DOWN})).candidates
 
 
 def test_min_healthy_zero_keeps_a_region_with_every_endpoint_down():
