@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import dns.message
-import dns.query
 import dns.rdatatype
 import pytest
-from dns.edns import ECSOption
+from dnsclient import ask
 from netutil import free_port
 
 from geodns.control.admin import make_admin_app, start_admin
@@ -63,10 +62,8 @@ class Node:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
     def query(self, name: str, client: str | None = None, rdtype: str = "A") -> dns.message.Message:
-        q = dns.message.make_query(name, rdtype)
-        if client is not None:
-            q.use_edns(0, payload=1232, options=[ECSOption(client, 32)])
-        return dns.query.udp(q, self.host, port=self.dns_port, timeout=2)
+        ecs = f"{client}/32" if client is not None else None
+        return ask((self.host, self.dns_port), name, rdtype, ecs=ecs, timeout=2)
 
 
 def start_node(tmp: Path, index: int, token: str | None = TOKEN, with_state: bool = True) -> Node:

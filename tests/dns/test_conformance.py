@@ -20,7 +20,9 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import dnsclient
 import pytest
+from dnsclient import fqdn
 from dnslib import EDNS0, QTYPE, RR, DNSHeader, DNSRecord
 
 from geodns.control.controller import Controller
@@ -28,7 +30,6 @@ from geodns.dns.answer import answer, locate
 from geodns.dns.resolve import _addr_rr, resolve
 
 REPO = Path(__file__).resolve().parents[2]
-ZONE = "gslb.example.test"
 NAMES = [
     "www", "app", "api", "mail", "nope", "foo.cdn", "a.b.cdn", "cdn", "_tcp", "_sip._tcp", "foo.legacy",
     "legacy", "@", "big", "wrr", "failover", "multi", "geo", "fast", "ns1",
@@ -53,10 +54,6 @@ def snapshot():
     return controller.start()
 
 
-def fqdn(label: str) -> str:
-    return f"{ZONE}." if label == "@" else f"{label}.{ZONE}."
-
-
 def mixed_case(name: str) -> str:
     return "".join(c.upper() if i % 2 else c for i, c in enumerate(name))
 
@@ -64,22 +61,8 @@ def mixed_case(name: str) -> str:
 def make_query(name: str, qtype: str, v: dict, qid: int) -> bytes:
     if v.get("case"):
         name = mixed_case(name)
-    options = []
-    if v.get("subnet"):
-        address, prefix = v["subnet"].split("/")
-        options.append(dns.edns.ECSOption(address, int(prefix)))
-    use_edns = 0 if (v.get("edns") or options) else False
-    q = dns.message.make_query(
-        name,
-        qtype,
-        use_edns=use_edns,
-        payload=v.get("payload", 1232),
-        want_dnssec=v.get("do", False),
-        options=options,
-    )
-    q.id = qid
-    if not v.get("rd"):
-        q.flags &= ~dns.flags.RD
+    q = dnsclient.query(name, qtype, ecs=v.get("subnet"), edns=0 if v.get("edns") else None,
+                        payload=v.get("payload", 1232), do=v.get("do", False), qid=qid, rd=v.get("rd", False))
     return q.to_wire()
 
 

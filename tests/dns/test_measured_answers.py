@@ -1,8 +1,8 @@
 """Answers steered by measured RTTs: the example zone's `fast` name, over the real answer path."""
 
-import ipaddress
 
-from dnslib import EDNS0, QTYPE, DNSRecord, EDNSOption
+from dnsclient import query
+from dnslib import QTYPE, DNSRecord
 
 from geodns.control.controller import Controller
 from geodns.dns.answer import answer
@@ -12,12 +12,9 @@ LONDON_NET = "81.2.69.0/24"
 
 
 def ask(c: Controller, name: str, subnet: str, prefix: int = 32, source: str = "127.0.0.1") -> tuple[list[str], int]:
-    q = DNSRecord.question(name, "A")
-    address = ipaddress.ip_address(subnet)
-    ecs = b"\x00\x01" + bytes([prefix, 0]) + address.packed[: (prefix + 7) // 8]
-    q.add_ar(EDNS0(udp_len=1232, opts=[EDNSOption(8, ecs)]))
-    q.header.id = 7  # the same bytes from every source: level 0 must not mix them up
-    reply = DNSRecord.parse(answer(c.snapshot, q.pack(), source, udp=True))
+    # The same bytes from every source (ID 7): level 0 must not mix them up.
+    q = query(name, "A", ecs=f"{subnet}/{prefix}", qid=7).to_wire()
+    reply = DNSRecord.parse(answer(c.snapshot, q, source, udp=True))
     scope = next(opt.data[3] for rr in reply.ar if rr.rtype == QTYPE.OPT for opt in rr.rdata if opt.code == 8)
     return [str(rr.rdata) for rr in reply.rr], scope
 
@@ -70,7 +67,6 @@ def test_an_unmeasured_ecs_network_is_steered_by_its_measured_resolver():
     from geodns.dns.server import reason
     from geodns.dns.wire import parse_query
 
-    q = DNSRecord.question("fast.gslb.example.test", "A")
-    q.add_ar(EDNS0(udp_len=1232, opts=[EDNSOption(8, b"\x00\x01\x18\x00" + bytes([81, 2, 68]))]))
-    why = reason(c.snapshot, parse_query(bytes(q.pack())), "198.51.100.53")
+    q = query("fast.gslb.example.test", "A", ecs="81.2.68.0/24").to_wire()
+    why = reason(c.snapshot, parse_query(q), "198.51.100.53")
     assert 'latency="measured resolver 198.51.100.0/24: us-west 4.0 ms' in why, why

@@ -1,14 +1,13 @@
 """The optional query log: one line per sampled query with client, subnet, name, type, rcode and answer."""
 
 import ipaddress
-import socket
 import subprocess
 import sys
 import time
 
-import dns.edns
-import dns.message
-import dns.query
+import dns.exception
+import dnsclient
+from dnsclient import ask, ecs_of, exchange, fqdn
 from netutil import free_port as _free_port
 
 
@@ -21,16 +20,15 @@ def _serve(tmp_path, *extra: str):
          "--workers", "1", "--state", "none", *extra],
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )
-    query = dns.message.make_query("www.gslb.example.test", "A", use_edns=0,
-                                   options=[dns.edns.ECSOption("81.2.69.0", 24)])
+    query = dnsclient.query(fqdn("www"), "A", ecs="81.2.69.0/24")
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
-            dns.query.udp(query, host, port=port, timeout=0.5)
+            ask((host, port), query, timeout=0.5)
             break
         except dns.exception.Timeout:
             continue
-    return proc, host, port, query, log
+    return proc, (host, port), query, log
 
 
 def _lines(log):
@@ -38,10 +36,10 @@ def _lines(log):
 
 
 def test_sampled_query_log_lines_say_who_asked_what_and_got_what(tmp_path):
-    proc, host, port, query, log = _serve(tmp_path, "--query-log", "--query-log-sample", "0.5")
+    proc, server, query, log = _serve(tmp_path, "--query-log", "--query-log-sample", "0.5")
     try:
         for _ in range(400):
-            dns.query.udp(query, host, port=port, timeout=2)
+            ask(server, query, timeout=2)
         time.sleep(0.3)
     finally:
         proc.terminate()
@@ -53,10 +51,10 @@ def test_sampled_query_log_lines_say_who_asked_what_and_got_what(tmp_path):
 
 
 def test_no_query_log_unless_asked(tmp_path):
-    proc, host, port, query, log = _serve(tmp_path)
+    proc, server, query, log = _serve(tmp_path)
     try:
         for _ in range(20):
-            dns.query.udp(query, host, port=port, timeout=2)
+            ask(server, query, timeout=2)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -74,20 +72,16 @@ def test_a_bad_sample_rate_is_refused():
 def test_query_log_lines_say_why(tmp_path):
     """`reason`: the deciding step, the regions, the client's place and the network the answer
     covers for steered names; the kind of answer for the rest; 'malformed' for junk."""
-    proc, host, port, query, log = _serve(tmp_path, "--query-log")
+    proc, server, query, log = _serve(tmp_path, "--query-log")
     try:
-        london = dns.query.udp(query, host, port=port, timeout=2)  # www, London by ECS
-        scope = next(o for o in london.options if o.otype == dns.edns.ECS).scopelen
-        rules = dns.message.make_query("geo.gslb.example.test", "A", use_edns=0,
-                                       options=[dns.edns.ECSOption("198.51.100.0", 24)])
-        dns.query.udp(rules, host, port=port, timeout=2)
-        dns.query.udp(dns.message.make_query("gslb.example.test", "TXT"), host, port=port, timeout=2)
-        dns.query.udp(dns.message.make_query("nope.gslb.example.test", "A"), host, port=port, timeout=2)
-        dns.query.udp(dns.message.make_query("www.gslb.example.test", "A"), host, port=port, timeout=2)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.sendto(b"\x12\x34\x00\x00\x00\x02" + bytes(20), (host, port))  # two questions: FORMERR
-            sock.settimeout(2)
-            sock.recv(512)
+        london = ask(server, query, timeout=2)  # www, London by ECS
+        scope = ecs_of(london).scopelen
+        ask(server, fqdn("geo"), "A", ecs="198.51.100.0/24", timeout=2)
+        ask(server, fqdn("@"), "TXT", timeout=2)
+        ask(server, fqdn("nope"), "A", timeout=2)
+        ask(server, fqdn("www"), "A", timeout=2)
+        two_questions = b"\x12\x34\x00\x00\x00\x02" + bytes(20)
+        assert exchange(server, two_questions, timeout=2) is not None  # FORMERR
         time.sleep(0.3)
     finally:
         proc.terminate()

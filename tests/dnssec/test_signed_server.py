@@ -19,10 +19,10 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+from dnsclient import exchange, query, tcp, udp
 
 from geodns.dnssec import keys as zkeys
 from tests.integration.conftest import REPO, Server, running
-from tests.integration.dnsutil import make, tcp, udp
 
 ZONE = "gslb.example.test"
 ORIGIN = dns.name.from_text(ZONE + ".")
@@ -58,7 +58,7 @@ def server(nodes) -> Server:
 
 @pytest.fixture(scope="module")
 def keyring(server) -> dict:
-    reply = udp(server, make(ZONE + ".", "DNSKEY", do=True))
+    reply = udp(server, query(ZONE + ".", "DNSKEY", do=True))
     dnskey = reply.find_rrset(reply.answer, ORIGIN, dns.rdataclass.IN, dns.rdatatype.DNSKEY)
     return {ORIGIN: dnskey}
 
@@ -84,23 +84,23 @@ def validated(reply: dns.message.Message, keyring: dict, unsigned: tuple = ()) -
 
 def test_apex_keys_validate_and_cds_matches_the_ds(server, keyring, nodes) -> None:
     key = nodes[3]
-    reply = udp(server, make(ZONE + ".", "DNSKEY", do=True))
+    reply = udp(server, query(ZONE + ".", "DNSKEY", do=True))
     assert reply.flags & dns.flags.AA and reply.ednsflags & dns.flags.DO
     assert validated(reply, keyring) == [(ZONE + ".", "DNSKEY")]
     for rdtype in ("CDS", "CDNSKEY"):
-        reply = udp(server, make(ZONE + ".", rdtype, do=True))
+        reply = udp(server, query(ZONE + ".", rdtype, do=True))
         assert validated(reply, keyring) == [(ZONE + ".", rdtype)]
-    cds = reply = udp(server, make(ZONE + ".", "CDS", do=True)).answer[0]
+    cds = reply = udp(server, query(ZONE + ".", "CDS", do=True)).answer[0]
     assert cds[0].to_wire() == zkeys.ds_rdata(key)
 
 
 def test_steered_answer_is_signed_with_its_own_ttl(server, keyring) -> None:
-    reply = udp(server, make(f"www.{ZONE}.", "A", do=True, subnet="81.2.69.0/24"))
+    reply = udp(server, query(f"www.{ZONE}.", "A", do=True, ecs="81.2.69.0/24"))
     a = reply.find_rrset(reply.answer, dns.name.from_text(f"www.{ZONE}."), dns.rdataclass.IN, dns.rdatatype.A)
     assert [r.address for r in a] == ["192.0.2.30"] and a.ttl == 30
     assert validated(reply, keyring) == [(f"www.{ZONE}.", "A")]
     assert reply.options[0].scopelen > 0  # still an ECS answer
-    other = udp(server, make(f"www.{ZONE}.", "A", do=True, subnet="8.8.8.0/24"))
+    other = udp(server, query(f"www.{ZONE}.", "A", do=True, ecs="8.8.8.0/24"))
     assert [r.address for r in other.answer[0]] == ["192.0.2.20"]
     validated(other, keyring)
 
@@ -116,55 +116,47 @@ def test_without_do_the_answers_are_byte_for_byte_the_unsigned_ones(nodes) -> No
         (f"x.cdn.{ZONE}.", "A", None),
         (ZONE + ".", "DNSKEY", None),
     ):
-        query = make(name, rdtype, subnet=subnet, edns=0, qid=4321)
-        wire = query.to_wire()
-        import socket
-
-        answers = []
-        for srv in (signed, plain):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.settimeout(3)
-                s.sendto(wire, (srv.host, srv.port))
-                answers.append(s.recv(65535))
-        assert answers[0] == answers[1], (name, rdtype)
+        wire = query(name, rdtype, ecs=subnet, edns=0, qid=4321).to_wire()
+        answers = [exchange(srv, wire, timeout=3) for srv in (signed, plain)]
+        assert answers[0] is not None and answers[0] == answers[1], (name, rdtype)
 
 
 def test_nonexistent_name_is_a_compact_answer(server, keyring) -> None:
     name = f"nope.{ZONE}."
-    reply = udp(server, make(name, "A", do=True))
+    reply = udp(server, query(name, "A", do=True))
     assert reply.rcode() == dns.rcode.NOERROR and not reply.answer
     nsec = reply.find_rrset(reply.authority, dns.name.from_text(name), dns.rdataclass.IN, dns.rdatatype.NSEC)
     assert nsec[0].next == dns.name.from_text("\\000." + name)
     assert nsec[0].to_text().split()[1:] == ["RRSIG", "NSEC", "NXNAME"]
     assert sorted(validated(reply, keyring)) == [(ZONE + ".", "SOA"), (name, "NSEC")]
     # CO set: the real rcode, and CO echoed (RFC 9824 4).
-    query = make(name, "A", do=True)
-    query.ednsflags |= 0x4000
-    reply = udp(server, query)
+    q = query(name, "A", do=True)
+    q.ednsflags |= 0x4000
+    reply = udp(server, q)
     assert reply.rcode() == dns.rcode.NXDOMAIN and reply.ednsflags & 0x4000
     assert reply.find_rrset(reply.authority, dns.name.from_text(name), dns.rdataclass.IN, dns.rdatatype.NSEC)
     # An explicit NSEC query gets the NSEC as its answer, for a name that exists or not.
     for owner in (name, f"mail.{ZONE}."):
-        reply = udp(server, make(owner, "NSEC", do=True))
+        reply = udp(server, query(owner, "NSEC", do=True))
         assert reply.rcode() == dns.rcode.NOERROR and not reply.authority
         assert validated(reply, keyring) == [(owner, "NSEC")]
     # An explicit NXNAME query is a format error (RFC 9824 3.5).
-    assert udp(server, make(name, 128, do=True)).rcode() == dns.rcode.FORMERR
+    assert udp(server, query(name, 128, do=True)).rcode() == dns.rcode.FORMERR
 
 
 def test_missing_type_lists_the_types_that_exist(server, keyring) -> None:
     name = f"mail.{ZONE}."
-    reply = udp(server, make(name, "TXT", do=True))
+    reply = udp(server, query(name, "TXT", do=True))
     assert reply.rcode() == dns.rcode.NOERROR and not reply.answer
     nsec = reply.find_rrset(reply.authority, dns.name.from_text(name), dns.rdataclass.IN, dns.rdatatype.NSEC)
     assert nsec[0].to_text().split()[1:] == ["A", "AAAA", "RRSIG", "NSEC"]
     assert sorted(validated(reply, keyring)) == [(ZONE + ".", "SOA"), (name, "NSEC")]
     # A steered name: its types come from its regions' endpoints; the asked type is never listed.
-    reply = udp(server, make(f"www.{ZONE}.", "MX", do=True))
+    reply = udp(server, query(f"www.{ZONE}.", "MX", do=True))
     nsec = reply.find_rrset(reply.authority, dns.name.from_text(f"www.{ZONE}."), dns.rdataclass.IN, dns.rdatatype.NSEC)
     assert nsec[0].to_text().split()[1:] == ["A", "AAAA", "RRSIG", "NSEC"]
     # The apex lists its keys.
-    reply = udp(server, make(ZONE + ".", "A", do=True))
+    reply = udp(server, query(ZONE + ".", "A", do=True))
     nsec = reply.find_rrset(reply.authority, ORIGIN, dns.rdataclass.IN, dns.rdatatype.NSEC)
     for t in ("NS", "SOA", "MX", "TXT", "DNSKEY", "CDS", "CDNSKEY", "CAA"):
         assert t in nsec[0].to_text().split()
@@ -172,9 +164,9 @@ def test_missing_type_lists_the_types_that_exist(server, keyring) -> None:
 
 
 def test_cname_chain_and_wildcard(server, keyring) -> None:
-    reply = udp(server, make(f"api.{ZONE}.", "A", do=True, subnet="81.2.69.0/24"))
+    reply = udp(server, query(f"api.{ZONE}.", "A", do=True, ecs="81.2.69.0/24"))
     assert validated(reply, keyring) == [(f"api.{ZONE}.", "CNAME"), (f"app.{ZONE}.", "CNAME"), (f"www.{ZONE}.", "A")]
-    reply = udp(server, make(f"x.cdn.{ZONE}.", "A", do=True))
+    reply = udp(server, query(f"x.cdn.{ZONE}.", "A", do=True))
     sig = next(r for r in reply.answer if r.rdtype == dns.rdatatype.RRSIG)
     assert sig[0].labels == 4  # cdn.gslb.example.test: the wildcard's, not the query name's 5
     nsec = next(r for r in reply.authority if r.rdtype == dns.rdatatype.NSEC)
@@ -187,31 +179,31 @@ def test_cname_chain_and_wildcard(server, keyring) -> None:
 
 
 def test_delegation_is_unsigned_with_a_signed_nsec_proving_no_ds(server, keyring) -> None:
-    reply = udp(server, make(f"www.legacy.{ZONE}.", "A", do=True))
+    reply = udp(server, query(f"www.legacy.{ZONE}.", "A", do=True))
     assert not reply.flags & dns.flags.AA
     assert not any(r.rdtype == dns.rdatatype.RRSIG and r[0].type_covered == dns.rdatatype.NS for r in reply.authority)
     nsec = reply.find_rrset(reply.authority, dns.name.from_text(f"legacy.{ZONE}."), dns.rdataclass.IN, dns.rdatatype.NSEC)
     assert nsec[0].to_text().split()[1:] == ["NS", "RRSIG", "NSEC"]
     assert validated(reply, keyring, unsigned=("NS",)) == [(f"legacy.{ZONE}.", "NSEC")]
     # The DS query at the cut is ours: NODATA, the same NSEC.
-    reply = udp(server, make(f"legacy.{ZONE}.", "DS", do=True))
+    reply = udp(server, query(f"legacy.{ZONE}.", "DS", do=True))
     assert reply.flags & dns.flags.AA and not reply.answer
     assert sorted(validated(reply, keyring)) == [(ZONE + ".", "SOA"), (f"legacy.{ZONE}.", "NSEC")]
 
 
 def test_small_buffer_truncates_and_tcp_carries_it_whole(server, keyring) -> None:
-    query = make(f"big.{ZONE}.", "TXT", do=True, payload=1232)
-    reply = udp(server, query)
+    q = query(f"big.{ZONE}.", "TXT", do=True, payload=1232)
+    reply = udp(server, q)
     assert reply.flags & dns.flags.TC and not reply.answer and reply.ednsflags & dns.flags.DO
-    whole = tcp(server, query)
+    whole = tcp(server, q)
     assert not whole.flags & dns.flags.TC
     assert validated(whole, keyring) == [(f"big.{ZONE}.", "TXT")]
     # Fits in 512 octets unsigned, not signed: the DO query alone is truncated, TCP has it all.
     name = f"{'a' * 60}.cdn.{ZONE}."
-    assert not udp(server, make(name, "A", edns=0, payload=512)).flags & dns.flags.TC
-    cut = udp(server, make(name, "A", do=True, payload=512))
+    assert not udp(server, query(name, "A", edns=0, payload=512)).flags & dns.flags.TC
+    cut = udp(server, query(name, "A", do=True, payload=512))
     assert cut.flags & dns.flags.TC and not cut.answer and not cut.authority
-    whole = tcp(server, make(name, "A", do=True, payload=512))
+    whole = tcp(server, query(name, "A", do=True, payload=512))
     assert len(whole.to_wire()) > 512
     assert [t for _n, t in validated(whole, keyring)] == ["A", "NSEC"]
 
@@ -219,9 +211,9 @@ def test_small_buffer_truncates_and_tcp_carries_it_whole(server, keyring) -> Non
 def test_two_nodes_sign_the_same_rrset_the_same_way(nodes) -> None:
     one, two, _, _ = nodes
     for name, rdtype, subnet in ((f"www.{ZONE}.", "A", "81.2.69.0/24"), (f"nope.{ZONE}.", "A", None), (ZONE + ".", "DNSKEY", None)):
-        query = make(name, rdtype, do=True, subnet=subnet)
+        q = query(name, rdtype, do=True, ecs=subnet)
         sigs = [
-            sorted(r.to_text() for r in udp(srv, query).answer + udp(srv, query).authority if r.rdtype == dns.rdatatype.RRSIG)
+            sorted(r.to_text() for r in udp(srv, q).answer + udp(srv, q).authority if r.rdtype == dns.rdatatype.RRSIG)
             for srv in (one, two)
         ]
         assert sigs[0] and sigs[0] == sigs[1], name
@@ -241,7 +233,7 @@ def test_health_capped_ttl_is_the_rrsig_ttl(tmp_path: Path) -> None:
     name = f"failover.{ZONE}."
     for verdicts, ttl, address in (({}, 30, "192.0.2.10"), ({"us-east": Verdict(up=False)}, 10, "192.0.2.20")):
         snap = build_snapshot(1, loaded, None, verdicts)
-        reply = dns.message.from_wire(answer(snap, make(name, "A", do=True).to_wire(), "127.0.0.1"))
+        reply = dns.message.from_wire(answer(snap, query(name, "A", do=True).to_wire(), "127.0.0.1"))
         assert [r.address for r in reply.answer[0]] == [address] and reply.answer[0].ttl == ttl
         assert validated(reply, keyring) == [(name, "A")]
 
@@ -261,7 +253,7 @@ def test_metrics_report_signature_expiry(tmp_path: Path) -> None:
     admin = next_host()
     admin_port = free_port(admin)
     with running(tmp_path / "run", zones=zones, extra=["--admin", f"{admin}:{admin_port}"]) as srv:
-        assert udp(srv, make(f"www.{ZONE}.", "A", do=True, subnet="81.2.69.0/24")).answer
+        assert udp(srv, query(f"www.{ZONE}.", "A", do=True, ecs="81.2.69.0/24")).answer
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + 10
         text, found = "", None
@@ -300,9 +292,9 @@ def test_an_unsigned_zone_beside_a_signed_one_answers_as_before(tmp_path: Path) 
     assert with_signed.signed and not without.signed
     for name, rdtype in (("www.other.test.", "A"), ("nope.other.test.", "A"), ("x.w.other.test.", "A"), ("other.test.", "DNSKEY")):
         for do in (True, False):
-            wire = make(name, rdtype, do=do, edns=0, qid=77).to_wire()
+            wire = query(name, rdtype, do=do, edns=0, qid=77).to_wire()
             for _ in range(2):  # the first answer, then the cached one
                 assert answer(with_signed, wire, "192.0.2.1") == answer(without, wire, "192.0.2.1"), (name, rdtype, do)
     # ...while the signed zone's DO answers differ from its plain ones.
-    wire = make(f"www.{ZONE}.", "A", do=True, qid=77).to_wire()
+    wire = query(f"www.{ZONE}.", "A", do=True, qid=77).to_wire()
     assert answer(with_signed, wire, "192.0.2.1") != answer(without, wire, "192.0.2.1")

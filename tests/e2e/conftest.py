@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import dns.exception
-import dns.message
-import dns.query
 import pytest
+from dnsclient import ask
 from netutil import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +135,7 @@ def wait_dns(host: str, port: int, name: str, timeout: float, proc: Proc | None 
         if proc is not None and proc.popen.poll() is not None:
             raise AssertionError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.output()}")
         with contextlib.suppress(OSError, dns.exception.DNSException):
-            dns.query.udp(dns.message.make_query(name, "A"), host, port=port, timeout=0.3)
+            ask((host, port), name, "A", rd=True, timeout=0.3)
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"no DNS answer from {host}:{port} within {timeout}s" + (f":\n{proc.output()}" if proc else ""))

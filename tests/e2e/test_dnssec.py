@@ -24,12 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.edns
 import dns.flags
 import dns.message
-import dns.query
 import dns.rcode
 import dns.rdatatype
+import dnsclient
 import pytest
 
 from tests.e2e.conftest import (
@@ -81,7 +80,7 @@ def signed_parent(tmp: Path, knot_host: str, ds: str, procs: list[Proc]) -> tupl
     wait_dns(knot_host, port, "example.test", timeout=15, proc=knot)
     deadline = time.monotonic() + 20
     while True:  # signing runs just after the load
-        reply = dns.query.udp(dns.message.make_query("example.test.", "DNSKEY", want_dnssec=True), knot_host, port=port, timeout=2)
+        reply = dnsclient.ask((knot_host, port), "example.test.", "DNSKEY", do=True, rd=True, timeout=2)
         keys = [r for rrset in reply.answer if rrset.rdtype == dns.rdatatype.DNSKEY for r in rrset if r.flags == 257]
         if keys:
             return port, f"example.test. 3600 IN DNSKEY {keys[0].to_text()}"
@@ -104,9 +103,8 @@ def validating_resolver(tmp: Path, host: str, knot_host: str, knot_port: int, an
 
 
 def ask(host: str, port: int, name: str, rdtype: str, subnet: str | None = None) -> dns.message.Message:
-    options = [dns.edns.ECSOption(subnet.split("/")[0], int(subnet.split("/")[1]))] if subnet else []
-    query = dns.message.make_query(name, rdtype, want_dnssec=True, options=options)
-    return dns.query.udp(query, host, port=port, timeout=8)
+    """A DO query to a resolver (RD set), with ECS when `subnet` is given."""
+    return dnsclient.ask((host, port), name, rdtype, do=True, ecs=subnet, rd=True, timeout=8)
 
 
 @dataclass

@@ -10,10 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import dns.edns
-import dns.message
-import dns.query
 import pytest
+from dnsclient import ask, cookie_of, fqdn
 
 from geodns.health import keys
 from tests.e2e.conftest import ROOT, copy_zones, free_port, start_geodns
@@ -39,10 +37,9 @@ def test_the_documented_node_settings_start_a_node(tmp_path: Path) -> None:
     (tmp_path / "node.yaml").write_text(text)
     node = start_geodns(tmp_path, HOST, free_port(HOST), copy_zones(tmp_path), extra=["--node", str(tmp_path / "node.yaml")])
     try:
-        query = dns.message.make_query("www.gslb.example.test", "A", use_edns=0, options=[dns.edns.CookieOption(b"\x01" * 8, b"")])
-        reply = dns.query.udp(query, HOST, port=node.port, timeout=3)
-        cookie = next(o for o in reply.options if o.otype == dns.edns.OptionType.COOKIE)
-        assert len(cookie.server) == 16 and reply.answer
+        reply = ask((HOST, node.port), fqdn("www"), "A", cookie=b"\x01" * 8)
+        cookie = cookie_of(reply)
+        assert cookie is not None and len(cookie) == 8 + 16 and reply.answer
         log = node.proc.output()
         assert "rrl=rate=50/s" in log and "cookie secret: random" not in log, log
     finally:

@@ -18,12 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-import dns.message
-import dns.query
 import dns.rcode
-import dns.rdatatype
 import pytest
-from dns.edns import ECSOption
+from dnsclient import addresses, ask, fqdn
 
 from tests.e2e.conftest import (
     GEOIP,
@@ -53,19 +50,17 @@ class Load:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
-        send = dns.query.tcp if self.tcp else dns.query.udp
         while not self.stop.is_set():
-            q = dns.message.make_query("www.gslb.example.test", "A")
-            q.use_edns(0, payload=1232, options=[ECSOption("81.2.69.160", 24)])
             self.sent += 1
             try:
-                r = send(q, self.host, port=self.port, timeout=2)
+                r = ask((self.host, self.port), fqdn("www"), "A", ecs="81.2.69.160/24",
+                        over="tcp" if self.tcp else "udp", timeout=2)
             except Exception as exc:  # noqa: BLE001 - every way to fail is counted
                 self.failures.append(f"{type(exc).__name__}: {exc}")
                 continue
-            addresses = [rr.address for rrset in r.answer if rrset.rdtype == dns.rdatatype.A for rr in rrset]
-            if r.rcode() != dns.rcode.NOERROR or addresses != ["192.0.2.30"]:
-                self.failures.append(f"{dns.rcode.to_text(r.rcode())} {addresses}")
+            found = addresses(r)
+            if r.rcode() != dns.rcode.NOERROR or found != ["192.0.2.30"]:
+                self.failures.append(f"{dns.rcode.to_text(r.rcode())} {found}")
             else:
                 self.ok += 1
 

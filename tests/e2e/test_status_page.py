@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import dns.message
-import dns.query
 import pytest
-from dns.edns import ECSOption
+from dnsclient import ask, fqdn
 
 from tests.e2e.conftest import (
     NET,
@@ -116,9 +114,7 @@ def traffic(host: str, port: int) -> None:
     """Answers to clients on several continents, so the page has shares to show."""
     for client, n in (("81.2.69.160", 12), ("8.8.8.8", 6), ("1.128.0.1", 4), ("200.160.0.1", 2), ("4.2.2.2", 3)):
         for _ in range(n):
-            q = dns.message.make_query("www.gslb.example.test", "A")
-            q.use_edns(0, payload=1232, options=[ECSOption(client, 24)])
-            dns.query.udp(q, host, port=port, timeout=2)
+            ask((host, port), fqdn("www"), "A", ecs=f"{client}/24", timeout=2)
 
 
 async def test_status_page_shows_a_drain_within_seconds(tmp_path: Path, procs: list[Proc]) -> None:

@@ -16,11 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-import dns.message
-import dns.query
-import dns.rdatatype
 import pytest
-from dns.edns import ECSOption
+from dnsclient import addresses, ask
 
 from tests.e2e.conftest import GEOIP, ROOT, copy_zones, free_port, spawn, wait_dns
 from tests.geo.mmdb_files import write_city_db
@@ -36,9 +33,7 @@ CLIENTS = [f"{a}.{b}.{c}.0" for a in (1, 5, 8, 24, 31, 41, 62, 77, 81, 91, 101, 
 
 
 def answer(port: int, client: str) -> list[str]:
-    query = dns.message.make_query(WWW, "A", use_edns=0, options=[ECSOption(client, 24)])
-    response = dns.query.udp(query, HOST, port=port, timeout=2)
-    return sorted(rr.address for rrset in response.answer if rrset.rdtype == dns.rdatatype.A for rr in rrset)
+    return addresses(ask((HOST, port), WWW, "A", ecs=f"{client}/24", timeout=2))
 
 
 @pytest.mark.parametrize("workers", [1, 2])

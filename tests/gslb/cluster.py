@@ -9,23 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dns.exception
-import dns.message
-import dns.query
+import dnsclient
+from dnsclient import addresses
 from netutil import free_port, wait_port
 
 
 def ask(host: str, port: int, name: str, subnet: str | None = None) -> list[str] | None:
     """The A addresses a node answers for a name (None: no answer in time)."""
-    options = []
-    if subnet:
-        address, prefix = subnet.split("/")
-        options = [dns.edns.ECSOption(address, int(prefix))]
-    query = dns.message.make_query(name, "A", use_edns=0, options=options)
     try:
-        response = dns.query.udp(query, host, port=port, timeout=1)
+        response = dnsclient.ask((host, port), name, "A", ecs=subnet, edns=0, timeout=1)
     except dns.exception.Timeout:
         return None
-    return sorted(rr.address for rrset in response.answer for rr in rrset if rrset.rdtype == 1)
+    return addresses(response)
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:

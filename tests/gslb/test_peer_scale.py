@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import aiohttp
-import dns.message
-import dns.query
+import dns.exception
 import pytest
 from aiohttp import web
+from dnsclient import addresses, ask, fqdn
 
 from geodns.health import keys
 from geodns.health.peers import CONTENT_TYPE, NONCE_HEADER, OBSERVATIONS_PATH, Verifier, encode
@@ -51,13 +51,12 @@ def targets() -> list[str]:
 
 
 def first_answer(node: Node) -> str | None:
-    q = dns.message.make_query("www.gslb.example.test", "A")
     try:
-        r = dns.query.tcp(q, node.host, port=node.dns_port, timeout=5)
+        r = ask((node.host, node.dns_port), fqdn("www"), "A", over="tcp", timeout=5)
     except (OSError, dns.exception.Timeout):
         return None
-    addresses = sorted(rr.address for rrset in r.answer for rr in rrset)
-    return addresses[0] if addresses else None
+    found = addresses(r)
+    return found[0] if found else None
 
 
 class FakePeers:

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
-import struct
 import subprocess
 import time
 from pathlib import Path
 
-import dns.message
+import dnsclient
 import pytest
+from dnsclient import cookie_of
 
 from geodns.dns.cookies import packed_address, server_cookie
 
 from .conftest import Server, next_host, start_server
-from .dnsutil import read_framed
 
 pytestmark = pytest.mark.slow
 
@@ -124,35 +122,14 @@ def test_every_worker_of_a_node_has_the_same_secret(two_nodes):
         assert status == 0 and got != full and got[:8] == client, i
 
 
-def query(name: str, cookie: bytes | None, qid: int = 7) -> bytes:
-    wire = bytearray(dns.message.make_query(name, "A", use_edns=0).to_wire())
-    wire[0:2] = struct.pack("!H", qid)
-    if cookie is None:
-        return bytes(wire)
-    option = struct.pack("!HH", 10, len(cookie)) + cookie
-    rdlen_at = len(wire) - 2
-    (rdlen,) = struct.unpack_from("!H", wire, rdlen_at)
-    return bytes(wire[:rdlen_at]) + struct.pack("!H", rdlen + len(option)) + bytes(wire[rdlen_at + 2 :]) + option
-
-
 def ask(server: Server, name: str, cookie: bytes | None, source: str, qid: int = 7, tcp: bool = False) -> tuple[int, bytes | None]:
     """(rcode, the COOKIE option of the response) for a query sent from `source`."""
-    data = query(name, cookie, qid)
-    host, port = (source, server.hosts[-1][1]) if ":" in source else (server.host, server.port)
-    if tcp:
-        with socket.create_connection((host, port), timeout=3, source_address=(source, 0)) as s:
-            s.sendall(struct.pack("!H", len(data)) + data)
-            response = read_framed(s)
-    else:
-        with socket.socket(socket.AF_INET6 if ":" in source else socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((source, 0))
-            s.settimeout(3)
-            s.sendto(data, (host, port))
-            response = s.recv(65535)
-    msg = dns.message.from_wire(response)
+    port = server.hosts[-1][1] if ":" in source else server.port
+    host = source if ":" in source else server.host
+    msg = dnsclient.ask(server, name, "A", cookie=cookie, edns=0, qid=qid, rd=True, over="tcp" if tcp else "udp",
+                        host=host, port=port, source=source)
     assert msg.id == qid
-    got = next((o.to_wire() for o in msg.options if o.otype == 10), None)
-    return msg.rcode(), got
+    return msg.rcode(), cookie_of(msg)
 
 
 @pytest.mark.parametrize("over_tcp", [False, True])
@@ -287,8 +264,8 @@ def test_knot_with_the_same_secret_accepts_our_cookies_and_we_its(two_nodes, tmp
         rcode, echoed = ask(knot_server, "static.cookie.test", ours, source)
         assert rcode == 0 and echoed[:8] == client, knot.output()
         bad = ours[:-1] + bytes([ours[-1] ^ 0xFF])
-        msg = dns.message.from_wire(raw(knot_server, query("static.cookie.test", bad), source))
-        assert msg.rcode() == 23, "BADCOOKIE: Knot tells a cookie it cannot validate from ours"
+        rcode, _ = ask(knot_server, "static.cookie.test", bad, source)
+        assert rcode == 23, "BADCOOKIE: Knot tells a cookie it cannot validate from ours"
         # A cookie Knot made (its answer to a client cookie alone is BADCOOKIE with the cookie
         # to retry with), sent to us a second later.
         _, knots = ask(knot_server, "static.cookie.test", client, source)
@@ -297,11 +274,3 @@ def test_knot_with_the_same_secret_accepts_our_cookies_and_we_its(two_nodes, tmp
         assert ask(a, "static.cookie.test", knots, source) == (0, knots)
     finally:
         knot.stop()
-
-
-def raw(server: Server, data: bytes, source: str) -> bytes:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((source, 0))
-        s.settimeout(3)
-        s.sendto(data, (server.host, server.port))
-        return s.recv(65535)

@@ -11,8 +11,19 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import pytest
-
-from .dnsutil import ZONE, addresses, ask, fqdn, header, make, raw_tcp, raw_udp, tcp, udp
+from dnsclient import (
+    EXAMPLE,
+    addresses,
+    ask,
+    fqdn,
+    header,
+    query,
+    raw_tcp,
+    raw_udp,
+    read_framed,
+    tcp,
+    udp,
+)
 
 TRANSPORTS = ["udp", "tcp"]
 NEGATIVE_TTL = 60
@@ -30,7 +41,7 @@ def soa_in_authority(msg: dns.message.Message):
 
 @pytest.mark.parametrize("over", TRANSPORTS)
 def test_authoritative_answer_sets_aa_and_never_ra(example_server, over):
-    q = make(fqdn("www"))
+    q = query(fqdn("www"))
     q.flags |= dns.flags.RD  # a recursion request changes nothing
     r = (tcp if over == "tcp" else udp)(example_server, q)
     assert r.rcode() == dns.rcode.NOERROR
@@ -63,7 +74,7 @@ def test_nxdomain_has_the_soa_with_the_negative_ttl(example_server, over):
     assert r.flags & dns.flags.AA
     assert not r.answer
     soa = soa_in_authority(r)
-    assert soa.name.to_text() == f"{ZONE}."
+    assert soa.name.to_text() == f"{EXAMPLE}."
     assert soa.ttl == NEGATIVE_TTL
     assert soa[0].minimum == 60 and soa[0].serial == 2026112601
 
@@ -94,8 +105,8 @@ def test_soa_at_the_apex(example_server):
     (rrset,) = r.answer
     assert rrset.rdtype == dns.rdatatype.SOA and rrset.ttl == 3600
     soa = rrset[0]
-    assert soa.mname.to_text() == f"ns1.{ZONE}."
-    assert soa.rname.to_text() == f"hostmaster.{ZONE}."
+    assert soa.mname.to_text() == f"ns1.{EXAMPLE}."
+    assert soa.rname.to_text() == f"hostmaster.{EXAMPLE}."
     assert (soa.serial, soa.refresh, soa.retry, soa.expire, soa.minimum) == (
         2026112601,
         3600,
@@ -111,13 +122,13 @@ def test_ns_at_the_apex_with_glue(example_server, over):
     assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AA
     (rrset,) = r.answer
     assert rrset.ttl == 3600
-    assert sorted(rd.target.to_text() for rd in rrset) == [f"ns1.{ZONE}.", f"ns2.{ZONE}."]
+    assert sorted(rd.target.to_text() for rd in rrset) == [f"ns1.{EXAMPLE}.", f"ns2.{EXAMPLE}."]
     glue = {
         rr.name.to_text(): [rd.address for rd in rr]
         for rr in r.additional
         if rr.rdtype == dns.rdatatype.A
     }
-    assert glue == {f"ns1.{ZONE}.": ["127.0.0.53"], f"ns2.{ZONE}.": ["127.0.0.54"]}
+    assert glue == {f"ns1.{EXAMPLE}.": ["127.0.0.53"], f"ns2.{EXAMPLE}.": ["127.0.0.54"]}
 
 
 def test_nameserver_names_answer_with_their_glue(example_server):
@@ -129,7 +140,7 @@ def test_nameserver_names_answer_with_their_glue(example_server):
 def test_mx_at_the_apex_with_the_target_addresses(example_server):
     r = ask(example_server, fqdn("@"), "MX")
     (rrset,) = r.answer
-    assert [(rd.preference, rd.exchange.to_text()) for rd in rrset] == [(10, f"mail.{ZONE}.")]
+    assert [(rd.preference, rd.exchange.to_text()) for rd in rrset] == [(10, f"mail.{EXAMPLE}.")]
     extra = sorted(
         (rr.rdtype, rd.address) for rr in r.additional for rd in rr if hasattr(rd, "address")
     )
@@ -147,7 +158,7 @@ def test_txt_caa_srv_plain_records(example_server):
         10,
         60,
         5060,
-        f"app.{ZONE}.",
+        f"app.{EXAMPLE}.",
     )
 
 
@@ -188,7 +199,7 @@ def test_cname_chain_api_to_app_to_www(example_server):
     ],
 )
 def test_cname_chain_target_is_steered_per_client(example_server, subnet, rdtype, expected):
-    r = ask(example_server, fqdn("api"), rdtype, subnet=subnet)
+    r = ask(example_server, fqdn("api"), rdtype, ecs=subnet)
     assert chain(r)[:2] == [(fqdn("api"), fqdn("app")), (fqdn("app"), fqdn("www"))]
     assert chain(r)[2:] == [(fqdn("www"), expected)]
 
@@ -221,7 +232,7 @@ def question_bytes(wire: bytes) -> bytes:
 def test_question_letter_case_is_preserved(example_server, name, over):
     # Ask in lower case first so that the mixed-case query is a cache hit.
     ask(example_server, name.lower(), "A", over=over)
-    wire = make(name, "A").to_wire()
+    wire = query(name, "A").to_wire()
     response = raw_udp(example_server, wire) if over == "udp" else raw_tcp(example_server, wire)
     assert response is not None
     assert question_bytes(response) == question_bytes(wire)
@@ -241,7 +252,7 @@ def test_any_gets_a_minimal_answer(example_server, name):
 @pytest.mark.parametrize("rdtype", ["AXFR", "IXFR"])
 @pytest.mark.parametrize("over", TRANSPORTS)
 def test_zone_transfers_are_refused(example_server, rdtype, over):
-    wire = make(fqdn("@"), rdtype).to_wire()
+    wire = query(fqdn("@"), rdtype).to_wire()
     response = raw_udp(example_server, wire) if over == "udp" else raw_tcp(example_server, wire)
     assert response is not None
     r = dns.message.from_wire(response)
@@ -286,7 +297,7 @@ def test_subdelegation_gets_a_referral(example_server, label, over):
 @pytest.mark.parametrize("opcode", [1, 2, 4, 5, 6, 15])
 @pytest.mark.parametrize("over", TRANSPORTS)
 def test_opcodes_other_than_query_are_notimp(example_server, opcode, over):
-    wire = bytearray(make(fqdn("www"), "A").to_wire())
+    wire = bytearray(query(fqdn("www"), "A").to_wire())
     wire[2] = (wire[2] & 0x87) | (opcode << 3)
     response = (
         raw_udp(example_server, bytes(wire))
@@ -341,22 +352,21 @@ def test_qdcount_one_but_no_question_is_formerr(example_server):
 
 
 def test_responses_are_never_answered_over_udp(example_server):
-    q = make(fqdn("www"), "A")
+    q = query(fqdn("www"), "A")
     q.flags |= dns.flags.QR
     assert raw_udp(example_server, q.to_wire(), timeout=0.5) is None
     # a full response, as a reflection attack would send
-    r = dns.message.make_response(make(fqdn("www"), "A"))
+    r = dns.message.make_response(query(fqdn("www"), "A"))
     assert raw_udp(example_server, r.to_wire(), timeout=0.5) is None
 
 
 def test_responses_are_never_answered_over_tcp(example_server):
     import socket
 
-    from .dnsutil import read_framed
 
-    bad = make(fqdn("www"), "A", qid=0xBAD)
+    bad = query(fqdn("www"), "A", qid=0xBAD)
     bad.flags |= dns.flags.QR
-    good = make(fqdn("mail"), "A", qid=0x600D)
+    good = query(fqdn("mail"), "A", qid=0x600D)
     with socket.create_connection((example_server.host, example_server.port), timeout=3) as s:
         for m in (bad, good):
             w = m.to_wire()
@@ -395,7 +405,7 @@ def test_ipv6_listener_answers(example_server):
         pytest.skip("no IPv6 loopback on this machine")
     host, port = v6[0]
     for transport in (udp, tcp):
-        r = transport(example_server, make(fqdn("www"), "AAAA"), host=host, port=port)
+        r = transport(example_server, query(fqdn("www"), "AAAA"), host=host, port=port)
         assert r.flags & dns.flags.AA
         assert addresses(r, "AAAA") == ["2001:db8::10"]  # ::1 has no location: the default
 

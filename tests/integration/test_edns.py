@@ -8,9 +8,9 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
+from dnsclient import addresses, ask, ecs_of, fqdn, header, query, raw_tcp, raw_udp, tcp, udp
 
 from . import wirebuild as wb
-from .dnsutil import addresses, ask, ecs_of, fqdn, header, make, raw_tcp, raw_udp, tcp, udp
 
 BIG = fqdn("big")
 TXT = 16
@@ -86,7 +86,7 @@ def test_opt_with_a_non_root_owner_is_formerr(example_server):
 
 
 def test_big_txt_truncated_without_edns(example_server):
-    response = raw_udp(example_server, make(BIG, "TXT").to_wire())
+    response = raw_udp(example_server, query(BIG, "TXT").to_wire())
     assert response is not None and len(response) <= 512
     r = dns.message.from_wire(response)
     assert r.flags & dns.flags.TC
@@ -97,7 +97,7 @@ def test_big_txt_truncated_without_edns(example_server):
 
 @pytest.mark.parametrize("payload", [512, 1232, 100])
 def test_big_txt_truncated_at_the_clients_payload(example_server, payload):
-    response = raw_udp(example_server, make(BIG, "TXT", edns=0, payload=payload).to_wire())
+    response = raw_udp(example_server, query(BIG, "TXT", edns=0, payload=payload).to_wire())
     assert response is not None and len(response) <= max(payload, 512)
     r = dns.message.from_wire(response)
     assert r.flags & dns.flags.TC
@@ -106,7 +106,7 @@ def test_big_txt_truncated_at_the_clients_payload(example_server, payload):
 
 
 def test_big_txt_fits_a_large_payload(example_server):
-    response = raw_udp(example_server, make(BIG, "TXT", edns=0, payload=4096).to_wire())
+    response = raw_udp(example_server, query(BIG, "TXT", edns=0, payload=4096).to_wire())
     assert response is not None and 1500 < len(response) <= 4096
     r = dns.message.from_wire(response)
     assert not r.flags & dns.flags.TC
@@ -115,7 +115,7 @@ def test_big_txt_fits_a_large_payload(example_server):
 
 @pytest.mark.parametrize("edns", [None, 0])
 def test_big_txt_whole_over_tcp(example_server, edns):
-    q = make(BIG, "TXT", edns=edns, payload=512)
+    q = query(BIG, "TXT", edns=edns, payload=512)
     r = tcp(example_server, q)
     assert not r.flags & dns.flags.TC
     (rrset,) = r.answer
@@ -126,7 +126,7 @@ def test_big_txt_whole_over_tcp(example_server, edns):
 
 
 def test_small_answers_are_not_truncated_at_512(example_server):
-    r = udp(example_server, make(fqdn("@"), "NS"))
+    r = udp(example_server, query(fqdn("@"), "NS"))
     assert not r.flags & dns.flags.TC and r.answer
 
 
@@ -156,7 +156,7 @@ STEERING = [
 def test_ecs_steers_by_the_client_subnet(
     example_server, subnet, name, rdtype, expected, scope, over
 ):
-    r = ask(example_server, fqdn(name), rdtype, subnet=subnet, over=over)
+    r = ask(example_server, fqdn(name), rdtype, ecs=subnet, over=over)
     assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AA
     assert addresses(r, rdtype) == [expected]
     ecs = ecs_of(r)
@@ -173,11 +173,11 @@ def test_ecs_answers_do_not_leak_between_subnets(example_server):
             ("8.8.8.0/24", "192.0.2.20"),
             ("2800:3f0:4001::/48", "192.0.2.50"),
         ):
-            assert addresses(ask(example_server, fqdn("www"), "A", subnet=subnet)) == [expected]
+            assert addresses(ask(example_server, fqdn("www"), "A", ecs=subnet)) == [expected]
 
 
 def test_ecs_host_address_scope_is_the_network(example_server):
-    r = ask(example_server, fqdn("www"), "A", subnet="8.8.8.8/32")
+    r = ask(example_server, fqdn("www"), "A", ecs="8.8.8.8/32")
     assert addresses(r) == ["192.0.2.20"]
     ecs = ecs_of(r)
     assert (ecs.address, ecs.srclen, ecs.scopelen) == ("8.8.8.8", 32, 24)
@@ -185,20 +185,20 @@ def test_ecs_host_address_scope_is_the_network(example_server):
 
 def test_ecs_scope_zero_for_answers_that_do_not_depend_on_the_client(example_server):
     for name, rdtype in (("mail", "A"), ("@", "SOA"), ("nope", "A"), ("foo.cdn", "A")):
-        ecs = ecs_of(ask(example_server, fqdn(name), rdtype, subnet="81.2.69.0/24"))
+        ecs = ecs_of(ask(example_server, fqdn(name), rdtype, ecs="81.2.69.0/24"))
         assert ecs is not None and ecs.scopelen == 0 and ecs.srclen == 24
 
 
 @pytest.mark.parametrize("subnet", ["0.0.0.0/0", "::/0"])
 def test_ecs_source_prefix_zero_uses_the_sender_and_scope_zero(example_server, subnet):
-    r = ask(example_server, fqdn("www"), "A", subnet=subnet)
+    r = ask(example_server, fqdn("www"), "A", ecs=subnet)
     assert addresses(r) == ["192.0.2.10"], "the sender (loopback, no location) decides: the default"
     ecs = ecs_of(r)
     assert ecs is not None and ecs.srclen == 0 and ecs.scopelen == 0
 
 
 def test_private_subnet_gets_the_default(example_server):
-    r = ask(example_server, fqdn("www"), "A", subnet="10.1.2.0/24")
+    r = ask(example_server, fqdn("www"), "A", ecs="10.1.2.0/24")
     assert addresses(r) == ["192.0.2.10"]
     assert ecs_of(r) is not None
 
@@ -240,6 +240,6 @@ def test_unknown_edns_options_are_ignored(example_server):
 
 
 def test_ecs_with_a_well_formed_short_prefix(example_server):
-    r = ask(example_server, fqdn("www"), "A", subnet="81.2.64.0/18")
+    r = ask(example_server, fqdn("www"), "A", ecs="81.2.64.0/18")
     assert addresses(r) == ["192.0.2.30"]
     assert ecs_of(r).srclen == 18

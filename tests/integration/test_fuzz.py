@@ -11,17 +11,17 @@ import dns.flags
 import dns.message
 import dns.rcode
 import pytest
+from dnsclient import addresses, fqdn, query, raw_tcp, raw_udp, read_framed, tcp, udp
 from fuzzing import long_name, mutate
 from fuzzing import seeds as parser_seeds
 
 from . import wirebuild as wb
-from .dnsutil import addresses, fqdn, make, raw_tcp, raw_udp, read_framed, tcp, udp
 
 SEED = 20261126
 UDP_PACKETS = 6000
 TCP_PACKETS = 3000
 SENTINEL_ID = 0xFFFF
-SENTINEL = make(fqdn("mail"), "A", qid=SENTINEL_ID).to_wire()
+SENTINEL = query(fqdn("mail"), "A", qid=SENTINEL_ID).to_wire()
 
 
 def corpus() -> list[bytes]:
@@ -40,9 +40,9 @@ def corpus() -> list[bytes]:
         "_sip._tcp",
     ):
         for rdtype in ("A", "AAAA", "TXT", "ANY", "NS", "SOA", "SRV", "AXFR"):
-            seeds.append(make(fqdn(name), rdtype).to_wire())
-        seeds.append(make(fqdn(name), "A", subnet="81.2.69.0/24").to_wire())
-        seeds.append(make(fqdn(name), "AAAA", subnet="2800:3f0:4001::/48", do=True).to_wire())
+            seeds.append(query(fqdn(name), rdtype).to_wire())
+        seeds.append(query(fqdn(name), "A", ecs="81.2.69.0/24").to_wire())
+        seeds.append(query(fqdn(name), "AAAA", ecs="2800:3f0:4001::/48", do=True).to_wire())
     seeds.append(wb.query(fqdn("www"), 1, [wb.opt_rr(version=1)]))
     seeds.append(wb.query(fqdn("www"), 1, [wb.opt_rr(), wb.opt_rr()]))
     seeds.append(
@@ -93,7 +93,7 @@ def assert_still_answers(server) -> None:
     assert server.alive(), server.log_text()
     assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
     for transport in (udp, tcp):
-        r = transport(server, make(fqdn("www"), "A", subnet="81.2.69.0/24"))
+        r = transport(server, query(fqdn("www"), "A", ecs="81.2.69.0/24"))
         assert addresses(r) == ["192.0.2.30"]
 
 
@@ -184,7 +184,7 @@ def test_response_flood_is_never_answered(fuzz_server):
         s.settimeout(0.5)
         for i in range(200):
             r = dns.message.make_response(
-                make(fqdn(rng.choice(["www", "mail", "nope"])), "A", qid=i)
+                query(fqdn(rng.choice(["www", "mail", "nope"])), "A", qid=i)
             )
             r.flags |= rng.choice([0, dns.flags.AA, dns.flags.TC])
             s.sendto(r.to_wire(), (fuzz_server.host, fuzz_server.port))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import socket
+import errno
 import time
 
 import dns.message
 import pytest
+from dnsclient import addresses, ask, ecs_of, fqdn, query
 
 from .conftest import NET
-from .dnsutil import addresses, ask, ecs_of, fqdn, make
 
 try:
     from geo.mmdb_files import write_city_db, write_country_db, write_dbip_flat_db
@@ -62,51 +62,44 @@ def small_geo_server(server_factory, tmp_path_factory):
     ],
 )
 def test_small_city_database_places_test_subnets(small_geo_server, subnet, rdtype, expected, scope):
-    r = ask(small_geo_server, fqdn("www"), rdtype, subnet=subnet)
+    r = ask(small_geo_server, fqdn("www"), rdtype, ecs=subnet)
     assert addresses(r, rdtype) == [expected]
     assert ecs_of(r).scopelen == scope
 
 
 def test_address_missing_from_the_database_gets_the_default(small_geo_server):
-    assert addresses(ask(small_geo_server, fqdn("www"), "A", subnet="8.8.8.0/24")) == ["192.0.2.10"]
+    assert addresses(ask(small_geo_server, fqdn("www"), "A", ecs="8.8.8.0/24")) == ["192.0.2.10"]
+
+
+def from_source(server, source: str, q: dns.message.Message) -> dns.message.Message:
+    """The response to `q` sent from the client address `source` (skip where it cannot be bound)."""
+    try:
+        return ask(server, q, source=source)
+    except OSError as exc:
+        if exc.errno != errno.EADDRNOTAVAIL:
+            raise
+        pytest.skip(f"cannot send from {source}")
 
 
 def test_without_ecs_the_source_address_is_located(small_geo_server):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((SOURCE, 0))
-        except OSError:
-            pytest.skip(f"cannot send from {SOURCE}")
-        s.settimeout(3)
-        s.sendto(
-            make(fqdn("www"), "A", qid=99).to_wire(), (small_geo_server.host, small_geo_server.port)
-        )
-        r = dns.message.from_wire(s.recv(4096))
+    r = from_source(small_geo_server, SOURCE, query(fqdn("www"), "A", qid=99))
     assert addresses(r) == ["192.0.2.20"], "127.0.2.0/24 is Portland in the test database: us-west"
 
 
 def test_same_query_bytes_from_two_sources_are_steered_apart(small_geo_server):
     """The exact-query cache must not serve one source's steered answer to another."""
-    wire = make(fqdn("www"), "A", qid=7).to_wire()
+    q = query(fqdn("www"), "A", qid=7)
     for _ in range(3):
         for source, expected in ((SOURCE, ["192.0.2.20"]), ("127.0.0.1", ["192.0.2.10"])):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                try:
-                    s.bind((source, 0))
-                except OSError:
-                    pytest.skip(f"cannot send from {source}")
-                s.settimeout(3)
-                s.sendto(wire, (small_geo_server.host, small_geo_server.port))
-                r = dns.message.from_wire(s.recv(4096))
-            assert addresses(r) == expected, source
+            assert addresses(from_source(small_geo_server, source, q)) == expected, source
 
 
 def test_geolocation_rules_by_subdivision(small_geo_server):
     # NA-US-OR -> us-west; BR (SA, not CO/VE) -> sa-east
-    assert addresses(ask(small_geo_server, fqdn("geo"), "A", subnet=f"{NET}.0/24")) == [
+    assert addresses(ask(small_geo_server, fqdn("geo"), "A", ecs=f"{NET}.0/24")) == [
         "192.0.2.20"
     ]
-    assert addresses(ask(small_geo_server, fqdn("geo"), "A", subnet="198.18.0.0/24")) == [
+    assert addresses(ask(small_geo_server, fqdn("geo"), "A", ecs="198.18.0.0/24")) == [
         "192.0.2.50"
     ]
 
@@ -116,7 +109,7 @@ def test_country_database(server_factory, tmp_path):
         tmp_path / "country.mmdb", {"203.0.113.0/24": dict(country="JP", continent="AS")}
     )
     server = server_factory(geoip=path)
-    assert addresses(ask(server, fqdn("geo"), "A", subnet="203.0.113.0/24")) == ["192.0.2.40"]
+    assert addresses(ask(server, fqdn("geo"), "A", ecs="203.0.113.0/24")) == ["192.0.2.40"]
 
 
 def test_dbip_flat_database(server_factory, tmp_path):
@@ -129,14 +122,14 @@ def test_dbip_flat_database(server_factory, tmp_path):
         },
     )
     server = server_factory(geoip=path)
-    assert addresses(ask(server, fqdn("www"), "A", subnet="203.0.113.0/24")) == ["192.0.2.30"]
-    assert addresses(ask(server, fqdn("geo"), "A", subnet="203.0.113.0/24")) == ["192.0.2.30"]
+    assert addresses(ask(server, fqdn("www"), "A", ecs="203.0.113.0/24")) == ["192.0.2.30"]
+    assert addresses(ask(server, fqdn("geo"), "A", ecs="203.0.113.0/24")) == ["192.0.2.30"]
 
 
 def wait_for_answer(server, subnet: str, expected: str, seconds: float) -> float | None:
     start = time.monotonic()
     while time.monotonic() - start < seconds:
-        if addresses(ask(server, fqdn("www"), "A", subnet=subnet)) == [expected]:
+        if addresses(ask(server, fqdn("www"), "A", ecs=subnet)) == [expected]:
             return time.monotonic() - start
         time.sleep(0.1)
     return None
@@ -149,7 +142,7 @@ def test_replaced_database_is_reopened_without_a_restart(server_factory, tmp_pat
     pid = server.process.pid
     subnet = "203.0.113.0/24"
     for _ in range(3):  # warm the answer cache on the old database
-        assert addresses(ask(server, fqdn("www"), "A", subnet=subnet)) == ["192.0.2.40"]
+        assert addresses(ask(server, fqdn("www"), "A", ecs=subnet)) == ["192.0.2.40"]
     city_db(path, DUBLIN)  # written to a temporary name and renamed over: atomic
     took = wait_for_answer(server, subnet, "192.0.2.30", 6)
     assert took is not None, (
@@ -157,7 +150,7 @@ def test_replaced_database_is_reopened_without_a_restart(server_factory, tmp_pat
     )
     assert server.alive() and server.process.pid == pid
     # the other networks come from the new file too, and a second replacement is picked up as well
-    assert addresses(ask(server, fqdn("www"), "AAAA", subnet="2001:db8:1::/48"), "AAAA") == [
+    assert addresses(ask(server, fqdn("www"), "AAAA", ecs="2001:db8:1::/48"), "AAAA") == [
         "2001:db8::30"
     ]
     city_db(path, SAO_PAULO)
@@ -170,11 +163,11 @@ def test_unreadable_replacement_keeps_the_old_database(server_factory, tmp_path)
     # With workers (the default), the node answers as soon as one is up; one still starting
     # when the junk arrives must open the parent's file (its descriptor), not the junk.
     server = server_factory(geoip=path)
-    assert addresses(ask(server, fqdn("www"), "A", subnet="203.0.113.0/24")) == ["192.0.2.40"]
+    assert addresses(ask(server, fqdn("www"), "A", ecs="203.0.113.0/24")) == ["192.0.2.40"]
     junk = tmp_path / "junk.tmp"
     junk.write_bytes(b"this is not a MaxMind DB" * 100)
     junk.replace(path)
     time.sleep(2.5)  # the watcher looks every second
     assert server.alive(), server.log_text()
-    assert addresses(ask(server, fqdn("www"), "A", subnet="203.0.113.0/24")) == ["192.0.2.40"]
-    assert addresses(ask(server, fqdn("www"), "A", subnet="198.18.0.0/24")) == ["192.0.2.50"]
+    assert addresses(ask(server, fqdn("www"), "A", ecs="203.0.113.0/24")) == ["192.0.2.40"]
+    assert addresses(ask(server, fqdn("www"), "A", ecs="198.18.0.0/24")) == ["192.0.2.50"]

@@ -8,8 +8,7 @@ import socket
 import dns.message
 import dns.rcode
 import pytest
-
-from .dnsutil import addresses, ask, fqdn, make
+from dnsclient import addresses, ask, fqdn, query
 
 REGION_OF = {
     "192.0.2.10": "us-east",
@@ -27,7 +26,7 @@ def tally(server, name: str, rdtype: str, count: int) -> collections.Counter:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(2)
         for i in range(count):
-            q = make(fqdn(name), rdtype, qid=i)
+            q = query(fqdn(name), rdtype, qid=i)
             s.sendto(q.to_wire(), (server.host, server.port))
             while True:
                 r = dns.message.from_wire(s.recv(4096))
@@ -53,17 +52,17 @@ def test_weighted_round_robin_is_close_to_3_to_1(example_server, rdtype):
 def test_failover_answers_the_first_healthy_region(example_server):
     for rdtype, expected in (("A", "192.0.2.10"), ("AAAA", "2001:db8::10")):
         for subnet in (None, "81.2.69.0/24", "8.8.8.0/24"):
-            r = ask(example_server, fqdn("failover"), rdtype, subnet=subnet)
+            r = ask(example_server, fqdn("failover"), rdtype, ecs=subnet)
             assert addresses(r, rdtype) == [expected]
             assert r.answer[0].ttl == 30, "not degraded: the zone TTL, not failover_ttl"
 
 
 def test_multi_value_answers_the_two_nearest(example_server):
-    assert addresses(ask(example_server, fqdn("multi"), "A", subnet="81.2.69.0/24")) == [
+    assert addresses(ask(example_server, fqdn("multi"), "A", ecs="81.2.69.0/24")) == [
         "192.0.2.10",
         "192.0.2.30",
     ]
-    assert addresses(ask(example_server, fqdn("multi"), "A", subnet="8.8.8.0/24")) == [
+    assert addresses(ask(example_server, fqdn("multi"), "A", ecs="8.8.8.0/24")) == [
         "192.0.2.10",
         "192.0.2.20",
     ]
@@ -84,4 +83,4 @@ def test_multi_value_answers_the_two_nearest(example_server):
     ],
 )
 def test_www_geo_proximity_across_regions(example_server, subnet, expected):
-    assert addresses(ask(example_server, fqdn("www"), "A", subnet=subnet)) == [expected]
+    assert addresses(ask(example_server, fqdn("www"), "A", ecs=subnet)) == [expected]

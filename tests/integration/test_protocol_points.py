@@ -16,10 +16,10 @@ from pathlib import Path
 import dns.flags
 import dns.message
 import pytest
+from dnsclient import fqdn, header, query, raw_tcp, raw_udp
 from netutil import free_port
 
 from .conftest import REPO, _env, next_host, start_server, wait_answering
-from .dnsutil import fqdn, header, make, raw_tcp, raw_udp
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ RD, CD = 0x0100, 0x0010
 @pytest.mark.parametrize("opcode", [1, 2, 4, 5, 6, 15])
 @pytest.mark.parametrize("over", ["udp", "tcp"])
 def test_notimp_does_not_echo_rd_or_cd(example_server, opcode, over):
-    wire = bytearray(make(fqdn("www"), "A", edns=0).to_wire())
+    wire = bytearray(query(fqdn("www"), "A", edns=0).to_wire())
     flags = (opcode << 11) | RD | CD
     wire[2:4] = struct.pack("!H", flags)
     response = (raw_udp if over == "udp" else raw_tcp)(example_server, bytes(wire))
@@ -72,15 +72,15 @@ def big_server(tmp_path_factory):
 @pytest.mark.parametrize("edns", [None, 0])
 def test_a_tcp_answer_that_cannot_fit_65535_bytes_is_truncated(big_server, edns):
     for _ in range(2):  # a miss, then the cached answer
-        query = make("big.big.test.", "A", edns=edns)
-        response = raw_tcp(big_server, query.to_wire())
+        q = query("big.big.test.", "A", edns=edns)
+        response = raw_tcp(big_server, q.to_wire())
         assert response is not None, f"no answer over TCP:\n{big_server.log_text()}"
         msg = dns.message.from_wire(response)
-        assert msg.id == query.id and msg.rcode() == 0
+        assert msg.id == q.id and msg.rcode() == 0
         assert msg.flags & dns.flags.TC and not msg.answer, "TC, the question, no records"
         assert (msg.edns == 0) is (edns == 0)
-    assert raw_udp(big_server, make("big.big.test.", "A").to_wire())[2] & 0x02, "and TC over UDP"
-    small = dns.message.from_wire(raw_tcp(big_server, make("small.big.test.", "A").to_wire()))
+    assert raw_udp(big_server, query("big.big.test.", "A").to_wire())[2] & 0x02, "and TC over UDP"
+    small = dns.message.from_wire(raw_tcp(big_server, query("small.big.test.", "A").to_wire()))
     assert [rd.address for rrset in small.answer for rd in rrset] == ["192.0.2.1"]
     assert big_server.alive()
     assert "Traceback" not in big_server.log_text()
@@ -95,7 +95,7 @@ def test_random_query_types_make_a_bounded_set_of_series(tmp_path):
         qtypes = rng.sample(range(1, 65536), 200)
         for qtype in qtypes:
             for name in ("www", "nope"):
-                assert raw_udp(server, make(fqdn(name), qtype).to_wire()) is not None
+                assert raw_udp(server, query(fqdn(name), qtype).to_wire()) is not None
         # Workers push their counters once a second: wait until every query is counted.
         deadline = time.monotonic() + 15
         while True:

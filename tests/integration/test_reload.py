@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from dnsclient import addresses, ask, fqdn
+
 from .conftest import REPO, ZONES, _env, running
-from .dnsutil import addresses, ask, fqdn
 
 LINE = re.compile(r"^(?P<file>\S+\.yaml):(?P<line>\d+): (?P<field>[\w.\[\]@*-]+): (?P<message>.+)$")
 
@@ -150,7 +151,7 @@ def test_sighup_reloads_and_a_broken_zone_keeps_the_previous_one(tmp_path):
             assert addresses(ask(server, fqdn("mail"), "A")) == ["192.0.2.26"], (
                 "still the previous zones"
             )
-            assert addresses(ask(server, fqdn("www"), "A", subnet="81.2.69.0/24")) == ["192.0.2.30"]
+            assert addresses(ask(server, fqdn("www"), "A", ecs="81.2.69.0/24")) == ["192.0.2.30"]
             assert addresses(ask(server, fqdn("api"), "A")) == ["192.0.2.10"]
         assert "refused" in server.log_text()
 

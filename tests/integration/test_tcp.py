@@ -11,8 +11,7 @@ import time
 import dns.message
 import dns.rcode
 import pytest
-
-from .dnsutil import addresses, fqdn, make, read_framed, tcp
+from dnsclient import addresses, fqdn, query, read_framed, tcp
 
 IDLE_LIMIT = 15.0
 """Seconds within which an idle connection must be closed ("a few seconds"; the server uses 10)."""
@@ -45,7 +44,7 @@ def closed_within(sock: socket.socket, seconds: float) -> float | None:
 
 def test_length_prefixed_query_and_answer(example_server):
     with connect(example_server) as s:
-        q = make(fqdn("www"), "A", qid=0x7CB1)
+        q = query(fqdn("www"), "A", qid=0x7CB1)
         s.sendall(framed(q))
         (length,) = struct.unpack("!H", s.recv(2, socket.MSG_WAITALL))
         body = s.recv(length, socket.MSG_WAITALL)
@@ -57,7 +56,7 @@ def test_length_prefixed_query_and_answer(example_server):
 def test_length_prefix_and_message_in_separate_writes(example_server):
     with connect(example_server) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        wire = make(fqdn("mail"), "A", qid=0x5117).to_wire()
+        wire = query(fqdn("mail"), "A", qid=0x5117).to_wire()
         s.sendall(struct.pack("!H", len(wire)))
         time.sleep(0.1)
         s.sendall(wire[:7])
@@ -70,7 +69,7 @@ def test_length_prefix_and_message_in_separate_writes(example_server):
 def test_pipelined_queries_answered_in_order(example_server):
     names = ["www", "mail", "nope", "app", "foo.cdn", "legacy", "@", "big", "wrr", "failover"] * 3
     queries = [
-        make(fqdn(n), "TXT" if n == "big" else "A", qid=1000 + i) for i, n in enumerate(names)
+        query(fqdn(n), "TXT" if n == "big" else "A", qid=1000 + i) for i, n in enumerate(names)
     ]
     with connect(example_server) as s:
         s.sendall(b"".join(framed(q) for q in queries))  # all at once, before reading any answer
@@ -86,7 +85,7 @@ def test_several_sequential_queries_on_one_connection(example_server):
         for i, (subnet, expected) in enumerate(
             [("81.2.69.0/24", "192.0.2.30"), ("8.8.8.0/24", "192.0.2.20")] * 5
         ):
-            s.sendall(framed(make(fqdn("www"), "A", subnet=subnet, qid=i)))
+            s.sendall(framed(query(fqdn("www"), "A", ecs=subnet, qid=i)))
             r = dns.message.from_wire(read_framed(s))
             assert r.id == i and addresses(r) == [expected]
 
@@ -94,18 +93,18 @@ def test_several_sequential_queries_on_one_connection(example_server):
 def test_zero_length_message_does_not_stop_the_connection_or_server(example_server):
     with connect(example_server) as s:
         s.sendall(b"\x00\x00")
-        s.sendall(framed(make(fqdn("www"), "A", qid=77)))
+        s.sendall(framed(query(fqdn("www"), "A", qid=77)))
         with contextlib.suppress(ConnectionError, TimeoutError):
             r = dns.message.from_wire(read_framed(s))
             assert r.id == 77
-    assert addresses(tcp(example_server, make(fqdn("www"), "A"))) == ["192.0.2.10"]
+    assert addresses(tcp(example_server, query(fqdn("www"), "A"))) == ["192.0.2.10"]
 
 
 @pytest.mark.slow
 def test_idle_connections_are_closed(example_server):
     """Both a connection that never sends and one idle after an answer; watched together to save time."""
     with connect(example_server) as silent, connect(example_server) as used:
-        used.sendall(framed(make(fqdn("www"), "A")))
+        used.sendall(framed(query(fqdn("www"), "A")))
         read_framed(used)
         start = time.monotonic()
         assert closed_within(silent, IDLE_LIMIT) is not None, (
@@ -119,7 +118,7 @@ def test_idle_connections_are_closed(example_server):
 
 def test_trickling_message_is_dropped(example_server):
     """Slowloris: a length prefix, then one byte every 0.5 s; the server must not wait for the rest."""
-    wire = make(fqdn("www"), "A").to_wire()
+    wire = query(fqdn("www"), "A").to_wire()
     with connect(example_server) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.sendall(struct.pack("!H", len(wire)))
@@ -159,7 +158,7 @@ def test_crowd_of_idle_connections_does_not_lock_out_a_real_client(example_serve
                 s.sendall(b"\x00")
             crowd.append(s)
         start = time.monotonic()
-        r = tcp(example_server, make(fqdn("www"), "A", qid=4242))
+        r = tcp(example_server, query(fqdn("www"), "A", qid=4242))
         took = time.monotonic() - start
         assert r.id == 4242 and r.rcode() == dns.rcode.NOERROR
         assert addresses(r) == ["192.0.2.10"]
@@ -167,7 +166,7 @@ def test_crowd_of_idle_connections_does_not_lock_out_a_real_client(example_serve
         # and a pipelined client on a fresh connection, too
         with connect(example_server) as s:
             s.sendall(
-                framed(make(fqdn("mail"), "A", qid=1)) + framed(make(fqdn("www"), "A", qid=2))
+                framed(query(fqdn("mail"), "A", qid=1)) + framed(query(fqdn("www"), "A", qid=2))
             )
             assert [dns.message.from_wire(read_framed(s)).id for _ in range(2)] == [1, 2]
     finally:

@@ -10,15 +10,14 @@ exited, and the parent started another (`worker exited unexpectedly ... code=0`)
 from __future__ import annotations
 
 import signal
-import socket
-import struct
 import time
 
+import dns.exception
 import pytest
+from dnsclient import addresses, ask, fqdn
 
 from .conftest import start_server
 from .test_reload import edit, zone_copy
-from .wirebuild import question
 
 NAMES = 300
 FILLER = "x" * 240
@@ -53,14 +52,8 @@ def test_a_reload_larger_than_the_socket_buffer_reaches_every_worker(tmp_path):
 
 def new_name_answer(server) -> str | None:
     """The A record of newname (None: NXDOMAIN or no answer), from a fresh source port."""
-    data = struct.pack("!HHHHHH", 0x4E4E, 0, 1, 0, 0, 0) + question("newname.gslb.example.test.")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(2)
-        s.sendto(data, (server.host, server.port))
-        try:
-            response = s.recv(4096)
-        except TimeoutError:
-            return "timeout"
-    if struct.unpack_from("!H", response, 6)[0] == 0:
-        return None
-    return socket.inet_ntoa(response[-4:])
+    try:
+        found = addresses(ask(server, fqdn("newname"), "A", qid=0x4E4E, timeout=2))
+    except dns.exception.Timeout:
+        return "timeout"
+    return found[0] if found else None
