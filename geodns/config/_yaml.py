@@ -141,3 +141,24 @@ def read_yaml_file(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigInvalid([ConfigError(str(path), 0, "", f"cannot read: {exc}")]) from None
     return read_yaml(text, str(path))
+
+
+def line_of(tree: Any, field: str) -> int | None:
+    """The line of a dotted key path (`exchange.nats.servers`) in a parsed document: of the
+    deepest key of the path found in it (`exchange.nats` for a missing `servers`); None in a
+    document without lines (a plain dict) or when not even the first key is there."""
+    line = None
+    node = tree
+    for key in field.split("."):
+        if not isinstance(node, LineMap) or key not in node:
+            break
+        line = node.line_of(key)
+        node = node[key]
+    return line
+
+
+def error_text(file: str, tree: Any, field: str, message: str) -> str:
+    """`file:line: field: message`, the line of `field` in `tree` (`file: field: message`
+    when it has none)."""
+    line = line_of(tree, field)
+    return f"{file}:{line}: {field}: {message}" if line else f"{file}: {field}: {message}"

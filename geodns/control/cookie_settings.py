@@ -17,11 +17,11 @@ Relative paths are from the settings file's directory.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-import yaml
-
+from geodns.config import error_text
 from geodns.dns.cookies import CookieSecrets, parse_secret
-from geodns.health.settings import NodeSettingsError
+from geodns.health.settings import NodeSettingsError, read_node_file
 
 COOKIE_KEYS = ("cookie_secret", "cookie_secret_file", "cookie_secret_previous", "cookie_secret_previous_file")
 """The node settings keys read here (`load_node_settings` accepts them as extra keys)."""
@@ -30,21 +30,16 @@ COOKIE_KEYS = ("cookie_secret", "cookie_secret_file", "cookie_secret_previous", 
 def load_cookie_secrets(path: str) -> CookieSecrets | None:
     """The cookie secrets a node settings file sets, or None when it sets none.
     Raises NodeSettingsError (`file:line: key: message`)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except OSError as exc:
-        raise NodeSettingsError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise NodeSettingsError(f"{path}: not valid YAML: {exc}") from exc
+    return cookie_secrets_from(read_node_file(path), path)
+
+
+def cookie_secrets_from(data: Any, path: str) -> CookieSecrets | None:
+    """The cookie secrets of the node settings file `path`, as read (`read_node_file`)."""
     if not isinstance(data, dict):
         return None
-    lines = {str(k.value): k.start_mark.line + 1 for k, _ in root.value} if isinstance(root, yaml.MappingNode) else {}
 
     def fail(key: str, message: str) -> NodeSettingsError:
-        return NodeSettingsError(f"{path}:{lines[key]}: {key}: {message}" if key in lines else f"{path}: {key}: {message}")
+        return NodeSettingsError(error_text(path, data, key, message))
 
     def secret(key: str) -> bytes | None:
         inline, file_key = data.get(key), key + "_file"
@@ -95,7 +90,12 @@ def read_secret_file(path: str) -> tuple[bytes, bytes | None]:
 def cookie_secrets(node_file: str | None, secret_file: str | None) -> CookieSecrets | None:
     """The node's cookie secrets from its settings file or `--cookie-secret-file` (one of the two),
     or None for a random one. Raises NodeSettingsError."""
-    from_node = load_cookie_secrets(node_file) if node_file else None
+    return either(load_cookie_secrets(node_file) if node_file else None, node_file, secret_file)
+
+
+def either(from_node: CookieSecrets | None, node_file: str | None, secret_file: str | None) -> CookieSecrets | None:
+    """The secrets the node file sets (`from_node`, read already) or those of `--cookie-secret-file`,
+    given in one place only. Raises NodeSettingsError."""
     if secret_file is None:
         return from_node
     if from_node is not None:

@@ -51,15 +51,15 @@ import socket
 import struct
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
-import yaml
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from geodns.config import error_text
 from geodns.dns.sources import SOURCES, SOURCES_ENV
 from geodns.health import peers as _peers
 from geodns.health import strictjson
@@ -73,6 +73,7 @@ from geodns.health.rtt import (
     best_per_region,
     rank_rows,
 )
+from geodns.health.settings import NodeSettingsError, read_node_file
 from geodns.steer.measured import V6_FLAG, Measured, Ranking, key_of, network_key, network_text
 
 log = logging.getLogger("geodns.latency")
@@ -126,15 +127,13 @@ _NUMBERS = {
 }
 
 
-def settings_from_mapping(data: Mapping[str, Any], source: str, peers: set[str], lines: Mapping[str, int] | None = None) -> LatencySettings | None:
-    """`region:` and `latency_probe:` of a node settings mapping; None when no region is set
-    (nothing measured). Raises LatencySettingsError (`file:line: field: message`)."""
-    lines = lines or {}
+def settings_from_mapping(data: Mapping[str, Any], source: str, peers: set[str]) -> LatencySettings | None:
+    """`region:` and `latency_probe:` of a node settings file as read (`read_node_file`); None
+    when no region is set (nothing measured). Raises LatencySettingsError (`file:line: field:
+    message`; a plain mapping gives no lines)."""
 
     def fail(key: str, message: str) -> LatencySettingsError:
-        top = key.split(".", 1)[0]
-        where = f"{source}:{lines[top]}" if top in lines else source
-        return LatencySettingsError(f"{where}: {key}: {message}")
+        return LatencySettingsError(error_text(source, data, key, message))
 
     region = data.get("region")
     raw = data.get("latency_probe")
@@ -191,20 +190,19 @@ def settings_from_mapping(data: Mapping[str, Any], source: str, peers: set[str],
     return settings
 
 
-def load_settings(node_file: str, peers: set[str], source_address: str | None = None) -> LatencySettings | None:
-    try:
-        with open(node_file, encoding="utf-8") as f:
-            text = f.read()
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except (OSError, yaml.YAMLError) as exc:
-        raise LatencySettingsError(f"{node_file}: {exc}") from None
+def load_settings(node_file: str, peers: set[str], source_address: str | None = None, data: Any = None) -> LatencySettings | None:
+    """The node's latency settings; `data`: the settings file as read already (`read_node_file`),
+    `source_address`: the node's own, the default for the probes'."""
+    if data is None:
+        try:
+            data = read_node_file(node_file)
+        except NodeSettingsError as exc:
+            raise LatencySettingsError(str(exc)) from None
     if not isinstance(data, dict):
         return None
-    lines = {str(k.value): k.start_mark.line + 1 for k, _ in root.value} if isinstance(root, yaml.MappingNode) else {}
-    settings = settings_from_mapping(data, node_file, peers, lines)
+    settings = settings_from_mapping(data, node_file, peers)
     if settings is not None and settings.source_address is None and source_address:
-        settings = LatencySettings(**{**{f: getattr(settings, f) for f in settings.__dataclass_fields__}, "source_address": source_address})
+        settings = replace(settings, source_address=source_address)
     return settings
 
 
@@ -801,12 +799,9 @@ class LatencyCollector(Collector):
         yield g
 
 
-def prepare(health: Any, node_file: str) -> LatencySettings | None:
-    """The node's latency settings (None: no `region`), read before the data plane starts: when
-    measurement is on, the DNS transports (and the workers, by environment) tally who asks.
-    Raises LatencySettingsError."""
-    node = health.node
-    settings = load_settings(node_file, {p.name for p in node.peers}, node.source_address)
+def prepare(settings: LatencySettings | None) -> LatencySettings | None:
+    """Before the data plane starts, with the node's latency settings (None: no `region`):
+    when measurement is on, the DNS transports (and the workers, by environment) tally who asks."""
     if settings is not None and settings.enabled:
         SOURCES.enabled = True
         os.environ[SOURCES_ENV] = "1"

@@ -15,12 +15,16 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from geodns.control.controller import Controller, ReloadFailed
 from geodns.dns import cookies
 from geodns.dns.claim import AddressInUse, claim
 from geodns.dns.rrl import Limiter, RRLSettings, RRLSettingsError, settings_from_mapping
 from geodns.dns.server import Listen, start_listeners
+
+if TYPE_CHECKING:
+    from geodns.control.node_file import NodeFile
 
 log = logging.getLogger("geodns.serve")
 
@@ -63,13 +67,22 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
     # and signals at once) stopped the node; now it is remembered and done once up.
     hup_while_starting: list[bool] = []
     loop.add_signal_handler(signal.SIGHUP, lambda: hup_while_starting.append(True))
+    node = None
+    if options.node_file:  # refused whole before anything is claimed, logged or set
+        from geodns.control import node_file
+
+        try:
+            node = node_file.read(options.node_file)
+        except node_file.NodeSettingsError as exc:
+            log.error("not starting: %s", exc)
+            return 2
     try:
         claimed = claim(options.listens)  # before anything binds: one node per address
     except AddressInUse as exc:
         log.error("not starting: %s", exc)
         return 1
     try:
-        return await _serve(controller, options, ready, stop, hup_while_starting)
+        return await _serve(controller, options, node, ready, stop, hup_while_starting)
     finally:
         for lock in claimed:
             lock.close()
@@ -78,12 +91,13 @@ async def serve(controller: Controller, options: ServeOptions, ready: Callable[[
 async def _serve(
     controller: Controller,
     options: ServeOptions,
+    node: NodeFile | None,
     ready: Callable[[], None] | None,
     stop: asyncio.Event,
     hup_while_starting: list[bool],
 ) -> int:
     loop = asyncio.get_running_loop()
-    if not _set_cookie_secrets(options):
+    if not _set_cookie_secrets(options, node):
         return 2
     try:
         snapshot = controller.start()
@@ -95,31 +109,19 @@ async def _serve(
 
     health = None
     latency_settings = None
-    if options.node_file:
-        from geodns.control.cookie_settings import COOKIE_KEYS
-        from geodns.control.latency_probe import KEYS as LATENCY_KEYS
-        from geodns.health.service import HealthService
-        from geodns.health.settings import NodeSettingsError, load_node_settings
-
-        try:
-            settings = load_node_settings(options.node_file, extra_keys=("rrl", "zone_sync", *COOKIE_KEYS, *LATENCY_KEYS))
-        except NodeSettingsError as exc:
-            log.error("%s", exc)
-            return 2
-        health = HealthService(settings, list(controller.config.zones), controller.set_health_verdicts)
+    if node is not None:
         from geodns.control import latency_probe
+        from geodns.health.service import HealthService
 
-        try:  # before the data plane starts: it tallies who asks when measurement is on
-            latency_settings = latency_probe.prepare(health, options.node_file)
-        except latency_probe.LatencySettingsError as exc:
-            log.error("not starting: %s", exc)
-            return 2
+        health = HealthService(node.health, list(controller.config.zones), controller.set_health_verdicts)
+        # Before the data plane starts: it tallies who asks when measurement is on.
+        latency_settings = latency_probe.prepare(node.latency)
         # Warm start: verdicts from saved state before the first query is answered.
         controller.set_health_verdicts(health.verdicts())
         controller.reload_hooks.append(lambda config: health.reconfigure(list(config.zones)))
 
     try:
-        rrl = rrl_settings(options)
+        rrl = rrl_settings(options, node)
     except RRLSettingsError as exc:
         log.error("%s", exc)
         return 2
@@ -155,11 +157,7 @@ async def _serve(
             health.add_routes(app)
             from geodns.control import zone_sync
 
-            try:
-                sync = zone_sync.attach(app, health, options.node_file)
-            except zone_sync.ZoneSyncSettingsError as exc:
-                log.error("not starting: %s", exc)
-                return 2
+            sync = zone_sync.attach(app, health, node.zone_sync)
     latency = None
     if health is not None:
         latency = latency_probe.attach(app if admin_mod is not None else None, health, latency_settings, controller)
@@ -222,33 +220,23 @@ async def _serve(
     return 0
 
 
-def rrl_settings(options: ServeOptions) -> RRLSettings:
+def rrl_settings(options: ServeOptions, node: NodeFile | None = None) -> RRLSettings:
     """Rate limiting as configured: the node settings file's `rrl:` mapping, if any, with the
     `--rrl-*` flags given on the command line over it. Raises RRLSettingsError."""
-    if not options.node_file:
+    base = node.rrl if node is not None else None
+    if base is None:
         return options.rrl
-    import yaml
-
-    try:
-        with open(options.node_file, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as exc:  # load_node_settings has said so already
-        raise RRLSettingsError(f"{options.node_file}: {exc}") from None
-    section = data.get("rrl") if isinstance(data, dict) else None
-    if section is None:
-        return options.rrl
-    base = settings_from_mapping(section, source=f"{options.node_file}: rrl")
     flags = {name: getattr(options.rrl, name) for name in options.rrl_flags}
     return settings_from_mapping(flags, base, source="--rrl flags") if flags else base
 
 
-def _set_cookie_secrets(options: ServeOptions) -> bool:
+def _set_cookie_secrets(options: ServeOptions, node: NodeFile | None) -> bool:
     """The DNS cookie secret for this node (the workers get the parent's); False if it is wrong."""
-    from geodns.control.cookie_settings import cookie_secrets
+    from geodns.control.cookie_settings import either
     from geodns.health.settings import NodeSettingsError
 
     try:
-        keys = cookie_secrets(options.node_file, options.cookie_secret_file)
+        keys = either(node.cookies if node else None, options.node_file, options.cookie_secret_file)
     except NodeSettingsError as exc:
         log.error("not starting: %s", exc)
         return False

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import yaml
 from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from geodns.config import error_text
 from geodns.control.zonestore import (
     MAX_ZONE_BYTES,
     ZoneChange,
@@ -74,40 +74,36 @@ class ZoneSyncSettings:
 DEFAULTS = ZoneSyncSettings()
 
 
-def settings_from_mapping(raw: Any, source: str, peers: set[str]) -> ZoneSyncSettings:
+def settings_from_mapping(raw: Any, source: str, peers: set[str], node: Any = None) -> ZoneSyncSettings:
+    """`zone_sync:` of the node settings file `source`; `node`: the whole file as read
+    (`read_node_file`), for the line of each error. Raises ZoneSyncSettingsError."""
+
+    def fail(key: str, message: str) -> ZoneSyncSettingsError:
+        return ZoneSyncSettingsError(error_text(source, node, key, message))
+
     if raw is None:
         return ZoneSyncSettings()
     if not isinstance(raw, dict):
-        raise ZoneSyncSettingsError(f"{source}: zone_sync: expected a mapping (accept_from, stale_after, interval, push)")
+        raise fail("zone_sync", "expected a mapping (accept_from, stale_after, interval, push)")
     unknown = set(raw) - {"accept_from", "stale_after", "interval", "push"}
     if unknown:
-        raise ZoneSyncSettingsError(f"{source}: zone_sync.{sorted(unknown)[0]}: unknown setting (known: accept_from, interval, push, stale_after)")
+        raise fail(f"zone_sync.{sorted(unknown)[0]}", "unknown setting (known: accept_from, interval, push, stale_after)")
     accept = raw.get("accept_from") or []
     if not isinstance(accept, list) or not all(isinstance(n, str) for n in accept):
-        raise ZoneSyncSettingsError(f"{source}: zone_sync.accept_from: expected a list of peer names")
+        raise fail("zone_sync.accept_from", "expected a list of peer names")
     strangers = sorted(set(accept) - peers)
     if strangers:
-        raise ZoneSyncSettingsError(f"{source}: zone_sync.accept_from: {strangers[0]!r} is not one of this node's peers ({', '.join(sorted(peers)) or 'none'})")
+        raise fail("zone_sync.accept_from", f"{strangers[0]!r} is not one of this node's peers ({', '.join(sorted(peers)) or 'none'})")
     values: dict[str, float] = {}
     for key, lo, hi in (("stale_after", 0.1, 86400.0), ("interval", 0.1, 3600.0)):
         value = raw.get(key, getattr(DEFAULTS, key))
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not lo <= value <= hi:
-            raise ZoneSyncSettingsError(f"{source}: zone_sync.{key}: expected seconds between {lo} and {hi}, got {value!r}")
+            raise fail(f"zone_sync.{key}", f"expected seconds between {lo} and {hi}, got {value!r}")
         values[key] = float(value)
     push = raw.get("push", True)
     if not isinstance(push, bool):
-        raise ZoneSyncSettingsError(f"{source}: zone_sync.push: expected true or false")
+        raise fail("zone_sync.push", "expected true or false")
     return ZoneSyncSettings(frozenset(accept), values["stale_after"], values["interval"], push)
-
-
-def load_settings(node_file: str, peers: set[str]) -> ZoneSyncSettings:
-    """`zone_sync:` from the node settings file (the rest of it is the health service's)."""
-    try:
-        with open(node_file, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ZoneSyncSettingsError(f"{node_file}: {exc}") from None
-    return settings_from_mapping(data.get(SETTINGS_KEY) if isinstance(data, dict) else None, node_file, peers)
 
 
 @dataclass
@@ -357,14 +353,14 @@ class MismatchCollector(Collector):
         yield g
 
 
-def attach(app: web.Application, health: Any, node_file: str) -> ZoneSync:
-    """Zone sync on a serving node's admin app, with the health service's identity and peers.
-    Raises ZoneSyncSettingsError for a bad `zone_sync:`."""
+def attach(app: web.Application, health: Any, settings: ZoneSyncSettings) -> ZoneSync:
+    """Zone sync on a serving node's admin app, with the health service's identity and peers
+    and the node file's `zone_sync:` (`settings_from_mapping`)."""
     from geodns.control.admin import REGISTRY_KEY
     from geodns.control.zones_api import ZONE_STATUS, ZONES
 
     peers = {p.name: p.url.rstrip("/") for p in health.node.peers if p.url}  # over NATS urls are optional
-    sync = ZoneSync(app[ZONES], health.verifier, peers, load_settings(node_file, {p.name for p in health.node.peers}))
+    sync = ZoneSync(app[ZONES], health.verifier, peers, settings)
     if getattr(health, "nats", None) is not None:  # peers' zone hashes come with their views over NATS
         health.nats.share_zones(sync.store.hashes, sync.peer_hashes)
     sync.add_routes(app)

@@ -165,32 +165,42 @@ _SETTING_TYPES: dict[str, Any] = {
 }
 
 
-def settings_from_mapping(data: Any, base: RRLSettings | None = None, source: str = "rrl") -> RRLSettings:
-    """The `rrl:` mapping of a node settings file, over `base`. Raises RRLSettingsError."""
+def settings_from_mapping(
+    data: Any, base: RRLSettings | None = None, source: str = "rrl", fail: Callable[[str, str], Exception] | None = None
+) -> RRLSettings:
+    """The `rrl:` mapping of a node settings file, over `base`. Raises what `fail(key, message)`
+    makes (the node file's `file:line: rrl.key: message`), by default RRLSettingsError
+    `source: key: message`."""
+    if fail is None:
+
+        def fail(key: str, message: str) -> Exception:
+            return RRLSettingsError(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+
     if not isinstance(data, Mapping):
-        raise RRLSettingsError(f"{source}: expected a mapping (rate, slip, window, ipv4_prefix, ipv6_prefix, exempt, log_only)")
+        raise fail("", "expected a mapping (rate, slip, window, ipv4_prefix, ipv6_prefix, exempt, log_only)")
     values: dict[str, Any] = {}
     for key, value in data.items():
         kind = _SETTING_TYPES.get(str(key))
         if kind is None:
-            raise RRLSettingsError(f"{source}: {key}: unknown setting (known: {', '.join(sorted(_SETTING_TYPES))})")
+            raise fail(str(key), f"unknown setting (known: {', '.join(sorted(_SETTING_TYPES))})")
         if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
             value = float(value)
         elif kind is list and isinstance(value, str | tuple):
             value = [value] if isinstance(value, str) else list(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise RRLSettingsError(f"{source}: {key}: expected {kind.__name__}, got {value!r}")
+            raise fail(str(key), f"expected {kind.__name__}, got {value!r}")
         if kind is list:
             if not all(isinstance(v, str) for v in value):
-                raise RRLSettingsError(f"{source}: {key}: expected a list of CIDRs, got {value!r}")
+                raise fail(str(key), f"expected a list of CIDRs, got {value!r}")
             value = tuple(value)
+        try:  # each value alone (the others' defaults are valid), so that an error names its key
+            RRLSettings(**{str(key): value})
+        except RRLSettingsError as exc:
+            raise fail(str(key), str(exc).partition(": ")[2]) from None
         values[str(key)] = value
     fields = {name: getattr(base, name) for name in _SETTING_TYPES} if base is not None else {}
     fields.update(values)
-    try:
-        return RRLSettings(**fields)
-    except RRLSettingsError as exc:
-        raise RRLSettingsError(f"{source}: {exc}") from None
+    return RRLSettings(**fields)
 
 
 # ---------------------------------------------------------------- reading a response

@@ -35,14 +35,14 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from geodns.config import ConfigInvalid, error_text, read_yaml_file
 from geodns.health import keys
 from geodns.health.nats_settings import NatsSettings, parse_nats
 from geodns.health.quorum import parse_quorum
 
-__all__ = ["Peer", "NodeSettings", "NodeSettingsError", "load_node_settings", "parse_node_settings"]
+__all__ = ["Peer", "NodeSettings", "NodeSettingsError", "load_node_settings", "parse_node_settings", "read_node_file"]
 
 
 class NodeSettingsError(ValueError):
@@ -93,48 +93,30 @@ _KEYS = {
 }
 
 
+def read_node_file(path: str) -> Any:
+    """The node settings file parsed once, with the line of every key (`geodns.config`'s YAML
+    reader), for each reader of a part of it. Raises NodeSettingsError (`file:line: ...`)."""
+    try:
+        return read_yaml_file(path)
+    except ConfigInvalid as exc:
+        raise NodeSettingsError(str(exc)) from None
+
+
 def load_node_settings(path: str, extra_keys: Collection[str] = ()) -> NodeSettings:
     """Read and validate a node settings YAML file. Raises NodeSettingsError."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise NodeSettingsError(f"{path}: cannot read: {e.strerror}") from e
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise NodeSettingsError(f"{path}: not valid YAML: {e}") from e
-    lines: dict[str, int] = {}
-
-    def walk(node: yaml.Node, prefix: str) -> None:
-        # Dotted paths of nested keys too (`exchange.nats.servers`): errors name their line.
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                lines[prefix + str(k.value)] = k.start_mark.line + 1
-                walk(v, f"{prefix}{k.value}.")
-
-    walk(root, "")
-    return parse_node_settings(data, path, lines, extra_keys, base_dir=os.path.dirname(path))
+    return parse_node_settings(read_node_file(path), path, extra_keys, base_dir=os.path.dirname(path))
 
 
 def parse_node_settings(
     data: Any,
     source: str = "<settings>",
-    lines: dict[str, int] | None = None,
     extra_keys: Collection[str] = (),
     base_dir: str = ".",
 ) -> NodeSettings:
-    """Validate an already-parsed mapping (see `load_node_settings`)."""
-    lines = lines or {}
+    """Validate the parsed file (`read_node_file`; a plain mapping gives errors without lines)."""
 
     def fail(key: str, msg: str) -> NodeSettingsError:
-        # The nearest enclosing key that has a line (`exchange.nats` for a missing `servers`).
-        line_key = key
-        while line_key not in lines and "." in line_key:
-            line_key = line_key.rpartition(".")[0]
-        where = f"{source}:{lines[line_key]}" if line_key in lines else source
-        return NodeSettingsError(f"{where}: {key}: {msg}")
+        return NodeSettingsError(error_text(source, data, key, msg))
 
     if not isinstance(data, dict):
         raise NodeSettingsError(f"{source}: expected a mapping of settings")

@@ -58,7 +58,7 @@ def test_settings_defaults_off_switch_and_errors(tmp_path):
             settings_from_mapping(data, "n.yaml", set())
     path = tmp_path / "node.yaml"
     path.write_text("node: a\nregion: eu-west\nlatency_probe:\n  rate: -1\n")
-    with pytest.raises(LatencySettingsError, match=r"node.yaml:3: latency_probe.rate"):
+    with pytest.raises(LatencySettingsError, match=r"node.yaml:4: latency_probe.rate: expected a number"):
         load_settings(str(path), set())
     path.write_text("node: a\nregion: eu-west\n")
     assert load_settings(str(path), set(), "10.0.0.1").source_address == "10.0.0.1"
