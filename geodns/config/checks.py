@@ -89,7 +89,7 @@ def read_check(ctx: Ctx, spec: Any, field: str, place: Place = ZONE) -> Check | 
         ctx.error(line_at(spec, "type"), f"{field}.type", f"{kind!r} is not one of {', '.join(place.kinds)}{where}")
         return None
     values: dict[str, Any] = {"kind": kind, "jitter": place.jitter}
-    fields = (*_POOL_FIELDS, *_FIELDS) if pool else _FIELDS
+    fields = (*STATUS_FIELDS, *CHECK_FIELDS) if pool else CHECK_FIELDS
     ok = all([take(ctx, spec, field, values, key, reader, *args, attr=attr) for key, reader, args, attr in fields])
     if "expect" in spec:
         codes = read_list(ctx, spec, "expect", f"{field}.expect") or ()
@@ -119,7 +119,7 @@ def read_check(ctx: Ctx, spec: Any, field: str, place: Place = ZONE) -> Check | 
     return Check(**values) if ok else None
 
 
-_POOL_FIELDS = (
+STATUS_FIELDS = (
     ("url", read_url, (), None),
     ("backend", read_str, (), "pool"),
     ("cluster", read_str, (), "pool"),
@@ -127,7 +127,7 @@ _POOL_FIELDS = (
     ("capacity", read_int, (1, 1_000_000_000), None),
 )
 """(key, reader, its bounds, Check attribute) of a balancer status check's own keys."""
-_FIELDS = (
+CHECK_FIELDS = (
     ("host", read_str, (), None),
     ("port", read_int, (1, 65535), None),
     ("path", read_str, (), None),

@@ -23,6 +23,11 @@ STEP_KINDS = (
 )
 STEERED_KEYS = ("ttl", "steer", "regions", "default", "fallback", "failover_ttl")
 """Keys of a steered name (`ttl` is any name's)."""
+STEP_NUMBERS = {"capacity": ("threshold", 0.8, 0.0, 1.0), "latency": ("tolerance_ms", 0.0, 0, 100000)}
+"""Steps whose one parameter is an optional number: (its key, default, low, high)."""
+GEOLOCATION_KEYS = ("rules", "default")
+RULE_KEYS = ("match", "regions")
+"""Keys of one geolocation rule (both required)."""
 _CONTINENTS = {"AF", "AN", "AS", "EU", "NA", "OC", "SA"}
 
 
@@ -130,12 +135,11 @@ def _step(ctx: Ctx, steps: LineList, i: int, field: str, regions: dict[str, Regi
             return None
         order = region_names(ctx, container, kind, field, regions)
         return Step(kind, order) if order is not None else None
-    if kind == "capacity":
-        threshold = _step_number(ctx, params, field, "threshold", 0.8, 0.0, 1.0)
-        return Step(kind, threshold) if threshold is not None else None
-    if kind == "latency":
-        tolerance = _step_number(ctx, params, field, "tolerance_ms", 0.0, 0, 100000)
-        return Step(kind, (tolerance, None)) if tolerance is not None else None
+    if kind in STEP_NUMBERS:
+        number = _step_number(ctx, params, field, *STEP_NUMBERS[kind])
+        if number is None:
+            return None
+        return Step(kind, number if kind == "capacity" else (number, None))
     if kind == "geolocation":
         return _geolocation(ctx, params, line, field, regions)
     raise AssertionError(kind)
@@ -153,7 +157,7 @@ def _step_number(ctx: Ctx, params: Any, field: str, key: str, default: float, lo
 
 
 def _geolocation(ctx: Ctx, params: Any, line: int, field: str, regions: dict[str, Region]) -> Step | None:
-    if not check_keys(ctx, params, field, ("rules", "default"), ("rules",)) or "rules" not in params:
+    if not check_keys(ctx, params, field, GEOLOCATION_KEYS, ("rules",)) or "rules" not in params:
         return None
     rules_in = read_list(ctx, params, "rules", f"{field}.rules")
     if rules_in is None:
@@ -161,7 +165,7 @@ def _geolocation(ctx: Ctx, params: Any, line: int, field: str, regions: dict[str
     rules = []
     for i, rule in enumerate(rules_in):
         rfield = f"{field}.rules[{i}]"
-        if not check_keys(ctx, rule, rfield, ("match", "regions"), ("match", "regions")) or not (
+        if not check_keys(ctx, rule, rfield, RULE_KEYS, RULE_KEYS) or not (
             "match" in rule and "regions" in rule
         ):
             return None

@@ -28,13 +28,16 @@ from geodns.config.records import read_records
 
 DEFAULT_TTL = 30
 
-_ZONE_KEYS = ("zone", "ttl", "soa", "nameservers", "ns_ttl", "regions", "records", "latency_table", "dnssec")
+DNSSEC_KEYS = ("keys",)
+NAMESERVER_KEYS = ("name", "glue")
+ENDPOINT_KEYS = ("address", "weight", "check")
+ZONE_KEYS = ("zone", "ttl", "soa", "nameservers", "ns_ttl", "regions", "records", "latency_table", "dnssec")
 
 
 def read_zone(ctx: Ctx, doc: Any, file: str) -> Zone | None:
     if doc is None:
         return None
-    if not check_keys(ctx, doc, "", _ZONE_KEYS, ("zone", "soa", "nameservers")):
+    if not check_keys(ctx, doc, "", ZONE_KEYS, ("zone", "soa", "nameservers")):
         return None
     origin = domain_name(ctx, "", doc.get("zone", ""), line_at(doc, "zone"), "zone") if "zone" in doc else None
     if origin is None:
@@ -69,7 +72,7 @@ def read_zone(ctx: Ctx, doc: Any, file: str) -> Zone | None:
 
 def _dnssec(ctx: Ctx, spec: Any, origin: str, file: str) -> Dnssec | None:
     """`dnssec: {keys: DIR}`: the key files must be readable, of this zone, and one must sign."""
-    if not check_keys(ctx, spec, "dnssec", ("keys",), ("keys",)) or "keys" not in spec:
+    if not check_keys(ctx, spec, "dnssec", DNSSEC_KEYS, DNSSEC_KEYS) or "keys" not in spec:
         return None
     value = read_str(ctx, spec, "keys", "dnssec.keys")
     if value is None:
@@ -90,15 +93,15 @@ def _dnssec(ctx: Ctx, spec: Any, origin: str, file: str) -> Dnssec | None:
     return Dnssec(str(directory), keys)
 
 
-_SOA_FIELDS = ("mname", "rname", "serial", "refresh", "retry", "expire", "minimum", "ttl")
+SOA_FIELDS = ("mname", "rname", "serial", "refresh", "retry", "expire", "minimum", "ttl")
 
 
 def _soa(ctx: Ctx, soa: Any, origin: str) -> SOA | None:
-    if not check_keys(ctx, soa, "soa", _SOA_FIELDS, ("mname", "rname", "serial")):
+    if not check_keys(ctx, soa, "soa", SOA_FIELDS, ("mname", "rname", "serial")):
         return None
     values: dict[str, Any] = {"refresh": 3600, "retry": 600, "expire": 604800, "minimum": 60, "ttl": 3600}
     readers = [(key, read_domain_name, origin) for key in ("mname", "rname")]
-    readers += [(key, read_int, 0, 2**32 - 1 if key == "serial" else 2**31 - 1) for key in _SOA_FIELDS[2:]]
+    readers += [(key, read_int, 0, 2**32 - 1 if key == "serial" else 2**31 - 1) for key in SOA_FIELDS[2:]]
     ok = all([take(ctx, soa, "soa", values, key, read, *args) for key, read, *args in readers])
     return SOA(**values) if ok and all(k in values for k in ("mname", "rname", "serial")) else None
 
@@ -112,7 +115,7 @@ def _nameservers(ctx: Ctx, doc: LineMap, origin: str) -> tuple[NameServer, ...]:
             item = LineMap({"name": item})
             item.line = items.line_of(i)
             item.key_lines = {}
-        if not check_keys(ctx, item, field, ("name", "glue"), ("name",)):
+        if not check_keys(ctx, item, field, NAMESERVER_KEYS, ("name",)):
             continue
         name = domain_name(ctx, origin, item["name"], line_at(item, "name"), f"{field}.name") if "name" in item else None
         glue = []
@@ -133,7 +136,7 @@ def _nameservers(ctx: Ctx, doc: LineMap, origin: str) -> tuple[NameServer, ...]:
 
 # --- regions and checks ----------------------------------------------------------------
 
-_REGION_KEYS = ("coordinates", "endpoints", "bias", "weight", "min_healthy", "check", "balancer", "capacity_url")
+REGION_KEYS = ("coordinates", "endpoints", "bias", "weight", "min_healthy", "check", "balancer", "capacity_url")
 
 
 def _regions(ctx: Ctx, regions: Any) -> dict[str, Region]:
@@ -146,7 +149,7 @@ def _regions(ctx: Ctx, regions: Any) -> dict[str, Region]:
         if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
             ctx.error(line_at(regions, name), field, "region names are letters, digits, '-', '_' and '.'")
             continue
-        if not check_keys(ctx, spec, field, _REGION_KEYS, ("coordinates", "endpoints")):
+        if not check_keys(ctx, spec, field, REGION_KEYS, ("coordinates", "endpoints")):
             continue
         region = _region(ctx, name, spec, field)
         if region is not None:
@@ -172,7 +175,7 @@ def _region(ctx: Ctx, name: str, spec: LineMap, field: str) -> Region | None:
         for i, item in enumerate(items):
             efield = f"{field}.endpoints[{i}]"
             if isinstance(item, dict):
-                if not check_keys(ctx, item, efield, ("address", "weight", "check"), ("address",)):
+                if not check_keys(ctx, item, efield, ENDPOINT_KEYS, ("address",)):
                     ok = False
                     continue
                 address = read_ip(ctx, item, "address", f"{efield}.address") if "address" in item else None
