@@ -1,7 +1,7 @@
 """HealthService: the control-plane object that runs probes, talks to peers
 and turns views into verdicts.
 
-The pure parts live elsewhere (`plan`, `risefall`, `quorum`); this module is
+The pure parts live elsewhere (`plan`, `risefall`, `quorum`, `decide`); this module is
 the I/O edge: timers, sockets, files, logs and metrics.
 
 Contract with the rest of geodns:
@@ -39,6 +39,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from geodns.config.model import Check, Zone
 from geodns.health import keys
 from geodns.health import peers as _peers
+from geodns.health.decide import Policy, TargetViews, decide_all
 from geodns.health.drains import (
     MAX_REASON,
     DrainRefused,
@@ -51,16 +52,10 @@ from geodns.health.drains import (
 )
 from geodns.health.plan import Plan, ProbeKey, plan_zones
 from geodns.health.probes import ProbeResult, probe, probe_session
-from geodns.health.quorum import (
-    Drain,
-    ObserverView,
-    decide_target,
-    drained,
-    newer_drain,
-)
+from geodns.health.quorum import Drain, ObserverView, newer_drain
 from geodns.health.risefall import Rules, State, View, earliest_change, observe
 from geodns.health.settings import NodeSettings
-from geodns.steer.verdict import DECIDED, Verdict, VerdictState, decide_region
+from geodns.steer.verdict import DECIDED, Verdict
 
 __all__ = ["HealthService", "record_failopen", "FAILOPEN"]
 
@@ -725,35 +720,23 @@ class HealthService:
         self._isolated = isolated
         self.metrics.isolated.set(1 if isolated else 0)
         old = self._verdicts
+        plan = self._plan
         if only is None:
-            new: dict[str, Verdict] = {}
-            targets = list(self._plan.targets)
-            regions = list(self._plan.regions)
+            targets = list(plan.targets)
+            regions = list(plan.regions)
         else:
-            new = dict(old)
-            targets = [t for t in only if t in self._plan.targets]
-            regions = list({self._plan.targets[t].region for t in targets}
-                           | {r for r in only if r in self._plan.regions})
-        cache: dict[tuple, tuple[Verdict, float, float]] = {}
-        for target in targets:
-            tp = self._plan.targets[target]
-            drain = self._drains.get(target)
-            if tp.key is None:
-                v = decide_target([], now, stale_after=0.0, drain=drain) if drain and drain.active \
-                    else Verdict(up=True, state=VerdictState.UP, cause="no check configured")
-            else:
-                v = self._decide(target, now, drain, cache)
-                if isolated and v.state in DECIDED:
-                    v = replace(v, cause=f"isolated, own view only: {v.cause}")
-            new[target] = v
-        for name in regions:
-            rp = self._plan.regions[name]
-            drain = self._drains.get(name)
-            new[name] = decide_region(name, rp.endpoints, rp.min_healthy, new,
-                                      own=drained(drain) if drain is not None and drain.active else None)
-        # Fallbacks only bridge the gap to the first real decision.
-        for target in [t for t in self._fallback if t in new and new[t].state is not VerdictState.FALLBACK]:
-            del self._fallback[target]
+            targets = [t for t in only if t in plan.targets]
+            regions = list({plan.targets[t].region for t in targets} | {r for r in only if r in plan.regions})
+        fallback = self._fallback
+        decisions = decide_all(
+            {t: TargetViews(self._views_of(t, now) if plan.targets[t].key is not None else None,
+                            self._stale_after(t), fallback.get(t)) for t in targets},
+            {r: plan.regions[r] for r in regions}, self._drains, now,
+            Policy(self.node.name, self.node.quorum, isolated), previous=None if only is None else old,
+        )
+        for target in decisions.settled:
+            fallback.pop(target, None)
+        new = decisions.verdicts
         self._verdicts = new
         changed = False
         for target in [*targets, *regions]:
@@ -776,39 +759,6 @@ class HealthService:
             self._publish_pending = True
         if publish and self._started and (changed or self._publish_pending or self._bounds_expired(now)):
             self._publish(now)
-
-    def _decide(self, target: str, now: float, drain: Drain | None,
-                cache: dict[tuple, tuple[Verdict, float, float]]) -> Verdict:
-        """`decide_target`, shared between targets whose peers' views are the
-        same objects (a group of a peer message) and whose own views read alike
-        (state, second of `since`, detail, freshness): in an outage of 10,000
-        endpoints most verdicts are a few dozen decisions. Only `until`, which
-        also depends on this node's own probe times, is made per target."""
-        views = self._views_of(target, now)
-        stale_after = self._stale_after(target)
-        fallback = self._fallback.get(target)
-        if (drain is not None and drain.active) or fallback is not None or not views \
-                or views[0].observer != self.node.name:
-            return decide_target(views, now, stale_after=stale_after, rule=self.node.quorum,
-                                 drain=drain, fallback=fallback)
-        own, peers = views[0], views[1:]
-        own_fresh = now - own.heard <= stale_after
-        key = (stale_after, own.state, int(own.since // 1), own.detail, own_fresh,
-               None if own_fresh else f"{now - own.heard:.0f}", *map(id, peers))
-        hit = cache.get(key)
-        if hit is None:
-            v = decide_target(views, now, stale_after=stale_after, rule=self.node.quorum)
-            if v.state is VerdictState.UNKNOWN:
-                return v  # undecided: its bound rests on the own view's times; cheap anyway
-            fresh = [p for p in peers if now - p.heard <= stale_after]
-            cache[key] = (v, min((p.until for p in fresh), default=math.inf),
-                          min((p.heard for p in fresh), default=math.inf))
-            return v
-        v, peer_until, peer_heard = hit
-        # decide_target's bound, with this target's own view in it
-        until_views = min(peer_until, own.until) if own_fresh else peer_until
-        heard = min(peer_heard, own.heard) if own_fresh else peer_heard
-        return replace(v, until=min(max(now, until_views), heard + stale_after))
 
     def _log_verdict(self, target: str, v: Verdict, was: Verdict) -> None:
         """One line per verdict change, at most VERDICT_LOG_PER_SECOND a second:

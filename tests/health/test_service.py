@@ -247,37 +247,3 @@ async def test_published_bounds_are_refreshed_when_they_pass(backend_factory):
         assert v.until is not None and time.time() - 0.5 < v.until <= time.time() + 2 * 0.2 + 0.5
     finally:
         await svc.stop()
-
-
-def test_shared_decisions_equal_one_decision_per_target():
-    """The recompute shares decide_target between targets whose peers' views are
-    the same group objects; every verdict must equal the one made alone."""
-    import random as _random
-
-    from geodns.health.quorum import ObserverView, decide_target
-    from geodns.health.risefall import State, View
-
-    rnd = _random.Random(7)
-    check = Check(kind="tcp", port=9, interval=1.0, timeout=0.5)
-    addresses = [f"10.9.{i // 200}.{i % 200 + 1}" for i in range(600)]
-    svc, _ = service([make_zone([region("eu", *addresses, check=check)])])
-    svc.node = NodeSettings(name="n1", exchange_interval=0.2, peers=())
-    now = time.time()
-    states = [State.UP, State.DOWN, State.UNKNOWN]
-    groups = {p: [ObserverView(p, rnd.choice(states), now - rnd.choice([3, 40, 900]), now + rnd.choice([-1, 0.5, 2]),
-                               now - rnd.choice([0.1, 0.9, 30]), rnd.choice(["", "HTTP 503", "timeout"]))
-                  for _ in range(2)] for p in ("n2", "n3", "n4")}
-    for target in svc._plan.targets:
-        for p, views in groups.items():
-            svc._peer_views.setdefault(p, {})[target] = rnd.choice(views)
-        svc._own[target] = View(state=rnd.choice(states[:2]), since=now - rnd.choice([3.2, 50]),
-                                at=now - rnd.choice([0.2, 0.6]), detail="HTTP 503")
-    cache: dict = {}
-    decided = 0
-    for target in svc._plan.targets:
-        shared = svc._decide(target, now, None, cache)
-        decided += shared.state is not VerdictState.UNKNOWN
-        alone = decide_target(svc._views_of(target, now), now, stale_after=svc._stale_after(target),
-                              rule=svc.node.quorum)
-        assert shared == alone, (target, shared, alone)
-    assert decided > 300 and len(cache) * 5 < decided  # most decisions were shared
