@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
 
 
 class Metrics:
@@ -50,3 +52,28 @@ class Metrics:
         if hist is None:
             hist = self._latency[route] = self.latency.labels(route)
         hist.observe(seconds)
+
+
+Family = dict[str, Any]
+"""One collected metric family as JSON, for the trip from a worker to its parent:
+`{"name", "type", "help", "unit", "samples": [[name, labels, value], ...]}`."""
+
+
+def families(registry: CollectorRegistry) -> list[Family]:
+    """The registry's collected families, as JSON."""
+    return [
+        {"name": m.name, "type": m.type, "help": m.documentation, "unit": m.unit,
+         "samples": [[s.name, s.labels, s.value] for s in m.samples]}
+        for m in registry.collect()
+    ]
+
+
+class Collected:
+    """Metric families collected elsewhere, exposed through prometheus_client's own
+    text writer (`generate_latest(Collected(...))`), which escapes HELP and labels."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self.metrics

@@ -49,6 +49,20 @@ class Backend:
         self.tasks: set[asyncio.Task[object]] = set()
         """Requests in flight to this backend, cancelled if a drain times out."""
 
+    def take(self) -> asyncio.Task[object] | None:
+        """Count a request in flight here; its task is cancelled if a drain of this backend times out."""
+        self.in_flight += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+        return task
+
+    def give(self, task: asyncio.Task[object] | None) -> None:
+        """The request `take()` counted is over."""
+        self.in_flight -= 1
+        if task is not None:
+            self.tasks.discard(task)
+
     def update(self, config: BackendConfig) -> None:
         self.weight = config.weight
         self.max_conns = config.max_conns

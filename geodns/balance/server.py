@@ -9,20 +9,21 @@ session. Everything slow (probes, reloads, drains) runs beside it as tasks.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+import os
 import random
 import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from geodns.balance import config as config_mod
 from geodns.balance import sticky
@@ -37,9 +38,10 @@ from geodns.balance.active import (
     probe_session,
     takes_traffic,
 )
+from geodns.balance.admin import admin_app
 from geodns.balance.config import Address, BalancerConfig
 from geodns.balance.edge import Edge, default_max_clients, refusal
-from geodns.balance.metrics import Metrics
+from geodns.balance.metrics import Family, Metrics, families
 from geodns.balance.pool import Backend, LoadReport, Pool, Route, build, load_report
 from geodns.balance.rate import RateWindow
 from geodns.balance.upstream import (
@@ -112,18 +114,6 @@ class _Body:
         self.started = True
         while chunk := await _read_body(self.content, self.deadline, SMALL_BODY):
             yield chunk
-
-
-def authorised(token: str | None, request: web.Request) -> web.Response | None:
-    """None when the request carries the admin bearer token, else the refusal to send."""
-    if token is None:
-        return web.json_response({"error": "write endpoints disabled: no admin.token"}, status=403)
-    given = request.headers.get("Authorization", "")
-    if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), token.encode()):
-        return web.json_response(
-            {"error": "bearer token required"}, status=401, headers={"WWW-Authenticate": "Bearer"}
-        )
-    return None
 
 
 def _log(event: str, **fields: object) -> None:
@@ -210,7 +200,7 @@ class Balancer:
             await site.start()
             self.addresses.append(address)
         if cfg.admin.listen is not None:
-            admin_runner = web.AppRunner(self.admin_app(), access_log=None, logger=ServerLog(log))
+            admin_runner = web.AppRunner(admin_app(self), access_log=None, logger=ServerLog(log))
             await admin_runner.setup()
             site = web.TCPSite(admin_runner, cfg.admin.listen.host, cfg.admin.listen.port)
             await site.start()
@@ -503,10 +493,7 @@ class Balancer:
             if attempt:
                 self.metrics.retries.labels(route.label).inc()
             tried.append(backend.key)
-            backend.in_flight += 1
-            task = asyncio.current_task()
-            if task is not None:
-                backend.tasks.add(task)
+            task = backend.take()
             try:
                 try:
                     resp = await self._upstream.request(
@@ -538,9 +525,7 @@ class Balancer:
                     break
                 return await self._respond(request, route, backend, resp, cookie_key, started)
             finally:
-                backend.in_flight -= 1
-                if task is not None:
-                    backend.tasks.discard(task)
+                backend.give(task)
         self.metrics.observe(route.label, "-", status, time.monotonic() - started)
         _log("proxy_failed", route=route.label, method=method, tried=",".join(tried) or "-", status=status, error=repr(last))
         return web.Response(status=status, text=f"{status} {last}\n")
@@ -639,10 +624,7 @@ class Balancer:
         if "Host" in request.headers:
             headers.append(("Host", request.headers["Host"]))
         protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-        backend.in_flight += 1
-        task = asyncio.current_task()
-        if task is not None:
-            backend.tasks.add(task)
+        task = backend.take()
         try:
             try:
                 upstream = await self._session.ws_connect(
@@ -686,24 +668,13 @@ class Balancer:
                 await downstream.close()
             return downstream
         finally:
-            backend.in_flight -= 1
-            if task is not None:
-                backend.tasks.discard(task)
+            backend.give(task)
 
-    # ------------------------------------------------------------ admin API
+    # ------------------------------------------------------------ admin API (admin.Service)
 
-    def admin_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/v1/load", self._admin_load)
-        app.router.add_get("/v1/backends", self._admin_backends)
-        app.router.add_get("/metrics", self._admin_metrics)
-        app.router.add_post("/v1/backends/{pool}/{backend}/drain", self._admin_drain)
-        app.router.add_post("/v1/backends/{pool}/{backend}/undrain", self._admin_drain)
-        app.router.add_post("/v1/reload", self._admin_reload)
-        return app
-
-    def _authorised(self, request: web.Request) -> web.Response | None:
-        return authorised(self.config.admin.token, request)
+    @property
+    def admin_token(self) -> str | None:
+        return self.config.admin.token
 
     def backend_rows(self) -> list[dict[str, object]]:
         now = time.monotonic()
@@ -715,42 +686,37 @@ class Balancer:
             for b in self.backends.values()
         ]
 
-    def metrics_text(self) -> bytes:
+    def _collect(self) -> CollectorRegistry:
+        """The registry, with the gauges read from live state first."""
         now = time.monotonic()
         total = 0
         for b in self.backends.values():
             self.metrics.backend_up.labels(b.pool, b.key).set(1 if b.available(now) else 0)
             total += b.in_flight
         self.metrics.in_flight.set(total)
-        return generate_latest(self.metrics.registry)
+        return self.metrics.registry
 
-    async def _admin_load(self, request: web.Request) -> web.Response:
+    def metric_families(self) -> list[Family]:
+        return families(self._collect())
+
+    async def load_json(self) -> dict[str, Any]:
+        return self.load().as_json()
+
+    async def workers_json(self) -> dict[str, Any]:
         report = self.load()
-        return web.json_response(report.as_json(), status=200 if report.healthy_backends else 503)
+        return {"workers": [{"worker": 0, "pid": os.getpid(), "in_flight": report.in_flight,
+                             "request_rate": report.request_rate}]}
 
-    async def _admin_backends(self, request: web.Request) -> web.Response:
-        return web.json_response({"generation": self.generation, "backends": self.backend_rows()})
+    async def backends_json(self) -> dict[str, Any]:
+        return {"generation": self.generation, "backends": self.backend_rows()}
 
-    async def _admin_metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics_text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def metrics_text(self) -> bytes:
+        return generate_latest(self._collect())
 
-    async def _admin_drain(self, request: web.Request) -> web.Response:
-        denied = self._authorised(request)
-        if denied is not None:
-            return denied
-        on = request.path.endswith("/drain")
-        try:
-            backend = self.drain(request.match_info["pool"], request.match_info["backend"], on)
-        except KeyError as exc:
-            return web.json_response({"error": exc.args[0]}, status=404)
-        return web.json_response(
-            {"pool": backend.pool, "backend": backend.key, "state": backend.state(time.monotonic()),
-             "in_flight": backend.in_flight}
-        )
+    async def drain_json(self, pool: str, backend: str, on: bool) -> dict[str, Any]:
+        b = self.drain(pool, backend, on)
+        return {"pool": b.pool, "backend": b.key, "state": b.state(time.monotonic()), "in_flight": b.in_flight}
 
-    async def _admin_reload(self, request: web.Request) -> web.Response:
-        denied = self._authorised(request)
-        if denied is not None:
-            return denied
+    async def reload_json(self) -> dict[str, Any]:
         ok = await self.reload()
-        return web.json_response({"reloaded": ok, "generation": self.generation}, status=200 if ok else 422)
+        return {"reloaded": ok, "generation": self.generation}

@@ -3,15 +3,18 @@
 Each worker is a whole `Balancer` (routing, choosers, active and passive
 checks, drain) that binds the listen addresses with SO_REUSEPORT, so the
 kernel spreads client connections over the workers. The parent process binds
-nothing on the data path: it owns the admin port, asks every worker over a
+nothing on the data path: it owns the admin port (the same routes as one
+process, `admin.admin_app`), asks every worker over a
 private socket pair (one JSON line each way) and merges the answers:
 
 - `/v1/load`: in-flight requests and request rate are summed over workers;
   backend counts and capacity are the most any worker sees (workers probe on
   their own, so for a probe interval they may disagree).
 - `/v1/backends`: in-flight and trips summed per backend.
-- `/metrics`: counters and histograms summed; `backend_up` and reload counts
-  are the maximum over workers (each worker reloads the same file).
+- `/metrics`: each worker sends its collected metric families; counters and
+  histograms are summed, `backend_up` and reload counts are the maximum over
+  workers (each worker reloads the same file), and prometheus_client writes
+  the text.
 - drain, undrain and reload go to every worker.
 
 What stays per worker, by design: choosers (round robin turns, least-conn
@@ -31,17 +34,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import Metric, generate_latest
 
 from geodns.balance import config as config_mod
+from geodns.balance.admin import admin_app
 from geodns.balance.config import BalancerConfig
+from geodns.balance.metrics import Collected, Family
 from geodns.serverlog import ServerLog
 
 log = logging.getLogger("geodns.balance")
@@ -103,35 +106,34 @@ def merge_backends(answers: list[dict[str, Any]]) -> dict[str, Any]:
     return {"generation": min(a["generation"] for a in answers), "backends": list(rows.values())}
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def merge_metrics(texts: Iterable[str]) -> str:
-    """Prometheus text from several workers' texts: samples with equal labels added up."""
-    families: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
-    for text in texts:
-        for family in text_string_to_metric_families(text):
-            _, _, samples = families.setdefault(family.name, (family.type, family.documentation, {}))
-            for s in family.samples:
-                key = (s.name, tuple(sorted(s.labels.items())))
+def merge_metrics(per_worker: Iterable[list[Family]]) -> list[Metric]:
+    """One set of metric families from every worker's collected families: samples with
+    equal labels added up, except `_created` (the earliest) and MAX_OVER_WORKERS (the
+    largest). prometheus_client writes the text (`Collected`), escaping included."""
+    merged: dict[str, tuple[Metric, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
+    for worker in per_worker:
+        for family in worker:
+            name = family["name"]
+            if name not in merged:
+                merged[name] = (Metric(name, family["help"], family["type"], family["unit"]), {})
+            samples = merged[name][1]
+            for sample, labels, value in family["samples"]:
+                key = (sample, tuple(sorted(labels.items())))
                 old = samples.get(key)
                 if old is None:
-                    samples[key] = s.value
-                elif s.name.endswith("_created"):
-                    samples[key] = min(old, s.value)
-                elif s.name in MAX_OVER_WORKERS:
-                    samples[key] = max(old, s.value)
+                    samples[key] = value
+                elif sample.endswith("_created"):
+                    samples[key] = min(old, value)
+                elif sample in MAX_OVER_WORKERS:
+                    samples[key] = max(old, value)
                 else:
-                    samples[key] = old + s.value
-    lines = []
-    for name, (kind, doc, samples) in families.items():
-        lines.append(f"# HELP {name} {doc}")
-        lines.append(f"# TYPE {name} {kind}")
+                    samples[key] = old + value
+    out = []
+    for metric, samples in merged.values():
         for (sample, labels), value in samples.items():
-            label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            lines.append(f"{sample}{{{label_text}}} {value!r}" if labels else f"{sample} {value!r}")
-    return "\n".join(lines) + "\n"
+            metric.add_sample(sample, dict(labels), value)
+        out.append(metric)
+    return out
 
 
 # ------------------------------------------------------------------ worker side
@@ -176,23 +178,21 @@ async def serve_worker(config: BalancerConfig, path: str, fd: int, index: int) -
 
 
 async def _worker_op(balancer: Any, msg: dict[str, Any]) -> dict[str, Any]:
+    """One admin call from the parent, answered by this worker's own `Service` methods."""
     op = msg.get("op")
     if op == "load":
-        return balancer.load().as_json()
+        return await balancer.load_json()
     if op == "backends":
-        return {"generation": balancer.generation, "backends": balancer.backend_rows()}
+        return await balancer.backends_json()
     if op == "metrics":
-        return {"text": balancer.metrics_text().decode()}
+        return {"families": balancer.metric_families()}
     if op == "drain":
         try:
-            b = balancer.drain(msg["pool"], msg["backend"], msg["on"])
+            return await balancer.drain_json(msg["pool"], msg["backend"], msg["on"])
         except KeyError as exc:
             return {"error": exc.args[0]}
-        return {"pool": b.pool, "backend": b.key, "state": b.state(time.monotonic()),
-                "in_flight": b.in_flight}
     if op == "reload":
-        ok = await balancer.reload()
-        return {"reloaded": ok, "generation": balancer.generation}
+        return await balancer.reload_json()
     return {"error": f"unknown op {op!r}"}
 
 
@@ -276,7 +276,7 @@ class Supervisor:
             raise
         listen = self.config.admin.listen
         if listen is not None:
-            self._runner = web.AppRunner(self.admin_app(), access_log=None, logger=ServerLog(log))
+            self._runner = web.AppRunner(admin_app(self), access_log=None, logger=ServerLog(log))
             await self._runner.setup()
             await web.TCPSite(self._runner, listen.host, listen.port).start()
         _log("started", workers=self.count, admin=listen,
@@ -332,65 +332,42 @@ class Supervisor:
     async def _all(self, op: str, **args: Any) -> list[dict[str, Any]]:
         return [a for _, a in await self._ask(op, **args)]
 
-    # ---------------------------------------------------------- admin API
+    # ---------------------------------------------------------- admin API (admin.Service)
 
-    def admin_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/v1/load", self._load)
-        app.router.add_get("/v1/workers", self._workers)
-        app.router.add_get("/v1/backends", self._backends)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_post("/v1/backends/{pool}/{backend}/drain", self._drain)
-        app.router.add_post("/v1/backends/{pool}/{backend}/undrain", self._drain)
-        app.router.add_post("/v1/reload", self._reload)
-        return app
+    @property
+    def admin_token(self) -> str | None:
+        return self.config.admin.token
 
-    async def _load(self, request: web.Request) -> web.Response:
-        report = merge_load(await self._all("load"))
-        return web.json_response(report, status=200 if report["healthy_backends"] else 503)
+    async def load_json(self) -> dict[str, Any]:
+        return merge_load(await self._all("load"))
 
-    async def _workers(self, request: web.Request) -> web.Response:
+    async def workers_json(self) -> dict[str, Any]:
         rows = [
             {"worker": w.index, "pid": w.proc.pid, "in_flight": a["in_flight"], "request_rate": a["request_rate"]}
             for w, a in await self._ask("load")
         ]
-        return web.json_response({"workers": sorted(rows, key=lambda r: r["worker"])})
+        return {"workers": sorted(rows, key=lambda r: r["worker"])}
 
-    async def _backends(self, request: web.Request) -> web.Response:
-        return web.json_response(merge_backends(await self._all("backends")))
+    async def backends_json(self) -> dict[str, Any]:
+        return merge_backends(await self._all("backends"))
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        text = merge_metrics(a["text"] for a in await self._all("metrics"))
-        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def metrics_text(self) -> bytes:
+        return generate_latest(Collected(merge_metrics(a["families"] for a in await self._all("metrics"))))
 
-    async def _drain(self, request: web.Request) -> web.Response:
-        from geodns.balance.server import authorised
-
-        denied = authorised(self.config.admin.token, request)
-        if denied is not None:
-            return denied
-        on = request.path.endswith("/drain")
-        answers = await self._all(
-            "drain", pool=request.match_info["pool"], backend=request.match_info["backend"], on=on
-        )
+    async def drain_json(self, pool: str, backend: str, on: bool) -> dict[str, Any]:
+        answers = await self._all("drain", pool=pool, backend=backend, on=on)
         if "error" in answers[0]:
-            return web.json_response({"error": answers[0]["error"]}, status=404)
+            raise KeyError(answers[0]["error"])
         row = dict(answers[0])
         row["in_flight"] = sum(a["in_flight"] for a in answers)
         if row["state"] in ("draining", "drained"):
             row["state"] = "draining" if row["in_flight"] else "drained"
         _log("drain" if on else "undrain", pool=row["pool"], backend=row["backend"], in_flight=row["in_flight"],
              cause="admin", workers=len(answers))
-        return web.json_response(row)
+        return row
 
-    async def _reload(self, request: web.Request) -> web.Response:
-        from geodns.balance.server import authorised
-
-        denied = authorised(self.config.admin.token, request)
-        if denied is not None:
-            return denied
-        result = await self.reload()
-        return web.json_response(result, status=200 if result["reloaded"] else 422)
+    async def reload_json(self) -> dict[str, Any]:
+        return await self.reload()
 
 
 def _log(event: str, **fields: object) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,6 @@ from geodns.balance import Balancer, parse
 HERE = Path(__file__).parent
 NET = "127.0.4"
 """This test package's own loopback /24, away from other suites' addresses."""
-
-
 
 
 @dataclass
@@ -120,6 +119,22 @@ def admin_url(b: Balancer, path: str) -> str:
 async def client() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
         yield session
+
+
+async def until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
+    """Wait for `condition()` (a coroutine function or a plain one) to be true, checking
+    every 20 ms; AssertionError after `timeout` seconds. A test waits on the event it
+    needs, never for a fixed time that a loaded machine may not honour."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

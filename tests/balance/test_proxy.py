@@ -11,7 +11,7 @@ import pytest
 
 from geodns.balance import sticky
 
-from .conftest import NET, admin_url, session_from, url
+from .conftest import NET, admin_url, session_from, until, url
 
 N = 1000
 """Requests per distribution test."""
@@ -41,6 +41,19 @@ def pool(backs, algorithm="round_robin", weights=None, **extra):
         ],
         **extra,
     }
+
+
+async def backend_posts(client: aiohttp.ClientSession, backend, at_least: int | None = None) -> int | bool:
+    """The POSTs `backend` has received, or (with `at_least`) whether it has received that many."""
+    async with client.get(backend.url + "/control/stats") as r:
+        posts = (await r.json())["posts"]
+    return posts if at_least is None else posts >= at_least
+
+
+async def load_is(client: aiohttp.ClientSession, b, status: int, healthy: int) -> bool:
+    """`/v1/load` answers `status` with `healthy` healthy backends."""
+    async with client.get(admin_url(b, "/v1/load")) as r:
+        return r.status == status and (await r.json())["healthy_backends"] == healthy
 
 
 def within(counts: Counter[str], expected: dict[str, float], tolerance: float) -> bool:
@@ -205,9 +218,11 @@ async def test_backend_killed_mid_traffic_costs_no_failed_get(backends, balancer
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
         tasks = [asyncio.create_task(worker(s)) for _ in range(16)]
-        await asyncio.sleep(0.5)
+        await until(lambda: statuses.total() >= 150, 20, "150 responses before the kill")
         backs[1].kill()
-        await asyncio.sleep(1.0)
+        killed = b.backends[("web", backs[1].address)]
+        await until(lambda: killed.state(time.monotonic()) == "tripped" and statuses.total() >= 350, 20,
+                    "the killed backend tripped and 200 more responses")
         stop.set()
         await asyncio.gather(*tasks)
     assert statuses[200] > 300 and set(statuses) == {200}, statuses
@@ -225,8 +240,9 @@ async def test_post_is_never_sent_twice(backends, balancer, client):
             assert r.status == 200 and r.headers["X-Backend"] == "b0"
     # A POST that reached its backend, which then died, is not sent again.
     b2 = await balancer({"pools": {"web": pool(backs)}})
+    posts = await backend_posts(client, backs[0])
     task = asyncio.create_task(client.post(url(b2, "/post?s=1"), data=b"once"))
-    await asyncio.sleep(0.3)
+    await until(lambda: backend_posts(client, backs[0], posts + 1), what="the POST at b0")
     backs[0].kill()  # round robin sent the first request to b0
     r = await task
     assert r.status == 502
@@ -258,12 +274,12 @@ async def test_active_checks_and_load_report(backends, balancer, client):
     assert load["region"] == "test" and load["healthy_backends"] == 2 and load["capacity"] == 20
     async with client.post(backs[0].url + "/control/health/down"):
         pass
-    await asyncio.sleep(0.5)
+    await until(lambda: load_is(client, b, 200, 1), what="b0 down by active checks")
     counts = await fetch_many(client, url(b), 20)
     assert counts == {"b1": 20}
     async with client.post(backs[1].url + "/control/health/down"):
         pass
-    await asyncio.sleep(0.5)
+    await until(lambda: load_is(client, b, 503, 0), what="both backends down")
     async with client.get(admin_url(b, "/v1/load")) as r:
         assert r.status == 503
         assert (await r.json())["healthy_backends"] == 0
@@ -271,7 +287,7 @@ async def test_active_checks_and_load_report(backends, balancer, client):
         assert r.status == 503
     async with client.post(backs[0].url + "/control/health/up"):
         pass
-    await asyncio.sleep(0.5)
+    await until(lambda: load_is(client, b, 200, 1), what="b0 up again")
     async with client.get(admin_url(b, "/v1/load")) as r:
         assert r.status == 200 and (await r.json())["capacity"] == 10
 
@@ -280,7 +296,7 @@ async def test_saturation_reported(backends, balancer, client):
     backs = await backends(2)
     b = await balancer({"saturation": 0.5, "pools": {"web": pool(backs, max_conns=2)}})
     slow = [asyncio.create_task(client.get(url(b, "/slow?s=1"))) for _ in range(3)]
-    await asyncio.sleep(0.4)
+    await until(lambda: b.load().in_flight == 3, what="3 requests in flight")
     async with client.get(admin_url(b, "/v1/load")) as r:
         load = await r.json()
     assert (load["in_flight"], load["capacity"], load["utilisation"], load["saturated"]) == (3, 4, 0.75, True)
@@ -303,7 +319,7 @@ async def test_drain_finishes_in_flight_and_sends_none_new(backends, balancer, c
     backs = await backends(2)
     b = await balancer({"pools": {"web": pool(backs)}})
     slow = [asyncio.create_task(client.get(url(b, "/slow?s=1"))) for _ in range(4)]  # 2 on each
-    await asyncio.sleep(0.3)
+    await until(lambda: b.load().in_flight == 4, what="4 requests in flight")
     drain = admin_url(b, f"/v1/backends/web/{backs[0].address}/drain")
     async with client.post(drain) as r:
         assert r.status == 401

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -11,7 +12,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from geodns.balance.metrics import Collected, Metrics, families
 from geodns.balance.workers import merge_backends, merge_load, merge_metrics
 
 from .conftest import NET
@@ -55,19 +59,29 @@ def test_merge_backends_sums_per_backend() -> None:
 
 
 def test_merge_metrics_sums_counters_and_maxes_gauges_of_the_same_thing() -> None:
-    one = (
-        "# HELP geodns_balance_requests Requests\n# TYPE geodns_balance_requests counter\n"
-        'geodns_balance_requests_total{route="*/",backend="a",status="200"} 3.0\n'
-        "# HELP geodns_balance_backend_up up\n# TYPE geodns_balance_backend_up gauge\n"
-        'geodns_balance_backend_up{pool="web",backend="a"} 1.0\n'
-        "# HELP geodns_balance_in_flight in flight\n# TYPE geodns_balance_in_flight gauge\n"
-        "geodns_balance_in_flight 2.0\n"
-    )
-    text = merge_metrics([one, one.replace(" 3.0", " 4.0")])
+    workers = []
+    for served in (3, 4):
+        m = Metrics()
+        for _ in range(served):
+            m.observe("*/", "a", 200, 0.01)
+        m.backend_up.labels("web", "a").set(1)
+        m.in_flight.set(2)
+        workers.append(json.loads(json.dumps(families(m.registry))))  # as sent by a worker
+    text = generate_latest(Collected(merge_metrics(workers))).decode()
     assert 'geodns_balance_requests_total{backend="a",route="*/",status="200"} 7.0' in text
+    assert 'geodns_balance_request_duration_seconds_count{route="*/"} 7.0' in text
     assert 'geodns_balance_backend_up{backend="a",pool="web"} 1.0' in text
     assert "geodns_balance_in_flight 4.0" in text
-    assert "# TYPE geodns_balance_requests counter" in text
+    assert "# TYPE geodns_balance_requests_total counter" in text
+
+
+def test_merged_metrics_text_is_escaped_by_prometheus_client() -> None:
+    family = {"name": "x", "type": "gauge", "help": "a \\ b\nc", "unit": "",
+              "samples": [["x", {"route": 'q"\\\n'}, 1.0]]}
+    text = generate_latest(Collected(merge_metrics([[family], [family]]))).decode()
+    assert "# HELP x a \\\\ b\\nc\n" in text
+    assert 'x{route="q\\"\\\\\\n"} 2.0' in text
+    assert [f.name for f in text_string_to_metric_families(text)] == ["x"]
 
 
 @pytest.mark.slow
