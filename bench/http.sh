@@ -14,6 +14,12 @@
 # `nbthread N`: the same number of cores each. ROUNDS rounds alternate the two
 # (geodns first in odd rounds, HAProxy first in even ones) so that a noisy
 # neighbour hurts both alike; the table gives medians over the rounds.
+#
+# On a shared machine requests/s depend on how much CPU the others left, so
+# each run also records the CPU time the balancer's processes used while wrk
+# measured (/proc/PID/stat, the process and its children): requests per
+# CPU-second is the per-core figure, comparable between the two balancers
+# even when neither had a whole core.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -140,18 +146,30 @@ CFG
 # shellcheck disable=SC2086
 wait_port $last_backend
 
-run() {  # out url
+cpu_ticks() {  # pid: CPU time (utime + stime, in clock ticks) of it and its child processes
+    local total=0 p
+    for p in "$1" $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
+run() {  # out url pid: wrk, and the CPU the balancer used while wrk measured
     wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$2" >/dev/null
+    local before after
+    before=$(cpu_ticks "$3")
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$2" > "$1"
+    after=$(cpu_ticks "$3")
+    echo "cpu_seconds $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" 'BEGIN {print t / hz}')" >> "$1"
 }
 bench_geodns() {  # workers round
     start_geodns "$1"
-    run "$tmp/w$1-geodns-$2.txt" "http://$gd_host:$gd_port/"
+    run "$tmp/w$1-geodns-$2.txt" "http://$gd_host:$gd_port/" "$gd_pid"
     stop "$gd_pid"
 }
 bench_haproxy() {  # nbthread round
     start_haproxy "$1"
-    run "$tmp/w$1-haproxy-$2.txt" "http://$ha_host:$ha_port/"
+    run "$tmp/w$1-haproxy-$2.txt" "http://$ha_host:$ha_port/" "$ha_pid"
     stop "$ha_pid"
 }
 

@@ -14,6 +14,15 @@ from pathlib import Path
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
+def cpu_rate(text: str) -> float | None:
+    """Requests per CPU-second of the balancer in one run (bench/http.sh's `cpu_seconds` line)."""
+    cpu = re.search(r"^cpu_seconds ([\d.]+)$", text, re.M)
+    done = re.search(r"^\s*(\d+) requests in", text, re.M)
+    if cpu is None or done is None or float(cpu.group(1)) == 0:
+        return None
+    return int(done.group(1)) / float(cpu.group(1))
+
+
 def parse(text: str) -> tuple[float, float, int]:
     """Requests/s, p99 in ms, and non-2xx plus socket errors from one wrk run."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))

@@ -1,19 +1,17 @@
 """The client edge of the proxy: what a connection and a request must pass first.
 
-aiohttp's server parses requests (llhttp, which refuses CL with TE, differing
-or repeated Content-Length, obs-fold, bad field names and control characters);
-this module adds what a proxy needs on top:
+llhttp (through `proxy.ClientConnection`) parses requests and refuses CL with
+TE, differing or repeated Content-Length, bad chunk sizes, obs-fold, bad field
+names and control characters; this module adds what a proxy needs on top:
 
 - `refusal()`, a pure check of a parsed request for what is legal HTTP but
   unsafe to forward: a `Connection` header naming a framing field (the attack
   that made a backend read a body as a second request), a transfer coding we
   cannot re-frame, CONNECT.
-- `Edge` and `ClientConnection`: a cap on client connections per worker, and
-  deadlines aiohttp does not have: the request head (slowloris) and a response
-  the client will not take (slow reader). Both sweep once in a while instead of
-  arming a timer per request.
-- `ServerLog`: aiohttp's server logger, so that a malformed request is one
-  line, not a traceback.
+- `Edge`: a cap on client connections per worker, and their deadlines: the
+  request head (slowloris), a response the client will not take (slow
+  reader), keep-alive idle time. It sweeps once in a while instead of arming a
+  timer per request.
 """
 
 from __future__ import annotations
@@ -22,12 +20,10 @@ import asyncio
 import contextlib
 import logging
 import resource
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from geodns.serverlog import ServerLog
+if TYPE_CHECKING:
+    from geodns.balance.proxy import ClientConnection
 
 log = logging.getLogger("geodns.balance")
 
@@ -38,12 +34,13 @@ HEAD_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nC
 OVER_LIMIT_RESPONSE = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
-def refusal(method: str, version: tuple[int, int], headers: Mapping[str, str]) -> tuple[int, str] | None:
+def refusal(method: str, version: tuple[int, int], headers: Any) -> tuple[int, str] | None:
     """(status, reason) when a parsed request must not be forwarded, else None.
 
-    `headers` is aiohttp's CIMultiDictProxy (getall of every field line).
+    `headers` has `getall(name, default)`, every value of a field (any case) as
+    text: the proxy's `Fields`, or a multidict.
     """
-    getall: Any = headers.getall  # type: ignore[attr-defined]
+    getall = headers.getall
     for value in getall("Connection", ()):
         for token in value.split(","):
             name = token.strip(" \t").lower()
@@ -74,86 +71,20 @@ def default_max_clients() -> int:
     return max(16, min(10_000, (soft - 128) // 2))
 
 
-class ClientConnection(asyncio.Protocol):
-    """One client connection: aiohttp's request handler inside, our deadlines around it."""
-
-    __slots__ = ("edge", "inner", "transport", "head_since", "write_since", "busy", "closing")
-
-    def __init__(self, edge: Edge, inner: asyncio.Protocol) -> None:
-        self.edge = edge
-        self.inner: asyncio.Protocol | None = inner
-        self.transport: asyncio.Transport | None = None
-        self.head_since: float | None = None
-        """Loop time the request head we wait for began (None: not waiting for one)."""
-        self.write_since: float | None = None
-        """Loop time since which our output has been stuck in the send buffer."""
-        self.busy = 0
-        """Requests of this connection in the proxy handler now."""
-        self.closing = False
-        """Answered with a refusal: what still arrives is dropped, not a new request head."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        edge = self.edge
-        if len(edge.connections) >= edge.max_clients:
-            edge.over_limit(self.transport)
-            self.inner = None
-            return
-        edge.connections[transport] = self
-        self.head_since = edge.loop.time()
-        assert self.inner is not None
-        self.inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        inner = self.inner
-        if inner is None:
-            return
-        if not self.busy and self.head_since is None and not self.closing:
-            self.head_since = self.edge.loop.time()
-        inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.inner is not None else None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        inner = self.inner
-        if inner is None:
-            return
-        self.edge.connections.pop(self.transport, None)  # type: ignore[arg-type]
-        inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.resume_writing()
-
-
 class Edge:
     """The client connections of one balancer process and their deadlines."""
 
-    def __init__(self, max_clients: int, head_timeout: float, write_timeout: float) -> None:
+    def __init__(self, max_clients: int, head_timeout: float, write_timeout: float, idle_timeout: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.max_clients = max_clients
         self.head_timeout = head_timeout
         self.write_timeout = write_timeout
-        self.connections: dict[asyncio.BaseTransport, ClientConnection] = {}
+        self.idle_timeout = idle_timeout
+        self.connections: set[ClientConnection] = set()
         self.refused = 0
         """Connections refused over max_clients since the last log line about it."""
         self._last_refusal_log = -1e9
         self._sweeper: asyncio.Task[None] | None = None
-
-    def server(self, handler: Any, **kwargs: Any) -> web.Server:
-        """aiohttp's low-level server whose connections pass through this edge."""
-        edge = self
-
-        class Server(web.Server):
-            def __call__(self) -> ClientConnection:
-                return ClientConnection(edge, super().__call__())
-
-        return Server(handler, logger=ServerLog(log), **kwargs)  # type: ignore[arg-type]
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep())
@@ -161,9 +92,6 @@ class Edge:
     def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-
-    def connection(self, transport: asyncio.BaseTransport | None) -> ClientConnection | None:
-        return self.connections.get(transport) if transport is not None else None  # type: ignore[arg-type]
 
     def over_limit(self, transport: asyncio.Transport) -> None:
         transport.write(OVER_LIMIT_RESPONSE)
@@ -176,19 +104,22 @@ class Edge:
             self.refused = 0
 
     async def _sweep(self) -> None:
-        interval = min(1.0, self.head_timeout / 4, self.write_timeout / 4)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(1.0, self.head_timeout / 4, self.write_timeout / 4))
             self.sweep(self.loop.time())
 
     def sweep(self, now: float) -> None:
-        """Close connections past their request-head or response-write deadline."""
-        for conn in list(self.connections.values()):
+        """Close connections past their request-head, response-write or idle deadline."""
+        for conn in list(self.connections):
             transport = conn.transport
             if transport is None or transport.is_closing():
                 continue
             if conn.head_since is not None and now - conn.head_since > self.head_timeout:
+                conn.broken = True
                 _close(transport, HEAD_TIMEOUT_RESPONSE, "request_head_timeout", self.head_timeout)
+                continue
+            if conn.idle_since is not None and now - conn.idle_since > self.idle_timeout:
+                transport.close()  # keep-alive ends quietly, as every server's does
                 continue
             if transport.get_write_buffer_size():
                 if conn.write_since is None:

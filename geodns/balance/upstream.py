@@ -202,10 +202,12 @@ def parse_status(line: bytes) -> tuple[int, int, str]:
     return status, int(m[2]), (m[4] or b"").decode("latin-1")
 
 
-def parse_head(head: bytes, bodiless: bool) -> Head:
+def parse_head(head: bytes, bodiless: bool, upgrade: bool = False) -> Head:
     """A final response head (status line and field lines, without the blank line).
 
     `bodiless`: the request was HEAD, so the response has no body whatever it says.
+    `upgrade`: the request asked for an upgrade, so 101 is a final answer (after it
+    the connection carries the new protocol: no body, no reuse).
     Framing follows RFC 9112 section 6.3: no body for HEAD, 1xx, 204 and 304; a
     Transfer-Encoding that is exactly `chunked` is chunked; any other
     Transfer-Encoding is read to the close; else Content-Length; else to the close.
@@ -222,7 +224,7 @@ def parse_head(head: bytes, bodiless: bool) -> Head:
     status = int(m[3])
     if status < 100:
         raise BadStatusLine(f"bad status code {status:03d}")
-    if status == 101:
+    if status == 101 and not upgrade:
         raise UnsolicitedUpgrade("101 Switching Protocols without an upgrade request")
     reason = m[4].decode("latin-1") if m[4] else ""
     minor = int(m[2])
@@ -261,7 +263,7 @@ def parse_head(head: bytes, bodiless: bool) -> Head:
         if length is not None or version == (1, 0):
             keep_alive = False
         length = None
-    if length is None and not chunked:
+    if length is None and not chunked or status == 101:
         keep_alive = False
     return Head(status, reason, version, headers, length, chunked, keep_alive)
 
