@@ -68,8 +68,9 @@ def run(controller: Controller, wire: list[bytes], ranking: Measured | None) -> 
     snap = controller.snapshot
     stats = Stats()
     started = time.perf_counter()
+    now = time.time()
     for data in wire:
-        answer(snap, data, "127.0.0.1", True, stats)
+        answer(snap, data, "127.0.0.1", now, True, stats)
     return (time.perf_counter() - started) / len(wire), stats.cache_misses
 
 
@@ -86,8 +87,9 @@ def steering(controller: Controller, name: str, nets: list[int], ranking: Measur
         location, prefix = geo.lookup(address)
         clients.append(Client(address, location, prefix, "ECS"))
     started = time.perf_counter()
+    now = time.time()
     for client in clients:
-        steer(snap, czone, node, name, 1, client)
+        steer(snap, czone, node, name, 1, client, now)
     return (time.perf_counter() - started) / len(clients)
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from pathlib import Path
+
+from geodns.balance import cli as balance_cli
+from geodns.control import client, webhook
+from geodns.dnssec import cli as keys_cli
+from geodns.health import agent
 
 DEFAULT_ZONES = "zones"
 DEFAULT_GEOIP = "data/geoip-bundle.mmdb"
@@ -37,6 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from geodns.control.controller import Controller
     from geodns.control.logs import setup_logging
     from geodns.control.serve import ServeOptions, run
+    from geodns.dns.explain import QueryLog
     from geodns.dns.server import Listen
 
     setup_logging(args.log_level, args.log_format, args.query_log)
@@ -52,10 +57,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0.0 < args.query_log_sample <= 1.0:
         print("geodns serve: --query-log-sample must be in (0, 1]", file=sys.stderr)
         return 2
-    os.environ["GEODNS_QUERY_LOG_SAMPLE"] = str(args.query_log_sample)  # workers inherit it
-    import geodns.dns.server as server_mod
-
-    server_mod.QUERY_LOG_SAMPLE = args.query_log_sample
     if args.workers < 0:
         print("geodns serve: --workers must be 0 (one per core) or more", file=sys.stderr)
         return 2
@@ -76,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         admin_hosts=admin_hosts,
         node_file=args.node,
         workers=workers,
-        query_log=args.query_log,
+        query_log=QueryLog(args.query_log_sample) if args.query_log else None,
         rrl=rrl,
         rrl_flags=rrl_flags,
         cookie_secret_file=args.cookie_secret_file,
@@ -155,9 +156,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_query(args: argparse.Namespace) -> int:
     import json
+    import time
 
     from geodns.control.controller import Controller, ReloadFailed
-    from geodns.control.explain import Explanation, explain
+    from geodns.dns.explain import Explanation, explain
 
     if args.admin:
         return _query_node(args, Explanation)
@@ -169,7 +171,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         return 2
     try:
-        result = explain(snapshot, args.name, args.type, args.client)
+        result = explain(snapshot, args.name, args.type, args.client, time.time())
     except ValueError as exc:
         print(f"geodns query: {exc}", file=sys.stderr)
         return 2
@@ -196,23 +198,6 @@ def _query_node(args: argparse.Namespace, explanation: type) -> int:
         return 2
     print(json.dumps(doc, indent=2) if args.json else result.text())
     return 0
-
-
-def _optional(module: str, attr: str):
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            return None
-        raise
-    return getattr(mod, attr, None)
-
-
-def _delegate(module: str) -> tuple:
-    """A subcommand implemented in another package: its add_arguments and run."""
-    add = _optional(module, "add_arguments")
-    run = _optional(module, "run")
-    return add, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,33 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sources(p)
     p.set_defaults(func=cmd_query)
 
-    for name, module, text in (
-        ("status", "geodns.control.client", "show regions, endpoints, observers and verdicts"),
-        ("drain", "geodns.control.client", "drain a region or endpoint (REGION or REGION/ADDRESS)"),
-        ("undrain", "geodns.control.client", "end a drain"),
-        ("reload", "geodns.control.client", "re-read zones and the GeoIP file on a running server"),
-        ("agent", "geodns.health.agent", "checker-only node: probe and exchange, serve no DNS"),
-        ("balance", "geodns.balance.cli", "the regional HTTP load balancer"),
-        ("keys", "geodns.dnssec.cli", "DNSSEC zone keys: generate, ds, list, state"),
-        ("webhook", "geodns.control.webhook", "ExternalDNS webhook provider: Kubernetes records into a node's zones"),
+    # Subcommands implemented in other packages: (name, their add_arguments, their run, help).
+    for name, add, run, text in (
+        ("status", client.add_status_arguments, client.run_status, "show regions, endpoints, observers and verdicts"),
+        ("drain", client.add_drain_arguments, client.run_drain, "drain a region or endpoint (REGION or REGION/ADDRESS)"),
+        ("undrain", client.add_undrain_arguments, client.run_undrain, "end a drain"),
+        ("reload", client.add_reload_arguments, client.run_reload, "re-read zones and the GeoIP file on a running server"),
+        ("agent", agent.add_arguments, agent.run, "checker-only node: probe and exchange, serve no DNS"),
+        ("balance", balance_cli.add_arguments, balance_cli.run, "the regional HTTP load balancer"),
+        ("keys", keys_cli.add_arguments, keys_cli.run, "DNSSEC zone keys: generate, ds, list, state"),
+        ("webhook", webhook.add_arguments, webhook.run, "ExternalDNS webhook provider: Kubernetes records into a node's zones"),
     ):
         p = sub.add_parser(name, help=text)
-        if module == "geodns.control.client":
-            add, run = _optional(module, f"add_{name}_arguments"), _optional(module, f"run_{name}")
-        else:
-            add, run = _delegate(module)
-        if add is not None:
-            add(p)
-        p.set_defaults(func=run or _missing(name))
+        add(p)
+        p.set_defaults(func=run)
     return parser
-
-
-def _missing(name: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"geodns {name}: not available in this build", file=sys.stderr)
-        return 2
-
-    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,8 +28,8 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from geodns.control.controller import Controller, ReloadFailed, load_admin_state
-from geodns.control.explain import explain
 from geodns.control.metrics import CONTENT_TYPE, StatsSource, node_registry, region_counts, render
+from geodns.dns.explain import explain
 from geodns.dns.snapshot import Snapshot
 from geodns.health import strictjson
 from geodns.health.drains import MAX_REASON, DrainRefused, DrainStore
@@ -436,7 +436,7 @@ async def explain_handler(request: web.Request) -> web.Response:
     if len(name) > 255:
         return error(400, "name is longer than 255 characters")
     try:
-        result = explain(state.controller.snapshot, name, qtype, client)
+        result = explain(state.controller.snapshot, name, qtype, client, time.time())
     except ValueError as exc:
         return error(400, str(exc))
     return web.json_response(result.as_dict())

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from geodns.control.admin import make_admin_app, start_admin
 from geodns.control.controller import Controller, ReloadFailed
 from geodns.dns import cookies
 from geodns.dns.claim import AddressInUse, claim
+from geodns.dns.explain import QueryLog
 from geodns.dns.rrl import Limiter, RRLSettings, RRLSettingsError, settings_from_mapping
 from geodns.dns.server import Listen, start_listeners
+from geodns.dns.stats import Stats
+from geodns.dns.workers import WorkerPool
 
 if TYPE_CHECKING:
     from geodns.control.node_file import NodeFile
@@ -38,21 +41,13 @@ class ServeOptions:
     """Names the admin port answers to besides its addresses and localhost (`--admin-host`)."""
     node_file: str | None = None
     workers: int = 1
-    query_log: bool = False
+    query_log: QueryLog | None = None
+    """`--query-log` (with its sample rate), or None: the transports and workers get it."""
     rrl: RRLSettings = RRLSettings()
     """Response rate limiting from the command line (off unless --rrl-rate is given)."""
     rrl_flags: tuple[str, ...] = ()
     """The settings given as flags: they win over the node settings file's `rrl:`."""
     cookie_secret_file: str | None = None
-
-
-def _module(name: str):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name and name.startswith(exc.name):
-            return None
-        raise
 
 
 async def serve(controller: Controller, options: ServeOptions, ready: Callable[[], None] | None = None) -> int:
@@ -130,18 +125,15 @@ async def _serve(
     stats_source = None
     closers: list[Callable[[], None]] = []
     try:
-        workers_mod = _module("geodns.dns.workers") if options.workers != 1 else None
-        if workers_mod is not None and hasattr(workers_mod, "WorkerPool"):
-            workers = workers_mod.WorkerPool(controller, list(options.listens), options.workers, options.query_log, rrl)
+        if options.workers != 1:
+            workers = WorkerPool(controller, list(options.listens), options.workers, options.query_log, rrl)
             await workers.start()
             stats_source = workers.stats
         else:
-            from geodns.dns.stats import Stats
-
             stats = Stats()
             limiter = Limiter(rrl, trusted=cookies.valid_server_cookie) if rrl.enabled else None
             closers = await start_listeners(
-                controller.ref, list(options.listens), log_queries=options.query_log, stats=stats, rrl=limiter
+                controller.ref, list(options.listens), query_log=options.query_log, stats=stats, rrl=limiter
             )
             stats_source = stats.export
     except OSError as exc:
@@ -150,9 +142,9 @@ async def _serve(
 
     admin_runner = None
     sync = None
-    admin_mod = _module("geodns.control.admin") if options.admin else None
-    if admin_mod is not None:
-        app = admin_mod.make_admin_app(controller, options.admin_token, stats=stats_source, health=health, hosts=options.admin_hosts)
+    app = None
+    if options.admin is not None:
+        app = make_admin_app(controller, options.admin_token, stats=stats_source, health=health, hosts=options.admin_hosts)
         if health is not None:
             health.add_routes(app)
             from geodns.control import zone_sync
@@ -160,10 +152,10 @@ async def _serve(
             sync = zone_sync.attach(app, health, node.zone_sync)
     latency = None
     if health is not None:
-        latency = latency_probe.attach(app if admin_mod is not None else None, health, latency_settings, controller)
-    if admin_mod is not None:
+        latency = latency_probe.attach(app, health, latency_settings, controller)
+    if app is not None:
         try:
-            admin_runner = await admin_mod.start_admin(app, options.admin.host, options.admin.port)
+            admin_runner = await start_admin(app, options.admin.host, options.admin.port)
         except OSError as exc:
             log.error("cannot listen for the admin API on %s: %s", options.admin, exc)
             return 1

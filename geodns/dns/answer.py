@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import time
 from collections.abc import Mapping
 
 from geodns.config.model import IPAddress, Node
@@ -25,7 +24,7 @@ from geodns.dns.cache import Prepared
 from geodns.dns.cookies import answer_cookie, echo_seconds_left
 from geodns.dns.resolve import Resolution, name_of, prepare, resolve, steer
 from geodns.dns.snapshot import CompiledZone, Snapshot, narrow_int
-from geodns.dns.stats import AnswerLabel, Stats, slot
+from geodns.dns.stats import AnswerLabel, Stats
 from geodns.dns.wire import (
     CLASS_IN,
     Ignore,
@@ -42,13 +41,9 @@ from geodns.steer import Client
 from geodns.steer.chain import remember
 from geodns.steer.measured import V4_PREFIX, V6_PREFIX, key_of, network_key
 
-_NO_STATS = Stats()
-"""Where counts go when the caller keeps none (tests, explain)."""
 _ERROR_LABELS = {rcode: AnswerLabel("", int(rcode), "", "") for rcode in Rcode}
 
-_monotonic = time.monotonic
 log = logging.getLogger("geodns.dns")
-_failures = 0
 
 
 class _Dependent:
@@ -73,16 +68,25 @@ class _Dependent:
         self.deadline = None
 
 
-def answer(snap: Snapshot, data: bytes, client: str, udp: bool = True, stats: Stats = _NO_STATS) -> bytes | None:
-    """The response to one DNS message from `client` (its IP address), or None to send nothing."""
+def answer(
+    snap: Snapshot, data: bytes, client: str, now: float, udp: bool = True, stats: Stats | None = None
+) -> bytes | None:
+    """The response to one DNS message from `client` (its IP address) at `now` (Unix seconds,
+    the transport's clock), or None to send nothing. Counts go to `stats` (a throwaway when
+    the caller keeps none)."""
     if type(data) is not bytes:
         data = bytes(data)
+    if stats is None:
+        stats = Stats()
     if udp:
         # Level 0: this exact query was answered before (see AnswerCache). The UDP
         # transports inline the same lookup; this copy serves the other callers.
         hit = snap.cache.packets.get(data[2:])
-        if hit is not None and (hit[1] is None or (hit[1] >= _monotonic() and (hit[3] is None or hit[3] == client))):
-            stats.counts[hit[2]] += 1
+        if hit is not None and (hit[1] is None or (hit[1] >= now and (hit[3] is None or hit[3] == client))):
+            if hit[4] is stats.slots:
+                stats.counts[hit[2]] += 1
+            else:  # stored by another Stats (a test's, explain's): its slot means nothing here
+                stats.count(hit[4].keys[hit[2]])
             stats.cache_hits += 1
             return data[:2] + hit[0]
     try:
@@ -99,22 +103,29 @@ def answer(snap: Snapshot, data: bytes, client: str, udp: bool = True, stats: St
         # server cookie only gets a new one (5.2.3-5.2.4). A cookie's answer is per client:
         # `patch` puts it in the cached body (and level 0 keeps it only for its client).
         try:
-            cookie = answer_cookie(edns.cookie, client)[0]
+            cookie = answer_cookie(edns.cookie, client, now)[0]
         except (OSError, ValueError):  # not an IP address (a test's client name): no cookie
             cookie = None
     try:
-        return _answer(snap, query, client, udp, stats, data, cookie)
+        return _answer(snap, query, client, now, udp, stats, data, cookie)
     except Exception:  # noqa: BLE001 - no input may stop the server; SERVFAIL is the honest answer
-        global _failures
-        _failures += 1
-        if _failures <= 10 or _failures % 1000 == 0:
-            log.exception("internal error answering %r (failure %d)", query.qname, _failures)
+        stats.internal_errors += 1
+        failures = stats.internal_errors
+        if failures <= 10 or failures % 1000 == 0:
+            log.exception("internal error answering %r (failure %d)", query.qname, failures)
         stats.count_error(_ERROR_LABELS[Rcode.SERVFAIL], query.qtype, udp)
         return rcode_response(query, Rcode.SERVFAIL, cookie=cookie)
 
 
 def _answer(
-    snap: Snapshot, query: Query, client: str, udp: bool, stats: Stats, data: bytes = b"", cookie: bytes | None = None
+    snap: Snapshot,
+    query: Query,
+    client: str,
+    now: float,
+    udp: bool,
+    stats: Stats,
+    data: bytes = b"",
+    cookie: bytes | None = None,
 ) -> bytes:
     if query.qclass != CLASS_IN:
         # Before any cache level: levels 1-2 are keyed without the class (level 0 has it).
@@ -125,14 +136,14 @@ def _answer(
     if snap.signed and query.edns is not None and query.edns.do:
         key = signed_key(key, data, query)
     entry = cache.get(key)
-    if entry is None or (entry.deadline is not None and entry.deadline < _monotonic()):
-        entry = _first_level(snap, query, key, client, stats)
+    if entry is None or (entry.deadline is not None and entry.deadline < now):
+        entry = _first_level(snap, query, key, now, stats)
         if entry is None:
             stats.count_error(_ERROR_LABELS[Rcode.REFUSED], query.qtype, udp)
             return rcode_response(query, Rcode.REFUSED, cookie=cookie)
     by_source = False
     if entry.client_dependent:
-        prepared, scope, by_source = _client_level(snap, query, entry, client, stats)
+        prepared, scope, by_source = _client_level(snap, query, entry, client, now, stats)
     else:
         stats.cache_hits += 1
         prepared, scope = entry, None
@@ -142,10 +153,16 @@ def _answer(
         body = prepared.bodies[index]
         stats.count((prepared.meta[index], query.qtype, udp))
     else:
-        mark = query.qtype << 1 | udp
-        stat_slot = prepared.slots.get(mark)
-        if stat_slot is None:
-            stat_slot = prepared.slots[mark] = slot((prepared.meta[0], query.qtype, udp))
+        table = stats.slots
+        if prepared.slot_table is table:
+            stat_slot = prepared.slots.get(mark := query.qtype << 1 | udp)
+            if stat_slot is None:
+                stat_slot = prepared.slots[mark] = table.slot((prepared.meta[0], query.qtype, udp))
+        else:
+            stat_slot = table.slot((prepared.meta[0], query.qtype, udp))
+            if prepared.slot_table is None:  # the first Stats to count it keeps its slots here
+                prepared.slot_table = table
+                prepared.slots[query.qtype << 1 | udp] = stat_slot
         stats.counts[stat_slot] += 1
     edns = query.edns
     if edns is not None and edns.ecs is not None:
@@ -159,29 +176,29 @@ def _answer(
         if cookie is None:
             if not by_source:
                 # Same query bytes, same answer until the deadline: level 0 may serve it.
-                cache.put_packet(data[2:], (response[2:], prepared.deadline, stat_slot, None))
+                cache.put_packet(data[2:], (response[2:], prepared.deadline, stat_slot, None, table))
         elif cookie == edns.cookie:
             # A valid server cookie of ours, echoed as it came: this client gets the same bytes
             # for the same query until the cookie is due for renewal. Level 0 may serve them
             # until then, to this source address only (the cookie is valid for it alone).
-            deadline = _monotonic() + echo_seconds_left(cookie, int(time.time()))
+            deadline = now + echo_seconds_left(cookie, int(now))
             if prepared.deadline is not None and prepared.deadline < deadline:
                 deadline = prepared.deadline
-            cache.put_packet(data[2:], (response[2:], deadline, stat_slot, client))
+            cache.put_packet(data[2:], (response[2:], deadline, stat_slot, client, table))
     return response
 
 
-def _first_level(snap: Snapshot, query: Query, key: tuple, client: str, stats: Stats):
+def _first_level(snap: Snapshot, query: Query, key: tuple, now: float, stats: Stats):
     name = name_of(query.qname)
     czone = snap.find_zone(name)
     if czone is None:
         return None
     probe_client = _Probe()
-    res = resolve(snap, czone, name, query.qtype, probe_client)
+    res = resolve(snap, czone, name, query.qtype, probe_client, now)
     if probe_client.used:
         entry = _Dependent(czone, key, name, _direct_node(res, name, query.qtype))
     elif key[1] & SIGNED and czone.signer is not None:
-        entry = czone.signer.prepare(res, query.qname, query.qtype, query.qclass, bool(key[1] & COMPACT_OK))
+        entry = czone.signer.prepare(res, query.qname, query.qtype, query.qclass, bool(key[1] & COMPACT_OK), now)
     else:
         entry = prepare(res, query.qname, query.qtype, query.qclass, czone.zone.origin)
         stats.cache_misses += 1
@@ -205,10 +222,12 @@ def narrowing(czone: CompiledZone, node: Node | None) -> Mapping[int, tuple[tupl
     return czone.narrowing_ints
 
 
-def narrowing_of(snap: Snapshot, czone: CompiledZone, name: str, qtype: int) -> Mapping[int, tuple[tuple[int, int], ...]]:
+def narrowing_of(
+    snap: Snapshot, czone: CompiledZone, name: str, qtype: int, now: float
+) -> Mapping[int, tuple[tuple[int, int], ...]]:
     """`narrowing` for a query as the answer path decides it (for `geodns query` and the query log)."""
     probe = _Probe()
-    res = resolve(snap, czone, name, qtype, probe)
+    res = resolve(snap, czone, name, qtype, probe, now)
     return narrowing(czone, _direct_node(res, name, qtype) if probe.used else None)
 
 
@@ -258,7 +277,7 @@ def locate(
     return Client(address, location, prefix, source), inside
 
 
-def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, stats: Stats):
+def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, now: float, stats: Stats):
     """(prepared, scope, whether the source address decided) for a name whose answer depends on the client."""
     key, czone, name = entry.key, entry.czone, entry.name
     cache = snap.cache
@@ -310,7 +329,7 @@ def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, 
     if resolver is not None:
         key2 = (*key2, "via", key_of(resolver))
     prepared = cache.places.get(key2)
-    if prepared is not None and (prepared.deadline is None or prepared.deadline >= _monotonic()):
+    if prepared is not None and (prepared.deadline is None or prepared.deadline >= now):
         stats.cache_hits += 1
         return prepared, prefix if prepared.client_dependent else None, by_source
     stats.cache_misses += 1
@@ -319,17 +338,27 @@ def _client_level(snap: Snapshot, query: Query, entry: _Dependent, source: str, 
         address = ipaddress.IPv4Address(packed) if version == 4 else ipaddress.IPv6Address(packed)
     client = Client(address, location, prefix, origin, resolver)
     if entry.node is not None:
-        res = steer(snap, czone, entry.node, name, query.qtype, client)
+        res = steer(snap, czone, entry.node, name, query.qtype, client, now)
     else:
-        res = resolve(snap, czone, name, query.qtype, lambda: client)
+        res = resolve(snap, czone, name, query.qtype, lambda: client, now)
     signer = czone.signer if key[1] & SIGNED else None
-    prepared = prepare_shared(snap, res, query.qname, query.qtype, query.qclass, czone.zone.origin, signer, bool(key[1] & COMPACT_OK))
+    prepared = prepare_shared(
+        snap, res, query.qname, query.qtype, query.qclass, czone.zone.origin, now, signer, bool(key[1] & COMPACT_OK)
+    )
     cache.put_place(key2, prepared)
     return prepared, prefix if prepared.client_dependent else None, by_source
 
 
 def prepare_shared(
-    snap: Snapshot, res: Resolution, qname: bytes, qtype: int, qclass: int, origin: str, signer=None, compact_ok: bool = False
+    snap: Snapshot,
+    res: Resolution,
+    qname: bytes,
+    qtype: int,
+    qclass: int,
+    origin: str,
+    now: float,
+    signer=None,
+    compact_ok: bool = False,
 ) -> Prepared:
     """`prepare()`, with the wire bodies of a steered answer shared by every place that gets the same decision.
 
@@ -346,7 +375,7 @@ def prepare_shared(
 
     def build() -> Prepared:
         if signer is not None:
-            return signer.prepare(res, qname, qtype, qclass, compact_ok)
+            return signer.prepare(res, qname, qtype, qclass, compact_ok, now)
         return prepare(res, qname, qtype, qclass, origin)
 
     decision = res.decision
@@ -357,7 +386,7 @@ def prepare_shared(
     if signer is not None:
         key += ("signed", compact_ok)
     hit = memo.get(key)
-    if hit is not None and hit[0] is decision and (signer is None or hit[1].deadline >= _monotonic()):
+    if hit is not None and hit[0] is decision and (signer is None or hit[1].deadline >= now):
         shared = hit[1]
     else:
         shared = build()

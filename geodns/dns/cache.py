@@ -11,14 +11,15 @@ goes first.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Hashable
 
 
 class Prepared:
     """Ready-made answers for one cache key."""
 
-    __slots__ = ("body", "bodies", "_turns", "schedule", "scope", "deadline", "labels", "client_dependent", "meta", "slots")
+    __slots__ = (
+        "body", "bodies", "_turns", "schedule", "scope", "deadline", "labels", "client_dependent", "meta", "slots", "slot_table"
+    )
 
     def __init__(
         self,
@@ -38,15 +39,18 @@ class Prepared:
         self.scope = scope
         """ECS scope prefix to echo (None: scope 0, the answer does not depend on the client)."""
         self.deadline = deadline
-        """Monotonic time after which this entry must be rebuilt (a verdict may have changed)."""
+        """Time (Unix seconds, the `now` the answer path is given) after which this entry must
+        be rebuilt (a verdict may have changed, a signature is due for renewal)."""
         self.labels = labels or [()]
         """Per body: the regions it answers (for metrics and logs)."""
         self.client_dependent = client_dependent
         self.meta = meta or [None] * len(bodies)
         """Per body: its `AnswerLabel` for metrics."""
         self.slots: dict[int, int] = {}
-        """qtype << 1 | udp -> `stats.slot` of the single body's (label, qtype, transport) key,
-        filled on first use: hashing that key costs ~1 us, looking it up here 0.05."""
+        """qtype << 1 | udp -> the slot of the single body's (label, qtype, transport) key in
+        `slot_table`, filled on first use: hashing that key costs ~1 us, looking it up here 0.05."""
+        self.slot_table = None
+        """The `SlotTable` (of the `Stats` that first counted this answer) that `slots` are of."""
 
     def pick(self) -> int:
         """Index of the body to answer with (round robin over the weighted schedule)."""
@@ -57,14 +61,11 @@ DEPENDS_ON_CLIENT = Prepared([b""], client_dependent=True)
 """Stored under the client-independent key of names whose answer depends on the client."""
 
 
-PacketEntry = tuple[bytes, float | None, int, str | None]
-"""Level 0: (the answer without its 2-byte ID, deadline or None, its `stats.slot` to count, and
-the one client address it is for, or None). Only an answer that echoes a valid DNS cookie has a
-client: the cookie is valid for that address alone, and until it is due for renewal (the
-deadline), so an entry with a client always has a deadline."""
-
-PACKET_CACHE = os.environ.get("GEODNS_PACKET_CACHE", "1") != "0"
-"""Off only to measure what it buys (bench/RESULTS.md); behaviour is the same either way."""
+PacketEntry = tuple[bytes, float | None, int, str | None, object]
+"""Level 0: (the answer without its 2-byte ID, deadline or None, the slot to count it by, the one
+client address it is for or None, and the `SlotTable` the slot is of). Only an answer that
+echoes a valid DNS cookie has a client: the cookie is valid for that address alone, and until
+it is due for renewal (the deadline), so an entry with a client always has a deadline."""
 
 
 class AnswerCache:
@@ -88,11 +89,14 @@ class AnswerCache:
     a miss storm over the full city database (1M client /24s: 105k places) too.
     """
 
-    __slots__ = ("_entries", "max_entries", "hits", "misses", "packets", "places", "_seen")
+    __slots__ = ("_entries", "max_entries", "hits", "misses", "packets", "places", "_seen", "level0")
 
-    def __init__(self, max_entries: int = 200_000):
+    def __init__(self, max_entries: int = 200_000, level0: bool = True):
         self._entries: dict[Hashable, Prepared] = {}
         self.max_entries = max_entries
+        self.level0 = level0
+        """False: level 0 stores nothing (only to measure what it buys, bench/cookies.py; the
+        answers are the same either way)."""
         self.hits = 0
         self.misses = 0
         self.packets: dict[bytes, PacketEntry] = {}
@@ -106,7 +110,7 @@ class AnswerCache:
         return self._entries.get(key)
 
     def put_packet(self, key: bytes, value: PacketEntry) -> None:
-        if not PACKET_CACHE:
+        if not self.level0:
             return
         seen = self._seen
         mark = hash(key)

@@ -145,9 +145,9 @@ def active() -> CookieSecrets:
     return _active
 
 
-def answer_cookie(option: bytes, client: str) -> tuple[bytes, bool]:
-    """`reply` with this process's secrets, the client's address and the clock."""
-    return reply(_active, option, packed_address(client), int(time.time()))
+def answer_cookie(option: bytes, client: str, now: float) -> tuple[bytes, bool]:
+    """`reply` with this process's secrets, the client's address and the answer path's `now`."""
+    return reply(_active, option, packed_address(client), int(now))
 
 
 def valid_server_cookie(data: bytes, client: str | bytes) -> bool:

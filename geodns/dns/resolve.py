@@ -9,7 +9,6 @@ steering), AUTHORITY (SOA for negative answers, NS for referrals), ADDITIONAL
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,6 +58,7 @@ class Resolution:
     steered_ttl: int = 0
     client: Client | None = None
     deadline: float | None = None
+    """When the answer must be decided again (a verdict's time bound; Unix seconds, as `now`)."""
 
 
 def labels_of(qname_wire: bytes) -> list[bytes]:
@@ -87,10 +87,11 @@ def resolve(
     name: str,
     qtype: int,
     locate: Callable[[], Client],
-    now: float | None = None,
+    now: float,
     explain: bool = False,
 ) -> Resolution:
-    """What the zone says to `qtype` at `name`; `explain` keeps the steering trace (`geodns query`)."""
+    """What the zone says to `qtype` at `name` at `now` (Unix seconds: steering compares it with
+    verdicts' time bounds); `explain` keeps the steering trace (`geodns query`)."""
     zone = czone.zone
     res = Resolution()
     if qtype in (QType.AXFR, QType.IXFR):
@@ -164,7 +165,7 @@ def _answer_node(
     qtype: int,
     res: Resolution,
     locate: Callable[[], Client],
-    now: float | None,
+    now: float,
     explain: bool = False,
 ) -> None:
     zone = czone.zone
@@ -199,11 +200,11 @@ def _answer_node(
         _negative(czone, res, Rcode.NOERROR)
 
 
-def steer(snap: Snapshot, czone: CompiledZone, node: Node, owner: str, qtype: int, client: Client) -> Resolution:
+def steer(snap: Snapshot, czone: CompiledZone, node: Node, owner: str, qtype: int, client: Client, now: float) -> Resolution:
     """What `resolve` answers to A or AAAA at a steered node, for a query name that is the
     node itself (no CNAME, no delegation): the answer path calls this on a new place."""
     res = Resolution()
-    if not _steer(snap, czone, node, owner, qtype, client, res, None, False):
+    if not _steer(snap, czone, node, owner, qtype, client, res, now, False):
         _negative(czone, res, Rcode.NOERROR)
     return res
 
@@ -216,7 +217,7 @@ def _steer(
     qtype: int,
     client: Client,
     res: Resolution,
-    now: float | None,
+    now: float,
     explain: bool,
 ) -> bool:
     """Run the node's chain for the client into `res`; False when no branch has an address of the family."""
@@ -230,7 +231,7 @@ def _steer(
         latency=czone.latency,
         measured=snap.measured,
         utilisation=snap.utilisation,
-        now=now if now is not None else time.time(),
+        now=now,
         explain=explain,
         memo=snap.steering,
     )
@@ -253,7 +254,7 @@ def _steer(
     if decision.until is not None:
         remaining = decision.until - ctx.now
         ttl = max(1, min(ttl, int(remaining))) if remaining > 0 else min(ttl, 1)
-        res.deadline = time.monotonic() + max(0.5, min(remaining, ttl))
+        res.deadline = now + max(0.5, min(remaining, ttl))
     res.steered_ttl = ttl
     return True
 

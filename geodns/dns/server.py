@@ -1,7 +1,8 @@
 """Transports: UDP and TCP (RFC 7766) around the sans-I/O `answer()`.
 
 Thin on purpose: they read the current snapshot through one attribute of a
-`SnapshotRef` (swapped by the control plane), call `answer()`, and send.
+`SnapshotRef` (swapped by the control plane) and the clock, call `answer()`,
+and send.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import socket
 import struct
 import time
@@ -18,16 +18,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from geodns.dns.answer import answer, client_address, locate, narrowing_of, sender_address
-from geodns.dns.resolve import name_of, resolve
+from geodns.dns.answer import answer
+from geodns.dns.explain import QueryLog
 from geodns.dns.rrl import Limiter
 from geodns.dns.snapshot import Snapshot
 from geodns.dns.sources import SOURCES
 from geodns.dns.stats import Stats
-from geodns.dns.wire import CLASS_IN, Query, Rcode, parse_query
 
 log = logging.getLogger("geodns.dns")
-querylog = logging.getLogger("geodns.query")
 
 RCVBUF = 1 << 20
 """~1 MB: the default buffer (~200 queries) drops packets under a few hundred queries in flight."""
@@ -74,83 +72,10 @@ def _port(text: str) -> int:
     return int(text)
 
 
-QUERY_LOG_SAMPLE = float(os.environ.get("GEODNS_QUERY_LOG_SAMPLE", "1") or 1)
-"""Share of queries `--query-log` logs (`--query-log-sample`; workers inherit it by environment)."""
-
-
-def log_query(snap: Snapshot, client: str, data: bytes, response: bytes | None, transport: str) -> None:
-    """One line per (sampled) query, only when asked (`--query-log`): who asked what, what they
-    got, and why (`reason`: the step that decided a steered answer, the regions, the place)."""
-    if QUERY_LOG_SAMPLE < 1.0 and random.random() >= QUERY_LOG_SAMPLE:
-        return
-    from dnslib import DNSRecord
-
-    try:
-        query = parse_query(data)
-    except Exception:  # noqa: BLE001 - logging must not fail on junk
-        query = None
-    what, why = "malformed", ""
-    if query is not None:
-        what = f"name={name_of(query.qname)} type={query.qtype}"
-        if query.edns is not None and query.edns.ecs is not None:
-            ecs = query.edns.ecs
-            fam = socket.AF_INET if ecs.family == 1 else socket.AF_INET6
-            what += f" subnet={socket.inet_ntop(fam, ecs.address)}/{ecs.source}"
-        try:
-            why = " " + reason(snap, query, client)
-        except Exception:  # noqa: BLE001 - as above
-            why = " reason=unknown"
-    rcode = response[3] & 0xF if response and len(response) > 3 else -1
-    answer_text = "-"
-    if response:
-        try:
-            answer_text = ",".join(str(rr.rdata) for rr in DNSRecord.parse(response).rr) or "-"
-        except Exception:  # noqa: BLE001 - as above
-            answer_text = "unparsed"
-    querylog.info(
-        "query client=%s transport=%s %s rcode=%d answer=%s size=%d%s",
-        client, transport, what, rcode, answer_text, len(response or b""), why,
-    )
-
-
-def reason(snap: Snapshot, query: Query, client: str) -> str:
-    """Why a query got its answer, as key=value pairs: for a steered name the deciding step, the
-    regions of each branch, fail-open, the client's place and the network the answer covers;
-    otherwise what kind of answer it is. Resolves again (off the answer path, sampled)."""
-    if query.qclass != CLASS_IN:
-        return "reason=refused"
-    name = name_of(query.qname)
-    czone = snap.find_zone(name)
-    if czone is None:
-        return "reason=not-our-zone"
-    address, origin = client_address(query, client)
-    located, _ = locate(snap, czone, address, origin, narrowing_of(snap, czone, name, query.qtype), name)
-    if origin == "ECS" and snap.measured is not None:
-        located.resolver = sender_address(client)  # as the answer path: the resolver's RTTs may steer
-    res = resolve(snap, czone, name, query.qtype, lambda: located, explain=True)
-    decision = res.decision
-    if decision is None:
-        if res.rcode == Rcode.REFUSED:
-            return "reason=refused"
-        if not res.aa:
-            return "reason=referral"
-        if res.rcode == Rcode.NXDOMAIN:
-            return "reason=nxdomain"
-        return "reason=static" if res.answer else "reason=nodata"
-    regions = "|".join(",".join(b.regions) for b in decision.branches)
-    place = located.location.describe() if located.location is not None else "unknown"
-    # The latency step's note says which source decided (measured or the table) and the RTTs.
-    rtts = "".join(f' latency="{t.note}"' for t in decision.trace if t.step == "latency" and t.note)
-    return (
-        f"reason={decision.decided_by} regions={regions} failopen={str(decision.failopen).lower()} "
-        f'by={origin.replace(" ", "-")} network={located.network} place="{place}"{rtts}'
-    )
-
-
 class UDPProtocol(asyncio.DatagramProtocol):
-    def __init__(self, ref: SnapshotRef, log_queries: bool = False, stats: Stats | None = None, rrl: Limiter | None = None):
+    def __init__(self, ref: SnapshotRef, query_log: QueryLog | None = None, stats: Stats | None = None, rrl: Limiter | None = None):
         self.ref = ref
-        self.log_queries = log_queries
+        self.query_log = query_log
         self.stats = stats if stats is not None else Stats()
         self.rrl = rrl
         self.transport: asyncio.DatagramTransport | None = None
@@ -164,12 +89,13 @@ class UDPProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         started = time.perf_counter()
+        now = time.time()
         if SOURCES.enabled:
             SOURCES.note_host(addr[0])
-        response = answer(self.ref.snapshot, data, addr[0], True, self.stats)
+        response = answer(self.ref.snapshot, data, addr[0], now, True, self.stats)
         self.stats.observe_latency(time.perf_counter() - started)
-        if self.log_queries:
-            log_query(self.ref.snapshot, addr[0], data, response, "udp")
+        if self.query_log is not None:
+            self.query_log.log(self.ref.snapshot, addr[0], data, response, "udp", now)
         if response is not None and self.rrl is not None:
             response = self.rrl.screen_one(response, packed_host(addr[0]), time.monotonic(), self.stats.rrl, data)
         if response is not None:
@@ -201,13 +127,14 @@ class BatchedUDP:
     batch (from the receive call's return to the send call's), counted once
     per query in the batch: two clock reads per batch instead of per query.
     Response rate limiting (`rrl`) screens the batch's answers, cache hits
-    included, before they are sent.
+    included, before they are sent. The batch is answered at one `now` (the
+    wall clock as the batch starts; a batch takes well under a millisecond).
     """
 
     MAX_ROUNDS = 16
     """Batches per wake-up before yielding, so TCP and the control pipe get a turn under flood."""
 
-    def __init__(self, sock: socket.socket, ref: SnapshotRef, stats: Stats, log_queries: bool = False, rrl: Limiter | None = None):
+    def __init__(self, sock: socket.socket, ref: SnapshotRef, stats: Stats, query_log: QueryLog | None = None, rrl: Limiter | None = None):
         from geodns.dns import _mmsg
 
         self.rrl = rrl
@@ -215,41 +142,42 @@ class BatchedUDP:
         self.fd = sock.fileno()
         self.ref = ref
         self.stats = stats
-        self.log_queries = log_queries
+        self.query_log = query_log
         self._recv = _mmsg.recv
         self._send = _mmsg.send
 
     def on_readable(self) -> None:
         recv, send, fd, ref, stats = self._recv, self._send, self.fd, self.ref, self.stats
-        counts = stats.counts
-        clock = time.perf_counter
+        counts, table = stats.counts, stats.slots
+        clock, wall = time.perf_counter, time.time
         for _ in range(self.MAX_ROUNDS):
             batch = recv(fd, 64)
             if not batch:
                 return
             started = clock()
+            now = wall()
             if SOURCES.enabled:  # the middle query stands for its batch (latency measurement)
                 SOURCES.note_sockaddr(batch[len(batch) >> 1][1], len(batch))
             snap = ref.snapshot
             get = snap.cache.packets.get
             out = []
             hits = 0
-            if self.log_queries:
+            if self.query_log is not None:
                 for data, addr in batch:
                     host = sockaddr_host(addr)
-                    response = answer(snap, data, host, True, stats)
-                    log_query(snap, host, data, response, "udp")
+                    response = answer(snap, data, host, now, True, stats)
+                    self.query_log.log(snap, host, data, response, "udp", now)
                     if response is not None:
                         out.append((response, addr))
             else:
                 for data, addr in batch:
                     hit = get(data[2:])
-                    if hit is not None and hit[1] is None:
+                    if hit is not None and hit[1] is None and hit[4] is table:
                         counts[hit[2]] += 1
                         hits += 1
                         out.append((data[:2] + hit[0], addr))
                         continue
-                    response = answer(snap, data, sockaddr_host(addr), True, stats)
+                    response = answer(snap, data, sockaddr_host(addr), now, True, stats)
                     if response is not None:
                         out.append((response, addr))
             # Answer time without the socket, as the metric promises: the batch's
@@ -291,7 +219,7 @@ class TCPServer:
         idle_timeout: float = 10.0,
         read_timeout: float = 3.0,
         max_connections: int = 512,
-        log_queries: bool = False,
+        query_log: QueryLog | None = None,
         stats: Stats | None = None,
     ):
         self.ref = ref
@@ -299,7 +227,7 @@ class TCPServer:
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.max_connections = max_connections
-        self.log_queries = log_queries
+        self.query_log = query_log
         self._active: OrderedDict[asyncio.StreamWriter, float] = OrderedDict()
 
     def _touch(self, writer: asyncio.StreamWriter) -> None:
@@ -327,9 +255,10 @@ class TCPServer:
                 self._touch(writer)
                 if SOURCES.enabled:
                     SOURCES.note_host(client)
-                response = answer(self.ref.snapshot, data, client, False, self.stats)
-                if self.log_queries:
-                    log_query(self.ref.snapshot, client, data, response, "tcp")
+                now = time.time()
+                response = answer(self.ref.snapshot, data, client, now, False, self.stats)
+                if self.query_log is not None:
+                    self.query_log.log(self.ref.snapshot, client, data, response, "tcp", now)
                 if response is None:
                     continue
                 writer.write(struct.pack("!H", len(response)) + response)
@@ -349,7 +278,7 @@ class TCPServer:
 async def start_listeners(
     ref: SnapshotRef,
     listens: list[Listen],
-    log_queries: bool = False,
+    query_log: QueryLog | None = None,
     reuse_port: bool = False,
     tcp: bool = True,
     udp: bool = True,
@@ -357,11 +286,12 @@ async def start_listeners(
     rrl: Limiter | None = None,
 ) -> list[Callable[[], None]]:
     """Bind UDP and TCP on each address; returns closers. Raises OSError if a bind fails.
-    `rrl` limits the UDP responses (TCP is never limited: its clients cannot be spoofed)."""
+    `query_log` logs queries (`--query-log`); `rrl` limits the UDP responses (TCP is never
+    limited: its clients cannot be spoofed)."""
     loop = asyncio.get_running_loop()
     closers: list[Callable[[], None]] = []
     stats = stats if stats is not None else Stats()
-    tcp_server = TCPServer(ref, log_queries=log_queries, stats=stats)
+    tcp_server = TCPServer(ref, query_log=query_log, stats=stats)
     for listen in listens:
         if udp:
             family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
@@ -376,12 +306,12 @@ async def start_listeners(
             sock.bind((listen.host, listen.port))
             if batched_io_available():
                 sock.setblocking(False)
-                reader = BatchedUDP(sock, ref, stats, log_queries, rrl)
+                reader = BatchedUDP(sock, ref, stats, query_log, rrl)
                 loop.add_reader(sock.fileno(), reader.on_readable)
                 closers.append(reader.close)
             else:
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: UDPProtocol(ref, log_queries, stats, rrl), sock=sock
+                    lambda: UDPProtocol(ref, query_log, stats, rrl), sock=sock
                 )
                 closers.append(transport.close)
         if tcp:

@@ -41,6 +41,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from geodns.dns import cookies
+from geodns.dns.explain import QueryLog
 from geodns.dns.rrl import RRLSettings, create_shared, limiter_for_worker
 from geodns.dns.server import Listen, SnapshotRef, start_listeners
 from geodns.dns.snapshot import Snapshot, build_snapshot
@@ -153,7 +154,14 @@ class WorkerPool:
     n <= 0 means one worker per core.
     """
 
-    def __init__(self, controller: Any, listens: list[Listen], n: int = 0, query_log: bool = False, rrl: RRLSettings | None = None):
+    def __init__(
+        self,
+        controller: Any,
+        listens: list[Listen],
+        n: int = 0,
+        query_log: QueryLog | None = None,
+        rrl: RRLSettings | None = None,
+    ):
         self.controller = controller
         self.listens = list(listens)
         self.n = n if n > 0 else (os.cpu_count() or 1)
@@ -387,7 +395,7 @@ async def _worker(conn: Connection) -> int:
         )
     try:
         closers = await start_listeners(
-            replica.ref, setup["listens"], log_queries=setup["query_log"], reuse_port=True, stats=stats, rrl=rrl
+            replica.ref, setup["listens"], query_log=setup["query_log"], reuse_port=True, stats=stats, rrl=rrl
         )
     except OSError as exc:
         conn.send(("error", f"cannot listen: {exc}"))

@@ -169,9 +169,8 @@ class ZoneSigner:
         res.answer = [RR(self.origin + ".", qtype, ttl=self.ttl, rdata=RD(v)) for v in values]
         return res
 
-    def prepare(self, res: Resolution, qname_wire: bytes, qtype: int, qclass: int, compact_ok: bool, now: float | None = None) -> Prepared:
-        """`geodns.dns.resolve.prepare` for a DO query: the same answer, signed."""
-        now = time.time() if now is None else now
+    def prepare(self, res: Resolution, qname_wire: bytes, qtype: int, qclass: int, compact_ok: bool, now: float) -> Prepared:
+        """`geodns.dns.resolve.prepare` for a DO query at `now` (Unix seconds): the same answer, signed."""
         name = name_of(qname_wire)
         if qtype == NXNAME:  # RFC 9824 3.5: an explicit query for NXNAME is a format error
             res = Resolution(rcode=Rcode.FORMERR, aa=False)
@@ -206,9 +205,9 @@ class ZoneSigner:
 
     @staticmethod
     def _deadline(res: Resolution, renew: float, now: float) -> float | None:
-        """Monotonic time at which the body must be rebuilt: its first signature renewal, or
-        the steering deadline when sooner."""
-        deadline = time.monotonic() + max(1.0, renew - now) if renew != float("inf") else None
+        """When (Unix seconds, as `now`) the body must be rebuilt: its first signature renewal,
+        or the steering deadline when sooner."""
+        deadline = now + max(1.0, renew - now) if renew != float("inf") else None
         if res.deadline is not None:
             deadline = res.deadline if deadline is None else min(deadline, res.deadline)
         return deadline

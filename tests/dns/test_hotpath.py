@@ -8,12 +8,12 @@ import dataclasses
 import ipaddress
 import random
 import struct
+import time
 from pathlib import Path
 
 import pytest
 
 from geodns.control.controller import Controller
-from geodns.dns import cache as cache_mod
 from geodns.dns.answer import answer, narrow_int
 from geodns.dns.cache import AnswerCache
 from geodns.dns.resolve import prepare, resolve
@@ -194,28 +194,28 @@ def test_level0_hits_equal_fresh_answers(controller, qname, qtype):
         for source in ("127.0.0.1", "81.2.69.160"):
             data = query(0x1234, qname, qtype, ecs=client)
             snap = fresh(controller)
-            first = answer(snap, data, source, True, Stats())
+            first = answer(snap, data, source, time.time(), True, Stats())
             assert not snap.cache.packets  # seen once: not admitted
-            answers = [answer(snap, query(0x4321, qname, qtype, ecs=client), source, True, Stats()) for _ in range(2)]
+            answers = [answer(snap, query(0x4321, qname, qtype, ecs=client), source, time.time(), True, Stats()) for _ in range(2)]
             for again in answers:
                 assert again[:2] == b"\x43\x21"
                 assert first[2:] == again[2:]
             entry = snap.cache.packets.get(data[2:])
             if entry is not None:  # admitted (answers that depend on the source never are)
                 assert entry[0] == first[2:]
-                assert answer(snap, data, source, True, Stats())[2:] == first[2:]
+                assert answer(snap, data, source, time.time(), True, Stats())[2:] == first[2:]
 
 
 def test_level0_admits_on_the_second_sighting(controller):
     snap = fresh(controller)
     data = query(7, ecs=("81.2.69.0", 24))
-    first = answer(snap, data, "127.0.0.1", True, Stats())
+    first = answer(snap, data, "127.0.0.1", time.time(), True, Stats())
     assert not snap.cache.packets
-    answer(snap, data, "127.0.0.1", True, Stats())
+    answer(snap, data, "127.0.0.1", time.time(), True, Stats())
     assert list(snap.cache.packets) == [data[2:]]
     assert snap.cache.packets[data[2:]][0] == first[2:]
     other = query(7, ecs=("8.8.8.0", 24))
-    answer(snap, other, "127.0.0.1", True, Stats())
+    answer(snap, other, "127.0.0.1", time.time(), True, Stats())
     assert len(snap.cache.packets) == 1
 
 
@@ -223,20 +223,19 @@ def test_level0_does_not_cross_source_addresses(controller):
     """Without ECS the source address decides: it is not a level-0 key, so nothing is shared."""
     snap = fresh(controller)
     data = query(1, edns=False)
-    london = answer(snap, data, "81.2.69.160", True, Stats())
-    loopback = answer(snap, data, "127.0.0.1", True, Stats())
+    london = answer(snap, data, "81.2.69.160", time.time(), True, Stats())
+    loopback = answer(snap, data, "127.0.0.1", time.time(), True, Stats())
     assert london != loopback  # eu-west vs the default, us-east
-    assert london == answer(fresh(controller), data, "81.2.69.160", True, Stats())
+    assert london == answer(fresh(controller), data, "81.2.69.160", time.time(), True, Stats())
     assert not snap.cache.packets
 
 
-def test_packet_cache_off_gives_the_same_bytes(controller, monkeypatch):
+def test_packet_cache_off_gives_the_same_bytes(controller):
     queries = [query(i, ecs=c, qtype=t) for i, (c, t) in enumerate((c, t) for c in CLIENTS for t in (1, 28))]
     on = fresh(controller)
-    with_cache = [answer(on, q, "127.0.0.1", True, Stats()) for q in queries * 2]
-    monkeypatch.setattr(cache_mod, "PACKET_CACHE", False)
-    off = fresh(controller)
-    without = [answer(off, q, "127.0.0.1", True, Stats()) for q in queries * 2]
+    with_cache = [answer(on, q, "127.0.0.1", time.time(), True, Stats()) for q in queries * 2]
+    off = dataclasses.replace(controller.snapshot, cache=AnswerCache(level0=False))
+    without = [answer(off, q, "127.0.0.1", time.time(), True, Stats()) for q in queries * 2]
     assert with_cache == without
     assert not off.cache.packets
 
@@ -246,7 +245,7 @@ def test_level0_counts_answers_like_the_general_path(controller):
     stats = Stats()
     data = query(9, ecs=("81.2.69.0", 24))
     for _ in range(3):
-        answer(snap, data, "127.0.0.1", True, stats)
+        answer(snap, data, "127.0.0.1", time.time(), True, stats)
     assert sum(stats.totals().values()) == 3
     (label, qtype, udp), n = next(iter(stats.totals().items()))
     assert (label.regions, qtype, udp, n) == ("eu-west", 1, True, 3)
@@ -255,7 +254,7 @@ def test_level0_counts_answers_like_the_general_path(controller):
 def test_tcp_never_uses_level0(controller):
     snap = fresh(controller)
     data = query(9, ecs=("81.2.69.0", 24), payload=512)
-    answer(snap, data, "127.0.0.1", False, Stats())
+    answer(snap, data, "127.0.0.1", time.time(), False, Stats())
     assert not snap.cache.packets
 
 
@@ -271,7 +270,7 @@ def test_c_patch_gives_the_python_bytes(controller):
     qname = "www.gslb.example.test"  # the queries' name: a body's question is the query's
     czone = snap.find_zone(qname)
     for qtype in (1, 28, 16, 15, 2, 6, 255):  # steered answers, NODATA with the SOA, ANY
-        res = resolve(snap, czone, qname, qtype, lambda: Client(None, None, None))
+        res = resolve(snap, czone, qname, qtype, lambda: Client(None, None, None), time.time())
         bodies.extend(prepare(res, name(qname), qtype, 1, czone.zone.origin).bodies)
     bodies.append(bodies[0] + bytes(600))  # over 512 bytes: the truncated form (TC) for UDP
     queries = [
@@ -317,5 +316,5 @@ def test_a_steered_name_is_narrowed_by_its_own_rules_only(controller):
     assert (int(ipaddress.ip_address("81.2.69.0")), 24) in narrowing(czone, fast)[4]
     zone_wide = set(czone.narrowing_ints[4])
     assert set(narrowing(czone, geo)[4]) | set(narrowing(czone, fast)[4]) == zone_wide
-    assert narrowing_of(snap, czone, "www.gslb.example.test", 1) == {4: (), 6: ()}
-    assert narrowing_of(snap, czone, "www.gslb.example.test", 16) is czone.narrowing_ints  # not steered for TXT
+    assert narrowing_of(snap, czone, "www.gslb.example.test", 1, time.time()) == {4: (), 6: ()}
+    assert narrowing_of(snap, czone, "www.gslb.example.test", 16, time.time()) is czone.narrowing_ints  # not steered for TXT

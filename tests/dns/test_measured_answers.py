@@ -1,5 +1,6 @@
 """Answers steered by measured RTTs: the example zone's `fast` name, over the real answer path."""
 
+import time
 
 from dnsclient import query
 from dnslib import QTYPE, DNSRecord
@@ -14,7 +15,7 @@ LONDON_NET = "81.2.69.0/24"
 def ask(c: Controller, name: str, subnet: str, prefix: int = 32, source: str = "127.0.0.1") -> tuple[list[str], int]:
     # The same bytes from every source (ID 7): level 0 must not mix them up.
     q = query(name, "A", ecs=f"{subnet}/{prefix}", qid=7).to_wire()
-    reply = DNSRecord.parse(answer(c.snapshot, q, source, udp=True))
+    reply = DNSRecord.parse(answer(c.snapshot, q, source, time.time(), udp=True))
     scope = next(opt.data[3] for rr in reply.ar if rr.rtype == QTYPE.OPT for opt in rr.rdata if opt.code == 8)
     return [str(rr.rdata) for rr in reply.rr], scope
 
@@ -64,9 +65,9 @@ def test_an_unmeasured_ecs_network_is_steered_by_its_measured_resolver():
         # A measured ECS network wins over its resolver's.
         assert ask(c, "fast.gslb.example.test", "81.2.69.160", source="198.51.100.53")[0] == ["192.0.2.10"]
     # The query log says which decided.
-    from geodns.dns.server import reason
+    from geodns.dns.explain import reason
     from geodns.dns.wire import parse_query
 
     q = query("fast.gslb.example.test", "A", ecs="81.2.68.0/24").to_wire()
-    why = reason(c.snapshot, parse_query(q), "198.51.100.53")
+    why = reason(c.snapshot, parse_query(q), "198.51.100.53", time.time())
     assert 'latency="measured resolver 198.51.100.0/24: us-west 4.0 ms' in why, why

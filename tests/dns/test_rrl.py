@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -59,14 +60,14 @@ def snap():
     ],
 )
 def test_classes_and_units_of_real_answers(snap, qname, qtype, cls, unit) -> None:
-    response = answer(snap, query(qname, qtype), "192.0.2.1")
+    response = answer(snap, query(qname, qtype), "192.0.2.1", time.time())
     assert classify(response) == cls
     assert unit_name(response, cls) == (wire_name(unit) if unit else b"")
 
 
 def test_slip_response_is_the_header_with_tc_and_the_question(snap) -> None:
     q = query("big.gslb.example.test", 16, qid=0xBEEF)
-    response = answer(snap, q, "192.0.2.1")
+    response = answer(snap, q, "192.0.2.1", time.time())
     assert len(response) > 1000
     slipped = slip_response(response)
     qlen = len(wire_name("big.gslb.example.test")) + 1 + 4
@@ -126,8 +127,8 @@ def packed(host: str) -> bytes:
 
 def test_limiter_counts_per_network_class_and_name(snap) -> None:
     limiter = Limiter(RRLSettings(rate=5, window=1, slip=2, exempt=("127.0.0.1/32", "2001:db8:ff::/48")))
-    big = answer(snap, query("big.gslb.example.test", 16), "127.0.9.1")
-    www = answer(snap, query("www.gslb.example.test", 1), "127.0.9.1")
+    big = answer(snap, query("big.gslb.example.test", 16), "127.0.9.1", time.time())
+    www = answer(snap, query("www.gslb.example.test", 1), "127.0.9.1", time.time())
     counts: dict = {}
 
     def sent(response: bytes, host: str, n: int = 20) -> int:
@@ -148,7 +149,7 @@ def test_limiter_counts_per_network_class_and_name(snap) -> None:
 
 def test_batch_screen_drops_and_truncates_in_place(snap) -> None:
     limiter = Limiter(RRLSettings(rate=2, window=1, slip=2, exempt=("127.0.0.1/32",)))
-    big = answer(snap, query("big.gslb.example.test", 16), "127.0.9.1")
+    big = answer(snap, query("big.gslb.example.test", 16), "127.0.9.1", time.time())
 
     def sockaddr(host: str, port: int) -> bytes:
         return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + packed(host) + b"\0" * 8
@@ -168,7 +169,7 @@ def test_batch_screen_drops_and_truncates_in_place(snap) -> None:
 
 def test_log_only_answers_everything_but_counts(snap) -> None:
     limiter = Limiter(RRLSettings(rate=1, log_only=True))
-    nx = answer(snap, query("gone.gslb.example.test"), "127.0.9.1")
+    nx = answer(snap, query("gone.gslb.example.test"), "127.0.9.1", time.time())
     counts: dict = {}
     assert all(limiter.screen_one(nx, packed("127.0.9.1"), 1.0, counts) is nx for _ in range(10))
     assert counts == {("logged", "nxdomain"): 9}
@@ -199,7 +200,7 @@ def test_a_trusted_query_is_never_limited(snap) -> None:
         return data.endswith(b"TRUST")
 
     limiter = Limiter(RRLSettings(rate=1, window=1, slip=0), trusted=trusted)
-    big = answer(snap, query("big.gslb.example.test", 16), "127.0.9.1")
+    big = answer(snap, query("big.gslb.example.test", 16), "127.0.9.1", time.time())
     addrs = [struct.pack("=H", socket.AF_INET) + struct.pack("!H", 3000 + i) + packed("127.0.9.9") + bytes(8) for i in range(6)]
     batch = [(b"q%d" % i + (b"TRUST" if i in (3, 5) else b""), a) for i, a in enumerate(addrs)]
     out = [(big, a) for _, a in batch if _ != b"q1"]  # q1 got no response at all

@@ -90,7 +90,7 @@ def test_snapshot_state_rebuilds_the_same_answers():
     assert snap.generation == c.snapshot.generation
     for client in ("81.2.69.0", "8.8.8.0", "1.0.16.0", "175.16.199.0", "198.51.100.0"):
         q = query(7, client)
-        assert answer(snap, q, "127.0.0.1", True, Stats()) == answer(c.snapshot, q, "127.0.0.1", True, Stats())
+        assert answer(snap, q, "127.0.0.1", time.time(), True, Stats()) == answer(c.snapshot, q, "127.0.0.1", time.time(), True, Stats())
     # the GeoIP reader is reused while the file is the same one, and so is the
     # answer cache while no answer could differ
     geo, cache = replica.geo, snap.cache

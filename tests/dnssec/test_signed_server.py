@@ -8,6 +8,7 @@ DO get exactly the answers they get today.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -233,7 +234,7 @@ def test_health_capped_ttl_is_the_rrsig_ttl(tmp_path: Path) -> None:
     name = f"failover.{ZONE}."
     for verdicts, ttl, address in (({}, 30, "192.0.2.10"), ({"us-east": Verdict(up=False)}, 10, "192.0.2.20")):
         snap = build_snapshot(1, loaded, None, verdicts)
-        reply = dns.message.from_wire(answer(snap, query(name, "A", do=True).to_wire(), "127.0.0.1"))
+        reply = dns.message.from_wire(answer(snap, query(name, "A", do=True).to_wire(), "127.0.0.1", time.time()))
         assert [r.address for r in reply.answer[0]] == [address] and reply.answer[0].ttl == ttl
         assert validated(reply, keyring) == [(name, "A")]
 
@@ -294,7 +295,7 @@ def test_an_unsigned_zone_beside_a_signed_one_answers_as_before(tmp_path: Path) 
         for do in (True, False):
             wire = query(name, rdtype, do=do, edns=0, qid=77).to_wire()
             for _ in range(2):  # the first answer, then the cached one
-                assert answer(with_signed, wire, "192.0.2.1") == answer(without, wire, "192.0.2.1"), (name, rdtype, do)
+                assert answer(with_signed, wire, "192.0.2.1", time.time()) == answer(without, wire, "192.0.2.1", time.time()), (name, rdtype, do)
     # ...while the signed zone's DO answers differ from its plain ones.
     wire = query(f"www.{ZONE}.", "A", do=True, qid=77).to_wire()
-    assert answer(with_signed, wire, "192.0.2.1") != answer(without, wire, "192.0.2.1")
+    assert answer(with_signed, wire, "192.0.2.1", time.time()) != answer(without, wire, "192.0.2.1", time.time())
