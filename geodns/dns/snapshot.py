@@ -2,8 +2,14 @@
 
 The control plane builds one whenever zones, the GeoIP file, verdicts or
 drains change, and swaps a single reference; answers in flight finish on the
-old one. Each snapshot has its own answer cache, so a new generation starts
-with an empty cache and no stale answer survives a change.
+old one. What a new snapshot carries over from the one it replaces
+(`build_snapshot(previous=)`): its answer cache, when no answer could differ
+(the same zones, latency tables, GeoIP reader, utilisation, measured RTTs and
+up/forced state of every verdict: health republishes about once a second only
+to move verdicts' time bounds). Its entries keep their own deadlines (set by
+the old bounds) and the compiled zone they were made with, equal to the new
+one by that test. Any other change starts an empty cache, so no stale answer
+survives it. The steering memo (`steering`) is never carried over.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class CompiledZone:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """Everything the data plane reads, frozen; only `cache` and `steering` fill up as it answers."""
+
     generation: int
     zones: Mapping[str, CompiledZone]
     geo: GeoDatabase | None
@@ -60,6 +68,7 @@ class Snapshot:
     utilisation: Mapping[str, float] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     cache: AnswerCache = field(default_factory=AnswerCache, compare=False)
+    """The answer cache: new, or the previous snapshot's when no answer could differ (see above)."""
     steering: dict = field(default_factory=dict, compare=False)
     """`geodns.steer.Context.memo`: steering outcomes that hold for this snapshot only (its
     verdicts' time bounds), never carried over with the cache. Keyed by the ids of the
