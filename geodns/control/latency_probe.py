@@ -61,9 +61,9 @@ from prometheus_client.registry import Collector
 
 from geodns.config import error_text
 from geodns.dns.sources import SOURCES, SOURCES_ENV
+from geodns.fsutil import write_json_atomic
 from geodns.health import peers as _peers
 from geodns.health import strictjson
-from geodns.health.drains import write_json_atomic
 from geodns.health.rtt import (
     Estimate,
     Estimates,

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import yaml
 from geodns.config import ConfigError, Zone
 from geodns.config._yaml import MAX_DEPTH, LineList, LineMap, load_yaml
 from geodns.control.controller import Config, Controller, ReloadFailed, load_config
+from geodns.fsutil import sync_directory, write_atomic
 from geodns.health import strictjson
 
 log = logging.getLogger("geodns.zones")
@@ -162,30 +162,6 @@ def _refuse_exec(node: Any, field: str, file: str, errors: list[ConfigError]) ->
 # ---- the store -------------------------------------------------------------------
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text`: a temporary file beside it, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _sync_dir(path.parent)
-
-
-def _sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ZoneStore:
     """The zones a node serves, as files, and the one writer of those files."""
 
@@ -272,7 +248,7 @@ class ZoneStore:
         if directory is None:
             return
         try:
-            write_atomic(directory / SOURCES_FILE, json.dumps(self.sources, indent=1, sort_keys=True))
+            write_atomic(directory / SOURCES_FILE, json.dumps(self.sources, indent=1, sort_keys=True), mode=0o644)
         except OSError as exc:
             log.error("cannot write the zone sources file: %s", exc)
 
@@ -339,9 +315,9 @@ class ZoneStore:
         try:
             if text is None:
                 path.unlink()
-                _sync_dir(path.parent)
+                sync_directory(path.parent)
             else:
-                write_atomic(path, text)
+                write_atomic(path, text, mode=0o644)
         except OSError as exc:
             raise ZoneRefused(500, f"cannot write {path.name}: {exc.strerror or exc}") from None
         try:
@@ -350,7 +326,7 @@ class ZoneStore:
             if before is None:
                 path.unlink(missing_ok=True)
             else:
-                write_atomic(path, before)
+                write_atomic(path, before, mode=0o644)
             raise ZoneRefused(422, "zone refused by the reload; still serving the previous version", self._errors(exc)) from None
 
     def _errors(self, exc: ReloadFailed) -> list[ConfigError]:

@@ -1,12 +1,13 @@
 """Health: probes, rise/fall, quorum verdicts, peer exchange and drains.
 
 See docs/health.md. The control plane uses `HealthService`; the regional
-balancer reuses `probe`; the DNS core calls `record_failopen`.
+balancer reuses `probe`. (Fail-open answers are the DNS core's to count:
+`geodns_failopen_answers_total`, see `geodns.control.metrics`.)
 """
 
 from geodns.health.probes import ProbeResult, probe
 from geodns.health.quorum import Drain
-from geodns.health.service import HealthService, record_failopen
+from geodns.health.service import HealthService
 from geodns.health.settings import NodeSettings, NodeSettingsError, Peer, load_node_settings
 
 __all__ = [
@@ -18,5 +19,4 @@ __all__ = [
     "ProbeResult",
     "load_node_settings",
     "probe",
-    "record_failopen",
 ]

@@ -13,7 +13,7 @@ drains it holds but cannot make one up in another node's name.
 
 `DrainStore` is the only code that writes drains: one file per node
 (`state_dir/drains.json` with health checking, the `--state` file without),
-written by `write_json_atomic` (temporary file, fsync, rename). Reading is
+written by `geodns.fsutil.write_json_atomic` (temporary file, fsync, rename). Reading is
 defensive: a bad entry is dropped with a log line; a bad file is logged and
 set aside, never a failed start.
 """
@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from geodns.fsutil import write_json_atomic
 from geodns.health import keys
 from geodns.health.quorum import Drain
 
@@ -47,7 +45,6 @@ __all__ = [
     "sign_drain",
     "DrainStore",
     "read_json_file",
-    "write_json_atomic",
 ]
 
 log = logging.getLogger("geodns.health")
@@ -126,24 +123,6 @@ def check_drain(
 def drain_to_json(drain: Drain) -> dict[str, Any]:
     return {"target": drain.target, "active": drain.active, "reason": drain.reason, "at": drain.at,
             "by": drain.by, "signature": drain.signature}
-
-
-def write_json_atomic(path: str, doc: Any) -> None:
-    """Replace `path` with `doc` as JSON: temporary file, fsync, rename. Raises OSError."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=True, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def read_json_file(path: str, what: str) -> Any:

@@ -37,6 +37,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from geodns.config.model import Check, Zone
+from geodns.fsutil import write_json_atomic
 from geodns.health import keys
 from geodns.health import peers as _peers
 from geodns.health.decide import Policy, TargetViews, decide_all
@@ -48,7 +49,6 @@ from geodns.health.drains import (
     drain_to_json,
     read_json_file,
     sign_drain,
-    write_json_atomic,
 )
 from geodns.health.plan import Plan, ProbeKey, plan_zones
 from geodns.health.probes import ProbeResult, probe, probe_session
@@ -57,7 +57,7 @@ from geodns.health.risefall import Rules, State, View, earliest_change, observe
 from geodns.health.settings import NodeSettings
 from geodns.steer.verdict import DECIDED, Verdict
 
-__all__ = ["HealthService", "record_failopen", "FAILOPEN"]
+__all__ = ["HealthService"]
 
 log = logging.getLogger("geodns.health")
 
@@ -75,27 +75,6 @@ RECOMPUTE_SLICE = 0.01
 """Seconds of recompute per event-loop iteration before other work gets its turn."""
 VERDICT_LOG_PER_SECOND = 20
 _STATES = {s.value: s for s in State}
-
-FAILOPEN = Counter(
-    "geodns_failopen_total",
-    "Answers that failed open because every candidate of the name was down.",
-    ["name"],
-    registry=None,
-)
-_failopen_logged: dict[str, float] = {}
-
-
-def record_failopen(name: str) -> None:
-    """Count one fail-open answer for `name` (called by the DNS core).
-
-    Logs loudly, at most once per name every 10 s, so that a failing-open
-    name under load does not flood the log."""
-    FAILOPEN.labels(name=name).inc()
-    now = time.monotonic()
-    if now - _failopen_logged.get(name, -1e9) >= 10:
-        _failopen_logged[name] = now
-        log.error("failopen name=%s every candidate is down; answering fallback or all candidates", name)
-
 
 @functools.lru_cache(maxsize=4096)
 def _rules(check: Check) -> Rules:
@@ -134,8 +113,6 @@ class _Metrics:
         self.isolated = Gauge("geodns_health_isolated",
                               "1 when no peer has been heard recently and verdicts use this node's view only.",
                               registry=registry)
-        with contextlib.suppress(ValueError):  # already registered there
-            registry.register(FAILOPEN)
 
 
 class HealthService:
@@ -866,11 +843,6 @@ class HealthService:
             return sign_drain(d, key)
         return self._check_drain(raw, time.time())
 
-    def _write_atomic(self, name: str, doc: Any) -> None:
-        path = self._path(name)
-        if path is not None:
-            write_json_atomic(path, doc)
-
     def _save_drains(self) -> None:
         try:
             self._store.save(self._drains.values())
@@ -886,8 +858,9 @@ class HealthService:
             for t, v in self._verdicts.items()
             if t in self._plan.targets and v.state in DECIDED
         }
+        path = self._path("state.json")
         try:
-            self._write_atomic("state.json", {"node": self.node.name, "saved_at": time.time(),
-                                              "verdicts": verdicts})
+            if path is not None:
+                write_json_atomic(path, {"node": self.node.name, "saved_at": time.time(), "verdicts": verdicts})
         except OSError as e:
             log.error("health cannot save state error=%s", _kv(e))

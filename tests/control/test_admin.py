@@ -230,6 +230,20 @@ def test_metrics_parse_and_move(node: Node) -> None:
     assert later[("geodns_reload_failures_total", ())] == 1
 
 
+def test_failopen_answers_are_counted(node: Node) -> None:
+    """Every region drained: the name still answers (fail-open), and the one fail-open
+    counter, geodns_failopen_answers_total, says so."""
+    key = ("geodns_failopen_answers_total", (("zone", "gslb.example.test"),))
+    before = _samples(node)
+    assert a_records(node.query(WWW, LONDON)) == ["192.0.2.30"]
+    assert _samples(node).get(key, 0) == before.get(key, 0)
+    for region in ("us-east", "us-west", "eu-west", "ap-southeast", "sa-east"):
+        assert http(node, "POST", "/v1/drain", {"target": region, "reason": "test"}, token=TOKEN)[0] == 200
+    for _ in range(3):
+        assert a_records(node.query(WWW, LONDON))  # never an empty answer
+    assert _samples(node)[key] - before.get(key, 0) == 3
+
+
 def test_answer_shares_come_from_counter_deltas(node: Node) -> None:
     from geodns.control.admin import STATE
 

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from geodns.config.model import Check
-from geodns.health import HealthService, NodeSettings, record_failopen
+from geodns.health import HealthService, NodeSettings
 from geodns.health.plan import choose_observers, plan_zones
 from geodns.steer.verdict import VerdictState
 
@@ -192,17 +192,6 @@ def test_k_of_n_observers_is_stable_and_spread():
     zone = make_zone([region("eu", *[f"10.0.0.{i}" for i in range(30)], check=check)])
     runs = [len(plan_zones([zone], m, members).probes) for m in members]
     assert sum(runs) == 30
-
-
-def test_record_failopen_counts():
-    from geodns.health.service import FAILOPEN
-
-    before = FAILOPEN.labels(name="www.gslb.example.com")._value.get()
-    record_failopen("www.gslb.example.com")
-    assert FAILOPEN.labels(name="www.gslb.example.com")._value.get() == before + 1
-    reg = CollectorRegistry()
-    HealthService(NodeSettings(name="x"), [], registry=reg)
-    assert reg.get_sample_value("geodns_failopen_total", {"name": "www.gslb.example.com"}) == before + 1
 
 
 async def test_isolated_node_uses_its_own_view_and_says_so(backend_factory):
