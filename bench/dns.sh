@@ -19,10 +19,7 @@
 # DB-IP city file when ../shared/geoip/build made it (or DB=path), else the
 # bundled data/geoip-bundle.mmdb.
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
-kit=$here/dns
-cache=${GEODNS_CACHE:-$HOME/.cache/geodns}
+. "$(dirname "$0")/lib.sh"
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -38,25 +35,17 @@ command -v gdnsd >/dev/null || [ -x /usr/sbin/gdnsd ] || { echo "needs gdnsd: ap
 command -v gcc >/dev/null || { echo "needs gcc (for the load generator): apt-get install gcc" >&2; exit 2; }
 command -v taskset >/dev/null || { echo "needs taskset (util-linux)" >&2; exit 2; }
 python3 -c 'import maxminddb' 2>/dev/null || { echo "needs the maxminddb Python package" >&2; exit 2; }
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c 'import geodns.cli' || { echo "geodns does not import: pip install -e . in $repo" >&2; exit 2; }
 if ! python3 -c 'import geodns.dns._mmsg' 2>/dev/null; then
     echo "WARNING: geodns.dns._mmsg is not built (pip install -e .): geodns runs on plain asyncio UDP" >&2
 fi
 if [ "$(nproc)" -lt 2 ]; then echo "needs 2 CPUs (server on 0, load generator on 1)" >&2; exit 2; fi
 
-DB=${DB:-$(python3 -c "import sys; sys.path.insert(0, '$kit'); import benchlib; print(benchlib.ensure_geoip_db())")}
-case "$DB" in
-    */dbip-city-geoip2.mmdb) tag=city ;;
-    *) tag=$(basename "$DB" .mmdb) ;;
-esac
-wl=$cache/bench/workloads/$tag
-for w in $WORKLOADS; do
-    [ -f "$wl/$w.bin" ] || python3 "$kit/workload" --db "$DB" --out "$wl" "$w"
-done
-[ -x "$cache/bench/bin/loadgen" ] || "$kit/build-loadgen" >/dev/null
-out=$cache/bench/results/dns-$(date +%Y%m%d-%H%M%S)
-mkdir -p "$out"
+use_geoip
+# shellcheck disable=SC2086 # a list of names
+ensure_workloads $WORKLOADS
+ensure_loadgen
+out=$(results_dir dns)
 
 geodns() {  # geodns WORKERS PORT: the product as an operator runs it, every feature on
     echo "python3 -m geodns serve --zones $repo/zones/example.yaml --geoip $DB --state none" \

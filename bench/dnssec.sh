@@ -12,10 +12,7 @@
 #
 # Writes only under ${GEODNS_CACHE:-$HOME/.cache/geodns}/bench/.
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
-kit=$here/dns
-cache=${GEODNS_CACHE:-$HOME/.cache/geodns}
+. "$(dirname "$0")/lib.sh"
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -23,13 +20,9 @@ WORKLOADS=${WORKLOADS:-"main miss"}
 ALGS=${ALGS-"13 15"}
 PDNS=${PDNS:-1}   # also PowerDNS (pdns-server, pdns-backend-geoip) beside signed geodns
 PORT=${PORT:-5311}
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-DB=${DB:-$(python3 -c "import sys; sys.path.insert(0, '$kit'); import benchlib; print(benchlib.ensure_geoip_db())")}
-case "$DB" in */dbip-city-geoip2.mmdb) tag=city ;; *) tag=$(basename "$DB" .mmdb) ;; esac
-wl=$cache/bench/workloads/$tag
-[ -x "$cache/bench/bin/loadgen" ] || "$kit/build-loadgen" >/dev/null
-out=$cache/bench/results/dnssec-$(date +%Y%m%d-%H%M%S)
-mkdir -p "$out"
+use_geoip
+ensure_loadgen
+out=$(results_dir dnssec)
 
 signed=$cache/bench/dnssec
 for alg in 13 15; do
@@ -47,7 +40,7 @@ serve() {  # serve ZONES PORT
     echo "python3 -m geodns serve --zones $1 --geoip $DB --state none --listen 127.0.0.1:$2 --admin 127.0.0.1:$(($2 + 1000)) --workers 1"
 }
 for w in $WORKLOADS; do
-    [ -f "$wl/$w.bin" ] || python3 "$kit/workload" --db "$DB" --out "$wl" "$w"
+    ensure_workloads "$w"
     [ -f "$wl/$w-do.bin" ] || python3 "$here/dnssec_workload.py" "$wl" "$w"
     for alg in $ALGS; do  # compare takes two servers: unsigned beside each algorithm
         timeout 3600 python3 "$kit/compare" --workload "$w-do" --workloads "$wl" --runs "$RUNS" \

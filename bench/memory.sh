@@ -11,21 +11,11 @@
 # builds the load generator and writes the workloads). Server pinned to CPU 0,
 # load generator to CPU 1, both on 127.0.0.1; the server is stopped by its pid.
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
-kit=$here/dns
-cache=${GEODNS_CACHE:-$HOME/.cache/geodns}
+. "$(dirname "$0")/lib.sh"
 PORT=${PORT:-5312}
 STORM=${STORM:-40}
 WORKERS=${WORKERS:-2}
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-DB=${DB:-$(python3 -c "import sys; sys.path.insert(0, '$kit'); import benchlib; print(benchlib.ensure_geoip_db())")}
-case "$DB" in
-    */dbip-city-geoip2.mmdb) tag=city ;;
-    *) tag=$(basename "$DB" .mmdb) ;;
-esac
-wl=$cache/bench/workloads/$tag
-loadgen=$cache/bench/bin/loadgen
+use_geoip
 for f in "$wl/main.bin" "$wl/miss.bin" "$loadgen"; do
     [ -e "$f" ] || { echo "missing $f: run bench/dns.sh once first" >&2; exit 2; }
 done
