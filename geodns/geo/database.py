@@ -253,6 +253,8 @@ class GeoDatabase:
                 fields = self._tree.place(record)
                 if fields is not None:  # the plain GeoIP2 City shape, read in place
                     return self._remember(record, location_from_fields(*fields))
+                # Another shape (DB-IP's flat schema: every record): `_tree.c` decodes it, 8x
+                # faster than maxminddb's decoder over the same mapping (bench/geo_decode.py).
                 return self._remember(record, _location_of(self._tree.record(record)))
             if len(packed) == 16 and packed[0] == 0x20 and packed[1] == 0x02:
                 packed = packed[2:6]
