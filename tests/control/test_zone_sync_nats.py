@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from natsutil import nats_servers, needs_nats
+from netutil import wait_until
 
 from geodns.control.zonestore import content_hash
-from tests.control.test_zone_sync import BASE, TOKEN, http, synced, wait_until
+from tests.control.test_zone_sync import BASE, TOKEN, http, synced
 from tests.gslb.cluster import make_cluster
 
 pytestmark = [pytest.mark.slow, needs_nats]

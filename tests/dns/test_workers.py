@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from netutil import async_wait_until
 
 from geodns.control.controller import Controller
 from geodns.dns.answer import answer
@@ -143,7 +144,11 @@ async def test_pool_serves_follows_publishes_and_reports_stats():
             await asyncio.sleep(0.05)
         assert "192.0.2.30" not in seen, "a worker kept answering from the old snapshot"
 
-        await asyncio.sleep(1.5)  # one stats push
+        def pushed() -> bool:  # workers push their counters once a second
+            merged = pool.stats()
+            return sum(n for *_, n in merged["answers"]) >= 81 and sum(merged["latency"]) >= 80
+
+        await async_wait_until(pushed, 10, "the workers' counters in the pool's stats")
         merged = pool.stats()
         assert sum(n for *_, n in merged["answers"]) >= 81
         assert sum(merged["latency"]) >= 80

@@ -25,7 +25,7 @@ from pathlib import Path
 import dns.exception
 import pytest
 from dnsclient import addresses, ask, query
-from netutil import free_port
+from netutil import free_port, wait_until
 
 from geodns.health import keys
 
@@ -244,9 +244,13 @@ def test_three_regions_measure_agree_move_and_do_not_flap(tmp_path, procs):
 
         # The query log says the measurement decided, with the RTTs compared.
         ask_from(STANDINS["s1"], nodes["n1"])
-        time.sleep(0.5)
-        log = procs[0].output()
-        line = next(line for line in reversed(log.splitlines()) if "client=127.81.0.1" in line and "fast.gslb" in line)
+
+        def logged() -> str | None:
+            lines = reversed(procs[0].output().splitlines())
+            return next((line for line in lines if "client=127.81.0.1" in line and "fast.gslb" in line), None)
+
+        wait_until(logged, 5, "the query's log line")
+        line = logged()
         assert "reason=latency" in line and 'latency="measured 127.81.0.0/24: eu-west' in line, line
         assert re.search(r"us-east \d+\.\d ms", line), line
 

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from dnsclient import ask, fqdn
+from netutil import async_wait_until
 
 from tests.e2e.conftest import (
     NET,
@@ -124,7 +125,9 @@ async def test_status_page_shows_a_drain_within_seconds(tmp_path: Path, procs: l
     node = start_geodns(tmp_path, HOST, port, zones)
     procs.append(node.proc)
     traffic(HOST, port)
-    await asyncio.sleep(2.2)  # the page's shares need two samples of the counters
+    # The page's shares need two samples of the counters (taken every second or so).
+    await async_wait_until(lambda: http_json(f"http://{node.admin}/v1/status")[1]["shares"]["window_seconds"] > 0,
+                           10, "two samples of the answer counters")
     traffic(HOST, port)
 
     profile = tmp_path / "chromium-profile"

@@ -13,11 +13,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from dnsclient import addresses, ask
+from netutil import wait_until
 
 from tests.e2e.conftest import GEOIP, ROOT, copy_zones, free_port, spawn, wait_dns
 from tests.geo.mmdb_files import write_city_db
@@ -34,6 +34,11 @@ CLIENTS = [f"{a}.{b}.{c}.0" for a in (1, 5, 8, 24, 31, 41, 62, 77, 81, 91, 101, 
 
 def answer(port: int, client: str) -> list[str]:
     return addresses(ask((HOST, port), WWW, "A", ecs=f"{client}/24", timeout=2))
+
+
+def refusals(node) -> int:
+    """How many replaced GeoIP files the node has refused so far (one log line each)."""
+    return node.output().count("geoip file replaced but unreadable")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -54,18 +59,17 @@ def test_serve_survives_its_geoip_file_overwritten_in_place(tmp_path: Path, work
         for client in CLIENTS[: len(CLIENTS) // 2]:
             assert len(answer(port, client)) == 1, client
         half = new.read_bytes()
+        refused = refusals(node)
         geoip.write_bytes(half[: len(half) // 2])  # half written: refused, the old data serves on
-        time.sleep(1.5)  # the node looks at the file every second
+        wait_until(lambda: refusals(node) > refused, 10, node.output)  # the node looks every second
         for client in CLIENTS[len(CLIENTS) // 2:]:
             assert len(answer(port, client)) == 1, client
         assert answer(port, LONDON) == ["192.0.2.30"]
         assert node.popen.poll() is None, node.output()
         # The real thing: cp over the file, in place. The node takes it once it is whole.
         subprocess.run(["cp", str(new), str(geoip)], check=True)
-        deadline = time.monotonic() + 10
-        while answer(port, LONDON) != ["192.0.2.10"]:
-            assert time.monotonic() < deadline, f"the new file was not taken:\n{node.output()}"
-            time.sleep(0.2)
+        wait_until(lambda: answer(port, LONDON) == ["192.0.2.10"], 10,
+                   lambda: f"the new file was not taken:\n{node.output()}", step=0.2)
         assert node.popen.poll() is None
         log = node.output()
         assert "geoip file replaced but unreadable, keeping the old one" in log and "geoip reopened" in log
@@ -89,18 +93,13 @@ def test_serve_keeps_its_geoip_file_when_the_new_one_is_corrupt(tmp_path: Path) 
         wait_dns(HOST, port, WWW, timeout=20, proc=node)
         assert answer(port, LONDON) == ["192.0.2.30"]
         os.replace(shutil.copy(bad, tmp_path / "bad.tmp"), geoip)  # the atomic way, with a corrupt file
-        deadline = time.monotonic() + 10
-        while "geoip file replaced but unreadable" not in node.output():
-            assert time.monotonic() < deadline, node.output()
-            time.sleep(0.2)
+        wait_until(lambda: refusals(node), 10, node.output, step=0.2)
         assert "string is not UTF-8" in node.output()
         for client in [LONDON, *CLIENTS[:20]]:
             assert len(answer(port, client)) == 1
         assert answer(port, LONDON) == ["192.0.2.30"]  # still the bundle
         os.replace(shutil.copy(good, tmp_path / "good.tmp"), geoip)  # and a sound one is taken
-        while answer(port, LONDON) != ["192.0.2.10"]:
-            assert time.monotonic() < deadline + 10, node.output()
-            time.sleep(0.2)
+        wait_until(lambda: answer(port, LONDON) == ["192.0.2.10"], 10, node.output, step=0.2)
     finally:
         node.stop()
     assert node.popen.returncode == 0, node.output()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from netutil import free_port
+from netutil import async_wait_until, free_port
 
 
 class Backend:
@@ -99,13 +99,7 @@ def region(name: str, *addresses: str, check=None, min_healthy: int = 1, balance
 
 async def wait_for(predicate, timeout: float, step: float = 0.02) -> float:
     """Poll until predicate() is true; return the seconds it took (fail on timeout)."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not predicate():
-        if loop.time() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(step)
-    return loop.time() - start
+    return await async_wait_until(predicate, timeout, "condition not met", step)
 
 
 def keypairs(*names: str) -> dict:

@@ -9,7 +9,6 @@ import re
 import struct
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import dns.flags
 import dns.message
 import pytest
 from dnsclient import fqdn, header, query, raw_tcp, raw_udp
-from netutil import free_port
+from netutil import free_port, wait_until
 
 from .conftest import REPO, _env, next_host, start_server, wait_answering
 
@@ -86,6 +85,10 @@ def test_a_tcp_answer_that_cannot_fit_65535_bytes_is_truncated(big_server, edns)
     assert "Traceback" not in big_server.log_text()
 
 
+def queries_counted(metrics: str) -> float:
+    return sum(float(n) for n in re.findall(r"^geodns_queries_total\{.*\} (\S+)$", metrics, re.M))
+
+
 def test_random_query_types_make_a_bounded_set_of_series(tmp_path):
     host = next_host()
     admin_port = free_port(host)
@@ -97,26 +100,22 @@ def test_random_query_types_make_a_bounded_set_of_series(tmp_path):
             for name in ("www", "nope"):
                 assert raw_udp(server, query(fqdn(name), qtype).to_wire()) is not None
         # Workers push their counters once a second: wait until every query is counted.
-        deadline = time.monotonic() + 15
-        while True:
+        def metrics() -> str:
             try:  # the admin app starts after the workers answer: it may not listen yet
                 with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
                     f"http://{host}:{admin_port}/metrics", timeout=10
                 ) as response:
                     text = response.read().decode()
             except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-                continue
-            counted = sum(float(n) for n in re.findall(r"^geodns_queries_total\{.*\} (\S+)$", text, re.M))
-            if counted >= 2 * len(qtypes) or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
+                return ""
+            return text
+
+        wait_until(lambda: queries_counted(metrics()) >= 2 * len(qtypes), 15, "every query counted in /metrics", step=0.3)
+        text = metrics()
     finally:
         server.stop()
     types = set(re.findall(r'^geodns_queries_total\{[^}]*type="([^"]*)"', text, re.M))
-    assert counted >= 2 * len(qtypes), text
+    assert queries_counted(text) >= 2 * len(qtypes), text
     assert "other" in types
     assert not any(t.isdigit() for t in types), types
     from dnslib import QTYPE

@@ -7,10 +7,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from dnsclient import addresses, ask, fqdn
+from netutil import wait_until
 
 from .conftest import REPO, ZONES, _env, running
 
@@ -111,13 +111,9 @@ def test_serve_refuses_to_start_on_a_broken_zone(tmp_path):
     assert "ttll" in out.stderr + out.stdout
 
 
-def wait_for(server, name: str, expected: list[str], seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if addresses(ask(server, fqdn(name), "A")) == expected:
-            return True
-        time.sleep(0.1)
-    return False
+def wait_for(server, name: str, expected: list[str], seconds: float = 5.0) -> None:
+    """Until the server answers `expected` for `name` (it has taken the reload)."""
+    wait_until(lambda: addresses(ask(server, fqdn(name), "A")) == expected, seconds, server.log_text, step=0.1)
 
 
 def test_sighup_reloads_and_a_broken_zone_keeps_the_previous_one(tmp_path):
@@ -129,7 +125,7 @@ def test_sighup_reloads_and_a_broken_zone_keeps_the_previous_one(tmp_path):
         # a good change, then SIGHUP: it is served
         edit(zone, "A: [192.0.2.25]", "A: [192.0.2.26]")
         server.process.send_signal(signal.SIGHUP)
-        assert wait_for(server, "mail", ["192.0.2.26"]), server.log_text()
+        wait_for(server, "mail", ["192.0.2.26"])
 
         # broken in three ways: validation errors, then YAML that does not parse, then a missing file
         good = zone.read_text()
@@ -140,13 +136,14 @@ def test_sighup_reloads_and_a_broken_zone_keeps_the_previous_one(tmp_path):
             good.replace("A: [192.0.2.26]", "A: [192.0.2.27"),
             None,
         ]
-        for broken in breakages:
+        for refusals, broken in enumerate(breakages, start=1):
             if broken is None:
                 zone.unlink()
             else:
                 zone.write_text(broken)
             server.process.send_signal(signal.SIGHUP)
-            time.sleep(1.0)
+            # Each refused reload ends with one line: "reload refused: N error(s); still serving ..."
+            wait_until(lambda n=refusals: server.log_text().count("still serving generation") >= n, 10, server.log_text)
             assert server.alive(), server.log_text()
             assert addresses(ask(server, fqdn("mail"), "A")) == ["192.0.2.26"], (
                 "still the previous zones"
@@ -158,7 +155,7 @@ def test_sighup_reloads_and_a_broken_zone_keeps_the_previous_one(tmp_path):
         # fixed again: the next SIGHUP serves it
         zone.write_text(good.replace("A: [192.0.2.26]", "A: [192.0.2.28]"))
         server.process.send_signal(signal.SIGHUP)
-        assert wait_for(server, "mail", ["192.0.2.28"]), server.log_text()
+        wait_for(server, "mail", ["192.0.2.28"])
 
 
 def test_a_sighup_as_soon_as_it_answers_reloads_instead_of_stopping_the_node(tmp_path):
@@ -171,5 +168,5 @@ def test_a_sighup_as_soon_as_it_answers_reloads_instead_of_stopping_the_node(tmp
         with running(tmp_path / f"run{attempt}", zones=zones) as server:
             edit(zone, "A: [192.0.2.25]", "A: [192.0.2.29]")
             server.process.send_signal(signal.SIGHUP)  # right after the first answer
-            assert wait_for(server, "mail", ["192.0.2.29"]), server.log_text()
+            wait_for(server, "mail", ["192.0.2.29"])
             assert server.alive(), server.log_text()
