@@ -79,9 +79,9 @@ def read_check(ctx: Ctx, spec: Any, field: str, place: Place = ZONE) -> Check | 
     if place.old_spelling and isinstance(spec, dict) and OLD_SPELLING.keys() & spec.keys():
         spec = _respell(ctx, spec, field)
     kind = spec.get("type", place.default_kind) if isinstance(spec, dict) else None
-    pool = kind in BALANCER_STATUS_KINDS and kind in place.kinds
-    own, required = POOL_KEYS[kind] if pool else ((), () if place.default_kind else ("type",))
-    if not check_keys(ctx, spec, field, POOL_CHECK_KEYS + own if pool else place.keys, required):
+    status = kind in BALANCER_STATUS_KINDS and kind in place.kinds
+    own, required = POOL_KEYS[kind] if status else ((), () if place.default_kind else ("type",))
+    if not check_keys(ctx, spec, field, POOL_CHECK_KEYS + own if status else place.keys, required):
         return None
     if kind not in place.kinds:
         where = " (haproxy, nginx and envoy read a balancer's status: only under a region's balancer:)" \
@@ -89,7 +89,7 @@ def read_check(ctx: Ctx, spec: Any, field: str, place: Place = ZONE) -> Check | 
         ctx.error(line_at(spec, "type"), f"{field}.type", f"{kind!r} is not one of {', '.join(place.kinds)}{where}")
         return None
     values: dict[str, Any] = {"kind": kind, "jitter": place.jitter}
-    fields = (*STATUS_FIELDS, *CHECK_FIELDS) if pool else CHECK_FIELDS
+    fields = (*STATUS_FIELDS, *CHECK_FIELDS) if status else CHECK_FIELDS
     ok = all([take(ctx, spec, field, values, key, reader, *args, attr=attr) for key, reader, args, attr in fields])
     if "expect" in spec:
         codes = read_list(ctx, spec, "expect", f"{field}.expect") or ()
