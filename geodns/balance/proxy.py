@@ -23,8 +23,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import httptools
@@ -33,12 +33,18 @@ from geodns.balance import sticky
 from geodns.balance.edge import refusal
 from geodns.balance.pool import Backend, Pool, Route
 from geodns.balance.upstream import (
+    BadResponse,
     ConnectFailed,
+    Disconnected,
+    Head,
     ReadTimeout,
     Response,
     UpstreamError,
+    next_head,
     parse_head,
 )
+from geodns.balance.upstream import Connection as UpstreamConnection
+from geodns.balance.upstream import Pool as UpstreamPool
 
 if TYPE_CHECKING:
     from geodns.balance.server import Balancer
@@ -248,7 +254,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "proxy", "edge", "loop", "parser", "transport", "remote", "head_since", "idle_since", "write_since",
         "closing", "broken", "lost", "current", "parsing", "pipeline", "error", "in_head", "head_bytes",
-        "target", "fields", "tunnel", "early", "reading", "write_waiter", "half_closed",
+        "target", "fields", "tunnel", "early", "reading", "write_waiter", "half_closed", "to_start",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -287,6 +293,9 @@ class ClientConnection(asyncio.Protocol):
         """Bytes after an upgrade request's head, for the backend once the tunnel is up."""
         self.reading = True
         self.write_waiter: asyncio.Future[None] | None = None
+        self.to_start: Request | None = None
+        """A request whose head this feed completed: dispatched once the feed is parsed,
+        so that a body that came with its head is already there."""
 
     # ---- transport callbacks
 
@@ -319,18 +328,21 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self.early = data[exc.args[0]:]
             self.broken = True  # what follows is the upgraded protocol's, not HTTP/1.1
-            return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            if isinstance(cause, TooLarge):
-                self.refused(cause.status, str(cause))
-                return
-            raise
+            if not isinstance(cause, TooLarge):
+                raise
+            self.refused(cause.status, str(cause))
         except httptools.HttpParserError as exc:
             self.refused(400, str(exc) or type(exc).__name__)
-            return
-        if self.in_head and self.head_bytes > MAX_HEAD:
-            self.refused(431, "request head too large")
+        else:
+            if self.in_head and self.head_bytes > MAX_HEAD:
+                self.refused(431, "request head too large")
+        finally:
+            req = self.to_start
+            if req is not None:
+                self.to_start = None
+                self.proxy.dispatch(self, req)
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:
@@ -396,7 +408,7 @@ class ClientConnection(asyncio.Protocol):
                       p.should_upgrade(), Body(self))
         self.parsing = req
         if self.current is None:
-            self.start(req)
+            self.current = self.to_start = req
         else:
             self.pipeline.append(req)
             self.pause_reading()
@@ -412,9 +424,11 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- requests
 
-    def start(self, req: Request) -> None:
-        self.current = req
-        self.loop.create_task(self.proxy.handle(self, req))
+    def _next(self, req: Request) -> None:
+        """The next pipelined request, already `current` (from the loop, not from inside
+        the previous answer, so that a long pipeline does not nest)."""
+        if not self.lost:
+            self.proxy.dispatch(self, req)
 
     def finished(self, req: Request) -> None:
         """The response to `req` is written: the next request, or idle, or close."""
@@ -426,7 +440,8 @@ class ClientConnection(asyncio.Protocol):
             self.close(req)
             return
         if self.pipeline:
-            self.start(self.pipeline.popleft())
+            self.current = req = self.pipeline.popleft()
+            self.loop.call_soon(self._next, req)
             if not self.pipeline:
                 self.resume_reading()
             return
@@ -587,6 +602,72 @@ class Tunnel(asyncio.Protocol):
         return head
 
 
+def _has_body(fields: Fields) -> bool:
+    """The request has a body to forward (chunked, or a Content-Length above 0)."""
+    if b"transfer-encoding" in fields.index:
+        return True
+    length = fields.get(b"content-length")
+    return length is not None and length.strip(b"0") != b""
+
+
+class Exchange:
+    """A bodiless request on the fast path: written on a pooled backend connection and
+    answered from that connection's data callback, with no task, future or coroutine.
+    Anything off the common case leaves it: a response to stream goes to a task
+    (`Proxy._exchange_handoff`), a failure to `Proxy._forward`'s retry rules."""
+
+    __slots__ = ("proxy", "conn", "req", "route", "backend", "upstream", "cookie_key", "head", "timer",
+                 "progress", "done")
+
+    def __init__(self, proxy: Proxy, conn: ClientConnection, req: Request, route: Route, backend: Backend,
+                 upstream: UpstreamConnection, cookie_key: str | None) -> None:
+        self.proxy = proxy
+        self.conn = conn
+        self.req = req
+        self.route = route
+        self.backend = backend
+        self.upstream = upstream
+        self.cookie_key = cookie_key
+        self.head: Head | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.progress = False
+        """Bytes arrived since the read timer was armed."""
+        self.done = False
+
+    def on_data(self) -> None:
+        self.progress = True
+        self.proxy._exchange_data(self)
+
+    def on_lost(self) -> None:
+        self.proxy._exchange_failed(self, Disconnected("backend closed the connection"))
+
+    def expire(self) -> None:
+        """The read timer: armed once, re-armed while bytes keep coming (no timer per read)."""
+        if self.done:
+            return
+        timeout = self.proxy.balancer.upstream.read_timeout  # type: ignore[union-attr]
+        if self.progress and timeout:
+            self.progress = False
+            self.timer = self.proxy.loop.call_later(timeout, self.expire)
+            return
+        self.proxy._exchange_failed(self, ReadTimeout("backend read timeout"))
+
+    def cancel(self) -> None:
+        """What `Backend.tasks` members do when a removed backend's drain times out."""
+        self.proxy._exchange_cancelled(self)
+
+    def end(self, close: bool = True, give: bool = True) -> None:
+        """Detach from the backend connection (closed unless `close` is False)."""
+        self.done = True
+        self.upstream.exchange = None
+        if self.timer is not None:
+            self.timer.cancel()
+        if close:
+            self.upstream.close()
+        if give:
+            self.backend.give(self)  # type: ignore[arg-type]
+
+
 class Proxy:
     """The forwarding rules of one balancer process (its routes, choosers, backends)."""
 
@@ -611,34 +692,48 @@ class Proxy:
 
     # ---- a request
 
-    async def handle(self, conn: ClientConnection, req: Request) -> None:
+    def dispatch(self, conn: ClientConnection, req: Request) -> None:
+        """Answer `req`: at once when it is refused or has no route; on the fast path
+        (`Exchange`) when it has no body and a pooled backend connection is ready;
+        else in a task."""
         b = self.balancer
         b.rate.add(req.started)
+        body = req.body
+        if body.error is not None:
+            self.refuse(conn, req, 400, body.error)
+            conn.finished(req)
+            return
+        refused = refusal(req.method.decode("latin-1"), req.version, req.fields)
+        if refused is not None:
+            self.refuse(conn, req, *refused)
+            conn.finished(req)
+            return
+        routes = b.routes
+        route = routes.catch_all
+        if route is None:
+            host = req.fields.get(b"host")
+            route = routes.match(host.decode("latin-1") if host else "", req.path)
+        if route is None:
+            conn.write_simple(404, "no route", self._closes(conn, req), req.version)
+            conn.finished(req)
+            return
+        b.active_requests += 1
+        if req.upgrade:
+            upgrade = req.fields.get(b"upgrade")
+            if upgrade is not None and upgrade.lower() == b"websocket":
+                self._spawn(conn, req, self._websocket(conn, req, route))
+                return
+        if body.done and not body.chunks and not _has_body(req.fields):
+            self._fast(conn, req, route)
+        else:
+            self._spawn(conn, req, self._forward(conn, req, route))
+
+    def _spawn(self, conn: ClientConnection, req: Request, work: Coroutine[Any, Any, None]) -> None:
+        self.loop.create_task(self._run(conn, req, work))
+
+    async def _run(self, conn: ClientConnection, req: Request, work: Coroutine[Any, Any, None]) -> None:
         try:
-            if req.body.error is not None:
-                self.refuse(conn, req, 400, req.body.error)
-                return
-            refused = refusal(req.method.decode("latin-1"), req.version, req.fields)
-            if refused is not None:
-                self.refuse(conn, req, *refused)
-                return
-            routes = b.routes
-            route = routes.catch_all
-            if route is None:
-                host = req.fields.get(b"host")
-                route = routes.match(host.decode("latin-1") if host else "", req.path)
-            if route is None:
-                conn.write_simple(404, "no route", self._closes(conn, req), req.version)
-                return
-            b.active_requests += 1
-            try:
-                upgrade = req.fields.get(b"upgrade")
-                if req.upgrade and upgrade is not None and upgrade.lower() == b"websocket":
-                    await self._websocket(conn, req, route)
-                else:
-                    await self._forward(conn, req, route)
-            finally:
-                b.active_requests -= 1
+            await work
         except asyncio.CancelledError:
             # A removed backend's drain timed out: cut the client's connection.
             if conn.transport is not None:
@@ -650,7 +745,104 @@ class Proxy:
             if conn.transport is not None:
                 conn.transport.abort()
         finally:
-            conn.finished(req)
+            self._done(conn, req)
+
+    def _done(self, conn: ClientConnection, req: Request) -> None:
+        self.balancer.active_requests -= 1
+        conn.finished(req)
+
+    # ---- the fast path: a bodiless request on a pooled connection, no task
+
+    def _fast(self, conn: ClientConnection, req: Request, route: Route) -> None:
+        b = self.balancer
+        pool = route.pool
+        now = req.started
+        pinned, cookie_key = self._pinned(req, pool, now)
+        backend = pinned or route.chooser.choose(pool.available(now), self._hash_key(conn, req, route))
+        if backend is None:
+            self._fail(conn, req, route, 503, "no backend available", [])
+            self._done(conn, req)
+            return
+        upstream = b.upstream
+        assert upstream is not None
+        up = upstream.idle_connection(backend.host, backend.port)
+        if up is None or up.transport is None:
+            self._spawn(conn, req, self._forward(conn, req, route, (backend, cookie_key)))
+            return
+        framing = b"Content-Length: 0\r\n" if b"content-length" in req.fields.index else b""
+        head, has_host = self._request_head(conn, req, framing)
+        ex = Exchange(self, conn, req, route, backend, up, cookie_key)
+        up.exchange = ex
+        backend.in_flight += 1
+        backend.tasks.add(ex)  # type: ignore[arg-type]  # cancelled like a task if a drain times out
+        up.transport.write(head + b"\r\n" if has_host else head + backend.host_line + b"\r\n")
+        timeout = upstream.read_timeout
+        if timeout:
+            ex.timer = self.loop.call_later(timeout, ex.expire)
+
+    def _exchange_data(self, ex: Exchange) -> None:
+        """Bytes arrived for `ex`: answer the client when its response is whole."""
+        up = ex.upstream
+        buf = up.buffer
+        try:
+            head = ex.head
+            if head is None:
+                head = next_head(buf, ex.req.method == b"HEAD")
+                if head is None:
+                    return
+                ex.head = head
+                if head.length is None or head.length > SMALL_BODY:
+                    self._exchange_handoff(ex, head)
+                    return
+        except BadResponse as exc:
+            self._exchange_failed(ex, exc)
+            return
+        length = head.length or 0
+        if len(buf) < length:
+            return
+        data = bytes(buf[:length])
+        del buf[:length]
+        ex.end(close=False)
+        self.balancer.upstream.release((ex.backend.host, ex.backend.port), up, head.keep_alive)  # type: ignore[union-attr]
+        self._write_whole(ex.conn, ex.req, ex.route, ex.backend, head, data, ex.cookie_key)
+        self._done(ex.conn, ex.req)
+
+    def _exchange_handoff(self, ex: Exchange, head: Head) -> None:
+        """A response to stream (large, chunked, to the close): a task takes it over."""
+        ex.end(close=False, give=False)
+        ex.backend.tasks.discard(ex)  # type: ignore[arg-type]
+        upstream = self.balancer.upstream
+        assert upstream is not None
+        resp = Response(ex.upstream, UpstreamPool(upstream, (ex.backend.host, ex.backend.port)), upstream.read_timeout)
+        resp.start(head)
+        self._spawn(ex.conn, ex.req, self._respond_taken(ex, resp))
+
+    async def _respond_taken(self, ex: Exchange, resp: Response) -> None:
+        backend = ex.backend
+        task = asyncio.current_task()
+        backend.tasks.add(task)  # type: ignore[arg-type]
+        try:
+            await self._respond(ex.conn, ex.req, ex.route, backend, resp, ex.cookie_key)
+        finally:
+            backend.give(task)
+
+    def _exchange_failed(self, ex: Exchange, exc: UpstreamError) -> None:
+        """No whole response from the backend: retried (if the request may be) in a task."""
+        if ex.done:
+            return
+        ex.end()
+        self._spawn(ex.conn, ex.req, self._forward(ex.conn, ex.req, ex.route, (ex.backend, ex.cookie_key), exc))
+
+    def _exchange_cancelled(self, ex: Exchange) -> None:
+        """A removed backend's drain timed out: cut the client's connection."""
+        if ex.done:
+            return
+        ex.end()
+        conn = ex.conn
+        if conn.transport is not None:
+            conn.transport.close()
+        conn.lost = True
+        self._done(conn, ex.req)
 
     def _closes(self, conn: ClientConnection, req: Request) -> bool:
         """The connection closes after this response."""
@@ -712,7 +904,39 @@ class Proxy:
         out.append(b"Via: " + (prior_via + b", " + via if prior_via else via) + b"\r\n")
         return out
 
-    async def _forward(self, conn: ClientConnection, req: Request, route: Route) -> None:
+    def _request_head(self, conn: ClientConnection, req: Request, framing: bytes) -> tuple[bytes, bool]:
+        """The request line and fields for a backend, without the closing blank line, and
+        whether they name a Host (else the backend's own goes in)."""
+        lines = self._upstream_fields(conn, req)
+        lines.append(framing)
+        return req.method + b" " + req.target + b" HTTP/1.1\r\n" + b"".join(lines), b"host" in req.fields.index
+
+    def _failure(self, backend: Backend, exc: Exception, repeatable: bool, body_started: bool) -> tuple[int, str, bool]:
+        """(status, reason, try another backend) after `exc` on the way to `backend`."""
+        self.balancer.failed(backend)
+        if isinstance(exc, ConnectFailed):
+            # Never reached the backend: safe to send elsewhere, even a POST,
+            # as long as no byte of its body was consumed.
+            return 502, f"connect: {exc}", not body_started
+        # May have reached the backend: only idempotent, bodiless requests go again.
+        timed_out = isinstance(exc, ReadTimeout)
+        return (504 if timed_out else 502), f"{type(exc).__name__}: {exc}", repeatable
+
+    def _fail(self, conn: ClientConnection, req: Request, route: Route, status: int, last: str,
+              tried: list[str]) -> None:
+        """No backend answered: one log line, and the status to the client."""
+        self.balancer.metrics.observe(route.label, "-", status, time.monotonic() - req.started)
+        _log("proxy_failed", route=route.label, method=req.method.decode("latin-1"), tried=",".join(tried) or "-",
+             status=status, error=repr(last))
+        if conn.transport is not None and not conn.transport.is_closing():
+            conn.write_simple(status, last, self._closes(conn, req), req.version)
+
+    async def _forward(self, conn: ClientConnection, req: Request, route: Route,
+                       pick: tuple[Backend, str | None] | None = None, failed: Exception | None = None) -> None:
+        """Send `req` to a backend, trying others as the retry rules allow, and answer.
+
+        `pick`: the backend the fast path chose (and the sticky cookie's backend);
+        `failed`: what went wrong when the fast path sent it there."""
         b = self.balancer
         upstream = b.upstream
         assert upstream is not None
@@ -721,11 +945,10 @@ class Proxy:
         method = req.method
         length_field = fields.get(b"content-length")
         length = int(length_field) if length_field is not None else None  # llhttp checked its digits
-        chunked_in = b"transfer-encoding" in fields.index
-        has_body = chunked_in or bool(length)
-        lines = self._upstream_fields(conn, req)
+        has_body = _has_body(fields)
         body: bytes | AsyncIterator[bytes] | None = None
         chunked = False
+        framing = b""
         if has_body:
             deadline = self.loop.time() + b.config.timeouts.request_body
             expect = fields.get(b"expect")
@@ -739,28 +962,33 @@ class Proxy:
                 except ClientFailed as exc:
                     self.refuse(conn, req, exc.status, str(exc))
                     return
-                lines.append(b"Content-Length: %d\r\n" % len(body))
+                framing = b"Content-Length: %d\r\n" % len(body)
             else:
                 body = req.body.stream(deadline)
                 if length is None:
                     chunked = True
-                    lines.append(b"Transfer-Encoding: chunked\r\n")
+                    framing = b"Transfer-Encoding: chunked\r\n"
                 else:
-                    lines.append(b"Content-Length: %d\r\n" % length)
+                    framing = b"Content-Length: %d\r\n" % length
         elif length is not None:
-            lines.append(b"Content-Length: 0\r\n")
+            framing = b"Content-Length: 0\r\n"
         repeatable = method in IDEMPOTENT and not has_body
-        has_host = b"host" in fields.index
-        head = method + b" " + req.target + b" HTTP/1.1\r\n" + b"".join(lines)
+        head, has_host = self._request_head(conn, req, framing)
         bodiless = method == b"HEAD"
         hash_key = self._hash_key(conn, req, route)
-        started = req.started
-        pinned, cookie_key = self._pinned(req, pool, started)
+        if pick is not None:
+            pinned, cookie_key = pick
+        else:
+            pinned, cookie_key = self._pinned(req, pool, req.started)
         tried: list[str] = []
         status = 502
         last = "no backend"
-        attempts = 1 + b.config.retries
-        for attempt in range(attempts):
+        first = 0
+        if failed is not None and pinned is not None:
+            tried.append(pinned.key)
+            status, last, again = self._failure(pinned, failed, repeatable, req.body.started)
+            first = 1 if again else 1 + b.config.retries
+        for attempt in range(first, 1 + b.config.retries):
             now = time.monotonic()
             if attempt == 0 and pinned is not None:
                 backend: Backend | None = pinned
@@ -785,31 +1013,16 @@ class Proxy:
                     # The client stopped sending (or is too slow): not the backend's fault.
                     self.refuse(conn, req, exc.status, str(exc))
                     return
-                except ConnectFailed as exc:
-                    # Never reached the backend: safe to send elsewhere, even a POST,
-                    # as long as no byte of its body was consumed.
-                    b.failed(backend)
-                    status, last = 502, f"connect: {exc}"
-                    if req.body.started:
-                        break
-                    continue
                 except (UpstreamError, OSError) as exc:
-                    # May have reached the backend: only idempotent, bodiless requests go again.
-                    b.failed(backend)
-                    timed_out = isinstance(exc, ReadTimeout)
-                    status, last = (504 if timed_out else 502), f"{type(exc).__name__}: {exc}"
-                    if repeatable:
+                    status, last, again = self._failure(backend, exc, repeatable, req.body.started)
+                    if again:
                         continue
                     break
                 await self._respond(conn, req, route, backend, resp, cookie_key)
                 return
             finally:
                 backend.give(task)
-        b.metrics.observe(route.label, "-", status, time.monotonic() - started)
-        _log("proxy_failed", route=route.label, method=method.decode("latin-1"), tried=",".join(tried) or "-",
-             status=status, error=repr(last))
-        if conn.transport is not None and not conn.transport.is_closing():
-            conn.write_simple(status, last, self._closes(conn, req), req.version)
+        self._fail(conn, req, route, status, last, tried)
 
     def _response_head(self, conn: ClientConnection, req: Request, route: Route, backend: Backend,
                        resp: Response, cookie_key: str | None, framing: bytes, drop: frozenset[str]) -> bytes:
@@ -843,6 +1056,27 @@ class Proxy:
         lines.append(b"\r\n")
         return b"".join(lines)
 
+    def _write_whole(self, conn: ClientConnection, req: Request, route: Route, backend: Backend,
+                     head: Head | Response, data: bytes, cookie_key: str | None) -> None:
+        """A response read whole (bodiless, or small): head and body in one write."""
+        b = self.balancer
+        status = head.status
+        if backend.breaker.record(status < 500, time.monotonic()):
+            b.metrics.trips.labels(backend.pool, backend.key).inc()
+            _log("circuit_open", pool=backend.pool, backend=backend.key, cause=f"status_{status}")
+        transport = conn.transport
+        if transport is not None:
+            if req.method == b"HEAD" or status in (204, 304) or status < 200:
+                # No body whatever the fields say; a HEAD's or 304's Content-Length
+                # describes the body a GET would get, and goes on as it came.
+                drop = HOP_BY_HOP if status != 204 else HOP_BY_HOP_AND_LENGTH
+                transport.write(self._response_head(conn, req, route, backend, head, cookie_key, b"", drop))
+            else:
+                transport.write(self._response_head(conn, req, route, backend, head, cookie_key,
+                                                    b"Content-Length: %d\r\n" % len(data), HOP_BY_HOP_AND_LENGTH)
+                                + data)
+        b.metrics.observe(route.label, backend.key, status, time.monotonic() - req.started)
+
     async def _respond(self, conn: ClientConnection, req: Request, route: Route, backend: Backend,
                        resp: Response, cookie_key: str | None) -> None:
         b = self.balancer
@@ -851,57 +1085,60 @@ class Proxy:
         # client not reading it must not hold a backend slot for longer.
         deadline = self.loop.time() + b.config.timeouts.response_body
         resp.deadline = deadline
-        if backend.breaker.record(status < 500, time.monotonic()):
-            b.metrics.trips.labels(backend.pool, backend.key).inc()
-            _log("circuit_open", pool=backend.pool, backend=backend.key, cause=f"status_{status}")
         transport = conn.transport
         assert transport is not None
         length = resp.length
-        bodiless = req.method == b"HEAD" or status in (204, 304) or status < 200
-        try:
-            if bodiless:
-                # No body whatever the fields say; a HEAD's or 304's Content-Length
-                # describes the body a GET would get, and goes on as it came.
-                drop = HOP_BY_HOP if status != 204 else HOP_BY_HOP_AND_LENGTH
-                transport.write(self._response_head(conn, req, route, backend, resp, cookie_key, b"", drop))
-                resp.close()
-            elif length is not None and length <= SMALL_BODY:
+        if length is not None and length <= SMALL_BODY:
+            try:
                 data = await resp.read() if length else b""
-                head = self._response_head(conn, req, route, backend, resp, cookie_key,
-                                           b"Content-Length: %d\r\n" % len(data), HOP_BY_HOP_AND_LENGTH)
-                transport.write(head + data)
+            except UpstreamError as exc:
+                resp.close()
+                backend.breaker.record(False, time.monotonic())
+                self._cut(conn, route, backend, exc)
+                b.metrics.observe(route.label, backend.key, status, time.monotonic() - req.started)
+                return
+            self._write_whole(conn, req, route, backend, resp, data, cookie_key)
+            return
+        if backend.breaker.record(status < 500, time.monotonic()):
+            b.metrics.trips.labels(backend.pool, backend.key).inc()
+            _log("circuit_open", pool=backend.pool, backend=backend.key, cause=f"status_{status}")
+        try:
+            if length is not None:
+                framing, chunk = b"Content-Length: %d\r\n" % length, False
+            elif req.version >= (1, 1):
+                framing, chunk = b"Transfer-Encoding: chunked\r\n", True
             else:
-                if length is not None:
-                    framing, chunk = b"Content-Length: %d\r\n" % length, False
-                elif req.version >= (1, 1):
-                    framing, chunk = b"Transfer-Encoding: chunked\r\n", True
-                else:
-                    framing, chunk = b"", False
-                    conn.closing = True  # the end of the body is the end of the connection
-                transport.write(self._response_head(conn, req, route, backend, resp, cookie_key, framing,
-                                                    HOP_BY_HOP_AND_LENGTH))
-                async for data in resp.iter_chunks():
-                    if conn.lost:
-                        raise ClientFailed(400, "the client closed the connection")
-                    if chunk:
-                        transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-                    else:
-                        transport.write(data)
-                    await conn.drain(deadline)
+                framing, chunk = b"", False
+                conn.closing = True  # the end of the body is the end of the connection
+            transport.write(self._response_head(conn, req, route, backend, resp, cookie_key, framing,
+                                                HOP_BY_HOP_AND_LENGTH))
+            async for data in resp.iter_chunks():
+                if conn.lost:
+                    raise ClientFailed(400, "the client closed the connection")
                 if chunk:
-                    transport.write(b"0\r\n\r\n")
+                    transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+                else:
+                    transport.write(data)
+                await conn.drain(deadline)
+            if chunk:
+                transport.write(b"0\r\n\r\n")
         except (UpstreamError, ClientFailed) as exc:
             # After the status line went out all we can do is cut the client's
             # connection, so that it sees a truncated response.
             resp.close()
             if isinstance(exc, UpstreamError):
                 backend.breaker.record(False, time.monotonic())
-            _log("response_cut", route=route.label, backend=backend.key, error=repr(str(exc) or type(exc).__name__))
-            conn.lost = True
-            transport.abort()
+            self._cut(conn, route, backend, exc)
         finally:
             resp.close()  # unless the body was read to its end: no reuse of a half-read connection
         b.metrics.observe(route.label, backend.key, status, time.monotonic() - req.started)
+
+    @staticmethod
+    def _cut(conn: ClientConnection, route: Route, backend: Backend, exc: Exception) -> None:
+        _log("response_cut", route=route.label, backend=backend.key, error=repr(str(exc) or type(exc).__name__))
+        conn.lost = True
+        if conn.transport is not None:
+            conn.transport.abort()
 
     # ---- WebSocket
 

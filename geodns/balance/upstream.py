@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 MAX_HEAD = 64 * 1024
 """Largest response head (and chunk line, and trailer section) accepted."""
@@ -280,6 +280,29 @@ def parse_chunk_size(line: bytes) -> int:
     return int(m[1], 16)
 
 
+def next_head(buffer: bytearray, bodiless: bool) -> Head | None:
+    """The final response head at the start of `buffer`, consumed from it together with
+    any 1xx interim responses before it (100 Continue, 103 Early Hints); None while it
+    has not all arrived. What cannot be a head is refused at once, never waited on."""
+    while True:
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > MAX_HEAD:
+                raise BadResponse("response head too large")
+            if (bare := _BARE_LF.search(buffer)) is not None:
+                raise BareLineFeed(f"bare LF in response head at byte {bare.start()}")
+            return None
+        if end > MAX_HEAD:
+            raise BadResponse("response head too large")
+        raw = bytes(buffer[:end])
+        if raw.count(b"\n") != raw.count(b"\r\n"):
+            raise BareLineFeed(f"bare LF in response head {raw[:80]!r}")
+        del buffer[: end + 4]
+        head = parse_head(raw, bodiless)
+        if head.status >= 200:
+            return head
+
+
 class Connection(asyncio.Protocol):
     """One TCP connection to a backend: a receive buffer and a waiter."""
 
@@ -294,7 +317,11 @@ class Connection(asyncio.Protocol):
         """In the keep-alive pool: any byte arriving now is not an answer to anything."""
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
+        """Loop time it went back to the keep-alive pool."""
+        self.exchange: Any = None
+        """An exchange driven by this connection's callbacks (`on_data()`, `on_lost()`)
+        rather than by a coroutine waiting in `wait_data()`: the proxy's fast path."""
 
     # ---- protocol callbacks
 
@@ -308,6 +335,9 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self.buffer += data
+        if self.exchange is not None:
+            self.exchange.on_data()
+            return
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -317,6 +347,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.exchange is not None:
+            self.exchange.on_lost()
         for w in (self._waiter, self._drain):
             if w is not None and not w.done():
                 w.set_result(None)
@@ -385,26 +417,12 @@ class Response:
 
     async def read_head(self, bodiless: bool) -> None:
         conn = self._conn
-        while True:
-            end = conn.buffer.find(b"\r\n\r\n")
-            while end < 0:
-                if len(conn.buffer) > MAX_HEAD:
-                    raise BadResponse("response head too large")
-                if (bare := _BARE_LF.search(conn.buffer)) is not None:
-                    # A head cut by LF alone: refused now, never waited on.
-                    raise BareLineFeed(f"bare LF in response head at byte {bare.start()}")
-                await conn.wait_data(self._timeout)
-                end = conn.buffer.find(b"\r\n\r\n")
-            if end > MAX_HEAD:
-                raise BadResponse("response head too large")
-            raw = bytes(conn.buffer[:end])
-            if raw.count(b"\n") != raw.count(b"\r\n"):
-                raise BareLineFeed(f"bare LF in response head {raw[:80]!r}")
-            del conn.buffer[: end + 4]
-            head = parse_head(raw, bodiless)
-            if head.status >= 200:
-                break
-            # 1xx interim response (100 Continue, 103 Early Hints): the final one follows.
+        while (head := next_head(conn.buffer, bodiless)) is None:
+            await conn.wait_data(self._timeout)
+        self.start(head)
+
+    def start(self, head: Head) -> None:
+        """Take the final response head `head`, already consumed from the buffer."""
         status, self.reason, self.version, self.headers, length, chunked, keep_alive = head
         self.status = status
         self.length = self._left = length
@@ -513,12 +531,7 @@ class Pool:
         self._key = key
 
     def release(self, conn: Connection, keep: bool) -> None:
-        # Bytes already past the end of this response mean the backend framed it
-        # differently from us: the connection is closed, never reused.
-        if keep and not conn.closed and not conn.buffer:
-            self._client._idle_put(self._key, conn)
-        else:
-            conn.close()
+        self._client.release(self._key, conn, keep)
 
 
 class Client:
@@ -530,23 +543,59 @@ class Client:
         self.idle_timeout = idle_timeout
         self._idle: dict[tuple[str, int], list[Connection]] = {}
         self._loop = asyncio.get_running_loop()
+        self._sweeper: asyncio.TimerHandle | None = None
 
-    def _idle_put(self, key: tuple[str, int], conn: Connection) -> None:
-        conn.used = True
-        conn.idle = True
-        conn.idle_timer = self._loop.call_later(self.idle_timeout, conn.close)
-        self._idle.setdefault(key, []).append(conn)
+    def release(self, key: tuple[str, int], conn: Connection, keep: bool) -> None:
+        """An exchange on `conn` is over: back to the keep-alive pool, or closed.
 
-    async def _connection(self, host: str, port: int) -> Connection:
+        Bytes already past the end of its response mean the backend framed it
+        differently from us: the connection is closed, never reused."""
+        if keep and not conn.closed and not conn.buffer:
+            conn.used = True
+            conn.idle = True
+            conn.idle_since = self._loop.time()
+            idle = self._idle.get(key)
+            if idle is None:
+                self._idle[key] = [conn]
+            else:
+                idle.append(conn)
+            if self._sweeper is None:
+                self._sweeper = self._loop.call_later(self.idle_timeout / 2, self._sweep)
+        else:
+            conn.close()
+
+    def _sweep(self) -> None:
+        """Close connections idle longer than idle_timeout (one timer per client, not per connection)."""
+        self._sweeper = None
+        cutoff = self._loop.time() - self.idle_timeout
+        for key, conns in list(self._idle.items()):
+            stale = [c for c in conns if c.idle_since <= cutoff or c.closed]
+            for c in stale:
+                c.close()
+            conns[:] = [c for c in conns if not c.closed]
+            if not conns:
+                del self._idle[key]
+        if self._idle:
+            self._sweeper = self._loop.call_later(self.idle_timeout / 2, self._sweep)
+
+    def idle_connection(self, host: str, port: int) -> Connection | None:
+        """A pooled keep-alive connection to host:port, if one is ready."""
         idle = self._idle.get((host, port))
+        if not idle:
+            return None
+        cutoff = self._loop.time() - self.idle_timeout
         while idle:
             conn = idle.pop()  # the most recently used is the least likely to be stale
-            if conn.idle_timer is not None:
-                conn.idle_timer.cancel()
             conn.idle = False
-            if not conn.closed and not conn.buffer:
+            if not conn.closed and not conn.buffer and conn.idle_since > cutoff:
                 return conn
             conn.close()
+        return None
+
+    async def _connection(self, host: str, port: int) -> Connection:
+        conn = self.idle_connection(host, port)
+        if conn is not None:
+            return conn
         loop = self._loop
         try:
             _, conn = await asyncio.wait_for(
@@ -601,6 +650,9 @@ class Client:
             for conn in conns:
                 conn.close()
         self._idle.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
 
 def header_bytes(pairs: list[tuple[str, str]]) -> bytes:
