@@ -59,6 +59,10 @@ HOP_BY_HOP = frozenset(
     )
 )
 HOP_BY_HOP_AND_LENGTH = HOP_BY_HOP | {"content-length"}
+RESPONSE_DROP = frozenset(name.encode() for name in HOP_BY_HOP)
+RESPONSE_DROP_AND_LENGTH = RESPONSE_DROP | {b"content-length"}
+"""Response fields never passed on (as the backend's bytes): hop-by-hop, and Content-Length
+when we state the framing ourselves."""
 # What never goes upstream as the client sent it: hop-by-hop fields, the
 # forwarding fields this hop restates, and Content-Length: the body's framing
 # is ours to state from what we actually send.
@@ -703,11 +707,15 @@ class Proxy:
             self.refuse(conn, req, 400, body.error)
             conn.finished(req)
             return
-        refused = refusal(req.method.decode("latin-1"), req.version, req.fields)
-        if refused is not None:
-            self.refuse(conn, req, *refused)
-            conn.finished(req)
-            return
+        index = req.fields.index
+        if (b"connection" in index or b"transfer-encoding" in index or len(index.get(b"host", ())) > 1
+                or req.method == b"CONNECT"):
+            # Only a request with one of these can be refused: the rest skip the check.
+            refused = refusal(req.method.decode("latin-1"), req.version, req.fields)
+            if refused is not None:
+                self.refuse(conn, req, *refused)
+                conn.finished(req)
+                return
         routes = b.routes
         route = routes.catch_all
         if route is None:
@@ -1025,22 +1033,22 @@ class Proxy:
         self._fail(conn, req, route, status, last, tried)
 
     def _response_head(self, conn: ClientConnection, req: Request, route: Route, backend: Backend,
-                       resp: Response, cookie_key: str | None, framing: bytes, drop: frozenset[str]) -> bytes:
+                       resp: Response | Head, cookie_key: str | None, framing: bytes,
+                       drop: frozenset[bytes]) -> bytes:
         """Status line and fields for the client, ending in the blank line."""
         lines = [b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason.encode("latin-1"))]
+        headers = resp.headers
         prior_via = None
-        for k, v in resp.headers:
+        for k, v in headers:
             lk = k.lower()
-            if lk == "connection":
-                drop = drop | {t.strip().lower() for t in v.split(",")}
-        for k, v in resp.headers:
+            if lk == b"connection":
+                drop = drop | {t.strip(b" \t").lower() for t in v.split(b",")}
+            elif lk == b"via":
+                prior_via = v if prior_via is None else prior_via + b", " + v
+        for k, v in headers:
             lk = k.lower()
-            if lk in drop:
-                continue
-            if lk == "via":
-                prior_via = v.encode("latin-1") if prior_via is None else prior_via + b", " + v.encode("latin-1")
-                continue
-            lines.append(f"{k}: {v}\r\n".encode("latin-1"))
+            if lk not in drop and lk != b"via":
+                lines.append(k + b": " + v + b"\r\n")
         via = self._via(resp.version)
         lines.append(b"Via: " + (prior_via + b", " + via if prior_via else via) + b"\r\n")
         sticky_cfg = route.pool.config.sticky
@@ -1069,11 +1077,11 @@ class Proxy:
             if req.method == b"HEAD" or status in (204, 304) or status < 200:
                 # No body whatever the fields say; a HEAD's or 304's Content-Length
                 # describes the body a GET would get, and goes on as it came.
-                drop = HOP_BY_HOP if status != 204 else HOP_BY_HOP_AND_LENGTH
+                drop = RESPONSE_DROP if status != 204 else RESPONSE_DROP_AND_LENGTH
                 transport.write(self._response_head(conn, req, route, backend, head, cookie_key, b"", drop))
             else:
                 transport.write(self._response_head(conn, req, route, backend, head, cookie_key,
-                                                    b"Content-Length: %d\r\n" % len(data), HOP_BY_HOP_AND_LENGTH)
+                                                    b"Content-Length: %d\r\n" % len(data), RESPONSE_DROP_AND_LENGTH)
                                 + data)
         b.metrics.observe(route.label, backend.key, status, time.monotonic() - req.started)
 
@@ -1111,7 +1119,7 @@ class Proxy:
                 framing, chunk = b"", False
                 conn.closing = True  # the end of the body is the end of the connection
             transport.write(self._response_head(conn, req, route, backend, resp, cookie_key, framing,
-                                                HOP_BY_HOP_AND_LENGTH))
+                                                RESPONSE_DROP_AND_LENGTH))
             async for data in resp.iter_chunks():
                 if conn.lost:
                     raise ClientFailed(400, "the client closed the connection")
@@ -1178,9 +1186,9 @@ class Proxy:
                 return
             assert conn.transport is not None
             b.metrics.observe(route.label, backend.key, parsed.status, time.monotonic() - req.started)
-            drop = frozenset(HOP_BY_HOP - {"upgrade"}) if parsed.status == 101 else HOP_BY_HOP
+            drop = RESPONSE_DROP - {b"upgrade"} if parsed.status == 101 else RESPONSE_DROP
             lines_out = [b"HTTP/1.1 %d %s\r\n" % (parsed.status, parsed.reason.encode("latin-1"))]
-            lines_out += [f"{k}: {v}\r\n".encode("latin-1") for k, v in parsed.headers if k.lower() not in drop]
+            lines_out += [k + b": " + v + b"\r\n" for k, v in parsed.headers if k.lower() not in drop]
             if parsed.status != 101:
                 # Refused by the backend: its answer (a short body at most), then close.
                 conn.closing = True

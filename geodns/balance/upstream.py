@@ -114,6 +114,8 @@ _FIELD = _TOKEN + rb":[ \t]*(?:" + _VCHAR + rb"+(?:[ \t]+" + _VCHAR + rb"+)*)?[ 
 _FIELD_LINE = re.compile(_FIELD)
 _HEAD = re.compile(_STATUS + rb"((?:\r\n" + _FIELD + rb")*)")
 """A whole response head at once: one C-level match per response, not one per line."""
+_PAIRS = re.compile(rb"\r\n([^:]+):[ \t]*([^\r]*?)[ \t]*(?=\r\n|\Z)")
+"""(name, value) of each field line of a head `_HEAD` matched, OWS stripped."""
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,%d})(;[^\n]*)?[ \t]*" % MAX_LENGTH_DIGITS)
 _CHUNK_EXT = re.compile(
     rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*[ \t]*"
@@ -174,8 +176,9 @@ class Head(NamedTuple):
     status: int
     reason: str
     version: tuple[int, int]
-    headers: list[tuple[str, str]]
-    """Field lines as received (names with their case), values without surrounding OWS."""
+    headers: list[tuple[bytes, bytes]]
+    """Field lines as received (names with their case), values without surrounding OWS;
+    bytes, because a proxy passes them on as they came."""
     length: int | None
     """Body length when it is known: Content-Length, or 0 for bodiless responses."""
     chunked: bool
@@ -228,14 +231,12 @@ def parse_head(head: bytes, bodiless: bool, upgrade: bool = False) -> Head:
         raise UnsolicitedUpgrade("101 Switching Protocols without an upgrade request")
     reason = m[4].decode("latin-1") if m[4] else ""
     minor = int(m[2])
-    lines = m[5][2:].split(b"\r\n") if m[5] else ()
+    # The grammar matched every line already: one C-level split into (name, value) pairs.
+    headers = _PAIRS.findall(m[5]) if m[5] else []
     length_text: bytes | None = None
     codings: list[bytes] = []
     connection: set[bytes] = set()
-    headers = []
-    for line in lines:
-        name, _, value = line.partition(b":")
-        value = value.strip(b" \t")
+    for name, value in headers:
         lk = name.lower()
         if lk == b"content-length":
             text = value if value.isdigit() and len(value) <= MAX_LENGTH_DIGITS else _length_list(value)
@@ -246,7 +247,6 @@ def parse_head(head: bytes, bodiless: bool, upgrade: bool = False) -> Head:
             codings.append(value)
         elif lk == b"connection":
             connection |= _tokens(value)
-        headers.append((name.decode("latin-1"), value.decode("latin-1")))
     version = (1, 1) if minor >= 1 else (1, 0)
     if version == (1, 1):
         keep_alive = b"close" not in connection
