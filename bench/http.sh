@@ -20,6 +20,12 @@
 # measured (/proc/PID/stat, the process and its children): requests per
 # CPU-second is the per-core figure, comparable between the two balancers
 # even when neither had a whole core.
+#
+# LOAD=FRACTION (default 0.5; 0 to skip) then runs each balancer again at a
+# paced rate, FRACTION of the requests/s geodns reached in that round (the
+# previous round's when HAProxy goes first), the same rate for both: p99 at
+# half load rather than at saturation. wrk paces with a Lua delay() per
+# connection (CONNS x 1000 / rate ms between a response and the next request).
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -30,6 +36,7 @@ BACKENDS=${BACKENDS:-3}
 NCPU=$(getconf _NPROCESSORS_ONLN)
 WORKERS=${WORKERS:-"1 $NCPU"}
 ROUNDS=${ROUNDS:-3}
+LOAD=${LOAD:-0.5}
 NET=${NET:-127.0.4}
 PYTHON=${PYTHON:-python3}
 
@@ -162,14 +169,28 @@ run() {  # out url pid: wrk, and the CPU the balancer used while wrk measured
     after=$(cpu_ticks "$3")
     echo "cpu_seconds $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" 'BEGIN {print t / hz}')" >> "$1"
 }
+paced() {  # out url: wrk at $rate requests/s over all connections (LOAD > 0 only)
+    awk -v load="$LOAD" 'BEGIN {exit !(load > 0)}' || return 0
+    local delay
+    delay=$(awk -v c="$CONNS" -v r="$rate" 'BEGIN {d = int(c * 1000 / r); print (d < 1 ? 1 : d)}')
+    printf 'function delay()\n  return %d\nend\n' "$delay" > "$tmp/pace.lua"
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$tmp/pace.lua" "$2" > "$1"
+    echo "offered_rate $rate" >> "$1"
+}
+rate=1000
 bench_geodns() {  # workers round
     start_geodns "$1"
     run "$tmp/w$1-geodns-$2.txt" "http://$gd_host:$gd_port/" "$gd_pid"
+    if ((${2} % 2)); then  # geodns went first: this round's figure sets the paced rate
+        rate=$(awk -v load="$LOAD" '/Requests\/sec/ {r = int($2 * load); print (r < 1 ? 1 : r)}' "$tmp/w$1-geodns-$2.txt")
+    fi
+    paced "$tmp/w$1-geodns-$2-load.txt" "http://$gd_host:$gd_port/"
     stop "$gd_pid"
 }
 bench_haproxy() {  # nbthread round
     start_haproxy "$1"
     run "$tmp/w$1-haproxy-$2.txt" "http://$ha_host:$ha_port/" "$ha_pid"
+    paced "$tmp/w$1-haproxy-$2-load.txt" "http://$ha_host:$ha_port/"
     stop "$ha_pid"
 }
 
@@ -180,7 +201,7 @@ for n in $WORKERS; do
     done
 done
 
-echo "wrk -t$THREADS -c$CONNS -d$DURATION (warm-up $WARMUP), $BACKENDS backends, $NCPU CPUs, median of $ROUNDS alternating rounds"
+echo "wrk -t$THREADS -c$CONNS -d$DURATION (warm-up $WARMUP), $BACKENDS backends, $NCPU CPUs, median of $ROUNDS alternating rounds, paced at $LOAD of geodns's rate"
 echo
 # shellcheck disable=SC2086
 "$PYTHON" "$here/http_report.py" "$tmp" --workers $WORKERS
