@@ -78,6 +78,8 @@ MAX_FIELD = 8190
 """Longest request target or field line, as aiohttp and nginx's 8 KiB header buffers."""
 MAX_HEAD = 64 * 1024
 """Longest request head. llhttp sets no limit of its own."""
+MAX_FIELDS = 100
+"""Most field lines in a request head (HAProxy's tune.http.maxhdr is 101)."""
 BODY_HIGH_WATER = 256 * 1024
 """Request body bytes buffered before the socket stops being read until they are sent on."""
 LINGERING_TIME = 2.0
@@ -259,6 +261,7 @@ class ClientConnection(asyncio.Protocol):
         "proxy", "edge", "loop", "parser", "transport", "remote", "head_since", "idle_since", "write_since",
         "closing", "broken", "lost", "current", "parsing", "pipeline", "error", "in_head", "head_bytes",
         "target", "fields", "tunnel", "early", "reading", "write_waiter", "half_closed", "to_start",
+        "head_size",
     )
 
     def __init__(self, proxy: Proxy) -> None:
@@ -290,6 +293,9 @@ class ClientConnection(asyncio.Protocol):
         """A refused head, answered once the requests before it are."""
         self.in_head = False
         self.head_bytes = 0
+        """Bytes received while a head is incomplete (bounds what llhttp accumulates)."""
+        self.head_size = 0
+        """Bytes of the target and field lines of the head being parsed."""
         self.target = b""
         self.fields = Fields()
         self.tunnel: Tunnel | None = None
@@ -389,6 +395,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_head = True
+        self.head_size = 0
         self.target = b""
         self.fields = Fields()
 
@@ -398,8 +405,12 @@ class ClientConnection(asyncio.Protocol):
             raise TooLarge(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > MAX_FIELD:
+        size = len(name) + len(value)
+        if size > MAX_FIELD:
             raise TooLarge(431, f"field line {name[:40]!r} too long")
+        self.head_size += size + 4
+        if self.head_size > MAX_HEAD or len(self.fields.lines) >= MAX_FIELDS:
+            raise TooLarge(431, f"request head over {MAX_HEAD} bytes or {MAX_FIELDS} fields")
         self.fields.add(name, value)
 
     def on_headers_complete(self) -> None:

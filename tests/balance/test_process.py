@@ -149,3 +149,29 @@ async def test_admin_reload_endpoint(backends, balancer, client, tmp_path: Path)
     async with client.post(reload_url, headers=auth) as r:
         assert (r.status, (await r.json())["generation"]) == (422, 2)
     assert b.generation == 2
+
+
+async def test_runs_on_asyncio_loop_when_uvloop_cannot_be_imported(backends, tmp_path: Path) -> None:
+    backs = await backends(1, first=47)
+    host = f"{NET}.3"
+    listen, admin = f"{host}:{free_port(host)}", f"{host}:{free_port(host)}"
+    cfg = tmp_path / "r.yaml"
+    write(cfg, [backs[0].address], listen, admin)
+    # uvloop made unimportable (as where it is not installed), then the usual entry point.
+    code = ("import runpy, sys; sys.modules['uvloop'] = None; "
+            f"sys.argv = ['geodns balance', '--config', {str(cfg)!r}, '--workers', '1']; "
+            "runpy.run_module('geodns.balance', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+            await wait_up(s, admin, proc)
+            async with s.get(f"http://{listen}/x") as r:
+                assert (r.status, r.headers["X-Backend"]) == (200, "b0")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert proc.stderr is not None
+        assert "event=no_uvloop" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
