@@ -1,10 +1,12 @@
-"""Shared by every test suite: a port free for both TCP and UDP, and waiting for a condition."""
+"""Shared by every test suite: a port free for both TCP and UDP, waiting for a
+condition, stopping a process it started."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -72,6 +74,17 @@ async def async_wait_until(predicate: Callable[[], object], timeout: float, what
         if poll.met(value):
             return poll.elapsed
         await asyncio.sleep(step)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Stop a process the test started, by its pid: SIGTERM, then SIGKILL after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def wait_port(host: str, port: int, within: float = 15.0) -> None:

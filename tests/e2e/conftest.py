@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import dns.exception
 import pytest
 from dnsclient import ask
-from netutil import free_port
+from netutil import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 GEOIP = ROOT / "data" / "geoip-bundle.mmdb"
@@ -65,6 +64,18 @@ def copy_zones(dest: Path, glue: tuple[str, str] = (f"{NET}.53", f"{NET}.54")) -
     return zones
 
 
+KNOT_SERVER = """\
+server:
+    rundir: "{dir}"
+    pidfile: "{dir}/knot.pid"
+    listen: {host}@{port}
+log:
+  - target: stderr
+    any: info
+"""
+"""The head of every knotd configuration the tests write (`.format(dir=, host=, port=)`)."""
+
+
 @dataclass
 class Proc:
     """A process we started; stopped by its pid only."""
@@ -74,13 +85,7 @@ class Proc:
     log: Path
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        stop_process(self.popen, timeout)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

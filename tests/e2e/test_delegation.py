@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import (
+    KNOT_SERVER,
     NET,
     Proc,
     copy_zones,
@@ -62,14 +63,7 @@ ns1.gslb A  {ns1}
 ns2.gslb A  {ns2}
 """
 
-KNOT_CONF = """\
-server:
-    rundir: "{dir}"
-    pidfile: "{dir}/knot.pid"
-    listen: {knot}@{port}
-log:
-  - target: stderr
-    any: info
+KNOT_CONF = KNOT_SERVER + """\
 control:
     listen: "{dir}/knot.sock"
 database:
@@ -148,7 +142,7 @@ def test_resolver_reaches_geodns_through_the_delegation(tmp_path: Path, procs: l
 
     knot_port = free_port(KNOT)
     (tmp_path / "example.test.zone").write_text(PARENT.format(knot=KNOT, ns1=NODES[0], ns2=NODES[1]))
-    (tmp_path / "knot.conf").write_text(KNOT_CONF.format(dir=tmp_path, knot=KNOT, port=knot_port))
+    (tmp_path / "knot.conf").write_text(KNOT_CONF.format(dir=tmp_path, host=KNOT, port=knot_port))
     knot = spawn("knotd", [knotd, "-c", str(tmp_path / "knot.conf")], tmp_path)
     procs.append(knot)
     wait_dns(KNOT, knot_port, "example.test", timeout=15, proc=knot)

@@ -31,18 +31,7 @@ import dns.rdatatype
 import dnsclient
 import pytest
 
-from tests.e2e.conftest import (
-    NET,
-    ROOT,
-    Proc,
-    copy_zones,
-    free_port,
-    need,
-    spawn,
-    start_geodns,
-    unavailable,
-    wait_dns,
-)
+from tests.e2e import conftest as e2e
 from tests.e2e.test_delegation import KNOT_CONF as DELEGATION_KNOT_CONF
 from tests.e2e.test_delegation import NODES, PARENT, UNBOUND_CONF, can_bind_53
 
@@ -60,24 +49,24 @@ KNOT_CONF = (
 def geodns_keys(*args: str) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "geodns", "keys", *args], capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(e2e.ROOT)},
     )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
 
-def signed_parent(tmp: Path, knot_host: str, ds: str, procs: list[Proc]) -> tuple[int, str]:
+def signed_parent(tmp: Path, knot_host: str, ds: str, procs: list[e2e.Proc]) -> tuple[int, str]:
     """Knot serving example.test signed, with `ds` for the child; returns its port and the
     DNSKEY (257) to trust."""
     (tmp / "knot-db").mkdir(parents=True, exist_ok=True)  # Knot keeps its keys (KASP) there
-    port = free_port(knot_host)
+    port = e2e.free_port(knot_host)
     (tmp / "example.test.zone").write_text(PARENT.format(knot=knot_host, ns1=NODES[0], ns2=NODES[1]) + ds)
-    (tmp / "knot.conf").write_text(KNOT_CONF.format(dir=tmp, knot=knot_host, port=port))
-    check = subprocess.run([need("knotc", "knot"), "-c", str(tmp / "knot.conf"), "conf-check"], capture_output=True, text=True, timeout=20)
+    (tmp / "knot.conf").write_text(KNOT_CONF.format(dir=tmp, host=knot_host, port=port))
+    check = subprocess.run([e2e.need("knotc", "knot"), "-c", str(tmp / "knot.conf"), "conf-check"], capture_output=True, text=True, timeout=20)
     assert check.returncode == 0, check.stdout + check.stderr
-    knot = spawn(f"knotd-{knot_host}", [need("knotd", "knot"), "-c", str(tmp / "knot.conf")], tmp)
+    knot = e2e.spawn(f"knotd-{knot_host}", [e2e.need("knotd", "knot"), "-c", str(tmp / "knot.conf")], tmp)
     procs.append(knot)
-    wait_dns(knot_host, port, "example.test", timeout=15, proc=knot)
+    e2e.wait_dns(knot_host, port, "example.test", timeout=15, proc=knot)
     deadline = time.monotonic() + 20
     while True:  # signing runs just after the load
         reply = dnsclient.ask((knot_host, port), "example.test.", "DNSKEY", do=True, rd=True, timeout=2)
@@ -88,17 +77,17 @@ def signed_parent(tmp: Path, knot_host: str, ds: str, procs: list[Proc]) -> tupl
         time.sleep(0.2)
 
 
-def validating_resolver(tmp: Path, host: str, knot_host: str, knot_port: int, anchor: str, procs: list[Proc]) -> int:
-    port = free_port(host)
-    conf = UNBOUND_CONF.format(dir=tmp, unbound=host, port=port, net=NET, knot=knot_host, knot_port=knot_port)
+def validating_resolver(tmp: Path, host: str, knot_host: str, knot_port: int, anchor: str, procs: list[e2e.Proc]) -> int:
+    port = e2e.free_port(host)
+    conf = UNBOUND_CONF.format(dir=tmp, unbound=host, port=port, net=e2e.NET, knot=knot_host, knot_port=knot_port)
     conf = conf.replace('module-config: "subnetcache iterator"', 'module-config: "subnetcache validator iterator"')
     conf = conf.replace("    cache-min-ttl: 0\n", f'    cache-min-ttl: 0\n    trust-anchor: "{anchor}"\n    val-log-level: 2\n')
     (tmp / "unbound.conf").write_text(conf)
-    check = subprocess.run([need("unbound-checkconf", "unbound"), str(tmp / "unbound.conf")], capture_output=True, text=True, timeout=20)
+    check = subprocess.run([e2e.need("unbound-checkconf", "unbound"), str(tmp / "unbound.conf")], capture_output=True, text=True, timeout=20)
     assert check.returncode == 0, check.stdout + check.stderr
-    resolver = spawn(f"unbound-{host}", [need("unbound", "unbound"), "-d", "-c", str(tmp / "unbound.conf")], tmp)
+    resolver = e2e.spawn(f"unbound-{host}", [e2e.need("unbound", "unbound"), "-d", "-c", str(tmp / "unbound.conf")], tmp)
     procs.append(resolver)
-    wait_dns(host, port, "example.test", timeout=15, proc=resolver)
+    e2e.wait_dns(host, port, "example.test", timeout=15, proc=resolver)
     return port
 
 
@@ -113,7 +102,7 @@ class Chain:
 
     tmp: Path
     nodes: list
-    resolver: Proc
+    resolver: e2e.Proc
     host: str
     port: int
     anchor: str
@@ -121,15 +110,15 @@ class Chain:
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory) -> Iterator[Chain]:
-    need("knotd", "knot")
-    need("unbound", "unbound")
+    e2e.need("knotd", "knot")
+    e2e.need("unbound", "unbound")
     if not all(can_bind_53(h) for h in NODES):
-        unavailable("cannot bind port 53 on 127.0.6.53/54 (run as root or with CAP_NET_BIND_SERVICE)")
+        e2e.unavailable("cannot bind port 53 on 127.0.6.53/54 (run as root or with CAP_NET_BIND_SERVICE)")
     tmp = tmp_path_factory.mktemp("dnssec-chain")
-    procs: list[Proc] = []
+    procs: list[e2e.Proc] = []
     try:
         # The child: keys made and the DS printed by geodns, the same key files on both nodes.
-        zones = copy_zones(tmp)
+        zones = e2e.copy_zones(tmp)
         geodns_keys("generate", "gslb.example.test", "--dir", str(tmp / "keys"))
         example = zones / "example.yaml"
         # The apex MX points out of the zone: dnsviz 0.11 fails (TypeError) analysing an apex
@@ -138,9 +127,9 @@ def chain(tmp_path_factory) -> Iterator[Chain]:
         example.write_text(text + "\ndnssec:\n  keys: ../keys\n")
         ds = geodns_keys("ds", "gslb.example.test", "--dir", str(tmp / "keys"))
         assert ds.startswith("gslb.example.test. 3600 IN DS ")
-        nodes = [start_geodns(tmp, host, 53, zones, name=f"geodns-{i + 1}") for i, host in enumerate(NODES)]
+        nodes = [e2e.start_geodns(tmp, host, 53, zones, name=f"geodns-{i + 1}") for i, host in enumerate(NODES)]
         procs.extend(n.proc for n in nodes)
-        knot_host, resolver_host = f"{NET}.10", f"{NET}.20"
+        knot_host, resolver_host = f"{e2e.NET}.10", f"{e2e.NET}.20"
         knot_port, anchor = signed_parent(tmp / "parent", knot_host, ds, procs)
         port = validating_resolver(tmp, resolver_host, knot_host, knot_port, anchor, procs)
         yield Chain(tmp, nodes, procs[-1], resolver_host, port, anchor)
@@ -177,11 +166,11 @@ def test_unbound_validates_the_signed_steered_child(chain: Chain) -> None:
         assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AD, (name, log()[-3000:])
 
 
-def test_a_wrong_ds_at_the_parent_is_servfail(chain: Chain, procs: list[Proc]) -> None:
+def test_a_wrong_ds_at_the_parent_is_servfail(chain: Chain, procs: list[e2e.Proc]) -> None:
     """Another key's DS at a fresh parent, a fresh resolver, the same child: bogus."""
     geodns_keys("generate", "gslb.example.test", "--dir", str(chain.tmp / "other-keys"))
     bad_ds = geodns_keys("ds", "gslb.example.test", "--dir", str(chain.tmp / "other-keys"))
-    knot2, resolver2 = f"{NET}.11", f"{NET}.21"
+    knot2, resolver2 = f"{e2e.NET}.11", f"{e2e.NET}.21"
     knot2_port, anchor2 = signed_parent(chain.tmp / "bad-parent", knot2, bad_ds, procs)
     (chain.tmp / "bad").mkdir()
     port2 = validating_resolver(chain.tmp / "bad", resolver2, knot2, knot2_port, anchor2, procs)
@@ -197,18 +186,18 @@ def test_dnsviz_finds_no_errors(chain: Chain) -> None:
     SECURE, and no error or warning but the two that loopback addresses cause."""
     dnsviz = shutil.which("dnsviz")
     if dnsviz is None:
-        unavailable("dnsviz is not installed (pip install dnsviz; it needs named and pygraphviz)")
+        e2e.unavailable("dnsviz is not installed (pip install dnsviz; it needs named and pygraphviz)")
     for tool, package in (("named", "bind9"), ("named-checkconf", "bind9-utils")):
-        need(tool, package)  # dnsviz serves the explicit delegation (-x) with a local named
+        e2e.need(tool, package)  # dnsviz serves the explicit delegation (-x) with a local named
     knot_port = int(re.search(r"listen: \S+@(\d+)", (chain.tmp / "parent" / "knot.conf").read_text()).group(1))
     names = [f"{n}gslb.example.test" for n in ("", "www.", "nope.", "mail.", "x.cdn.", "api.")]
     probe = subprocess.run(
-        [dnsviz, "probe", "-4", "-A", "-x", f"example.test+:ns.example.test={NET}.10:{knot_port}", "-o", str(chain.tmp / "probe.json"), *names],
+        [dnsviz, "probe", "-4", "-A", "-x", f"example.test+:ns.example.test={e2e.NET}.10:{knot_port}", "-o", str(chain.tmp / "probe.json"), *names],
         capture_output=True, text=True, timeout=240,
     )
     assert probe.returncode == 0, probe.stderr[-3000:]
     (chain.tmp / "child-anchor").write_text(
-        subprocess.run([need("grep", "grep"), "-h", "DNSKEY", *map(str, (chain.tmp / "keys").glob("*.key"))], capture_output=True, text=True).stdout
+        subprocess.run([e2e.need("grep", "grep"), "-h", "DNSKEY", *map(str, (chain.tmp / "keys").glob("*.key"))], capture_output=True, text=True).stdout
     )
     grok = subprocess.run(
         [dnsviz, "grok", "-r", str(chain.tmp / "probe.json"), "-t", str(chain.tmp / "child-anchor"), "-l", "info"],

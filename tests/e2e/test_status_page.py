@@ -22,23 +22,12 @@ import pytest
 from dnsclient import ask, fqdn
 from netutil import async_wait_until
 
-from tests.e2e.conftest import (
-    NET,
-    ROOT,
-    TOKEN,
-    Proc,
-    copy_zones,
-    free_port,
-    http_json,
-    need,
-    spawn,
-    start_geodns,
-)
+from tests.e2e import conftest as e2e
 
 pytestmark = pytest.mark.slow
 
-HOST = f"{NET}.40"
-SCREENSHOT = ROOT / "docs" / "status-page.png"
+HOST = f"{e2e.NET}.40"
+SCREENSHOT = e2e.ROOT / "docs" / "status-page.png"
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
@@ -101,7 +90,7 @@ class DevTools:
         return time.monotonic() - started
 
 
-async def devtools_port(profile: Path, proc: Proc, timeout: float = 20) -> int:
+async def devtools_port(profile: Path, proc: e2e.Proc, timeout: float = 20) -> int:
     active = profile / "DevToolsActivePort"
     deadline = time.monotonic() + timeout
     while not active.exists() or not active.read_text().strip():
@@ -118,21 +107,21 @@ def traffic(host: str, port: int) -> None:
             ask((host, port), fqdn("www"), "A", ecs=f"{client}/24", timeout=2)
 
 
-async def test_status_page_shows_a_drain_within_seconds(tmp_path: Path, procs: list[Proc]) -> None:
-    chromium = need("chromium", "chromium")
-    zones = copy_zones(tmp_path)
-    port = free_port(HOST)
-    node = start_geodns(tmp_path, HOST, port, zones)
+async def test_status_page_shows_a_drain_within_seconds(tmp_path: Path, procs: list[e2e.Proc]) -> None:
+    chromium = e2e.need("chromium", "chromium")
+    zones = e2e.copy_zones(tmp_path)
+    port = e2e.free_port(HOST)
+    node = e2e.start_geodns(tmp_path, HOST, port, zones)
     procs.append(node.proc)
     traffic(HOST, port)
     # The page's shares need two samples of the counters (taken every second or so).
-    await async_wait_until(lambda: http_json(f"http://{node.admin}/v1/status")[1]["shares"]["window_seconds"] > 0,
+    await async_wait_until(lambda: e2e.http_json(f"http://{node.admin}/v1/status")[1]["shares"]["window_seconds"] > 0,
                            10, "two samples of the answer counters")
     traffic(HOST, port)
 
     profile = tmp_path / "chromium-profile"
     env = {**os.environ, "HOME": str(tmp_path)}
-    browser = spawn("chromium", [chromium, *FLAGS, f"--user-data-dir={profile}", "--window-size=1280,1500", "about:blank"], tmp_path, env)
+    browser = e2e.spawn("chromium", [chromium, *FLAGS, f"--user-data-dir={profile}", "--window-size=1280,1500", "about:blank"], tmp_path, env)
     procs.append(browser)
     debug_port = await devtools_port(profile, browser)
 
@@ -156,7 +145,7 @@ async def test_status_page_shows_a_drain_within_seconds(tmp_path: Path, procs: l
             assert digest[:19] in zone_row  # each zone's content hash, as on every other node
             await page.until("document.querySelector('#window').textContent.endsWith('s')", timeout=6)
 
-            status, doc = http_json(f"http://{node.admin}/v1/drain", {"target": "eu-west", "reason": "maintenance: kernel upgrade"}, token=TOKEN)
+            status, doc = e2e.http_json(f"http://{node.admin}/v1/drain", {"target": "eu-west", "reason": "maintenance: kernel upgrade"}, token=e2e.TOKEN)
             assert status == 200, doc
             seconds = await page.until(
                 "document.querySelector('#markers circle[data-region=\"eu-west\"]').dataset.state === 'drained'"

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,76 +49,68 @@ CONTINENT_NAMES = {
 }
 
 
-def write_city_db(
-    path: str | Path,
-    networks: Mapping[str, Mapping[str, Any]],
-    ip_version: int = 6,
-    description: str = "geodns test database (GeoIP2-City schema)",
-    database_type: str = "GeoIP2-City",
-) -> Path:
+def _city_record(f: Mapping[str, Any]) -> dict[str, Any]:
     """GeoIP2/GeoLite2-City records: fields lat, lon, country, continent, subdivision, city."""
-    records = {}
-    for cidr, f in networks.items():
-        record: dict[str, Any] = {
-            "location": {
-                "latitude": MmdbF64(float(f["lat"])),
-                "longitude": MmdbF64(float(f["lon"])),
-                "accuracy_radius": MmdbU16(50),
-            },
-            "country": _country(f["country"]),
-        }
-        if f.get("continent"):
-            record["continent"] = _continent(f["continent"])
-        if f.get("subdivision"):
-            code = f["subdivision"].split("-", 1)[-1]
-            record["subdivisions"] = [{"iso_code": code, "names": {"en": f"Subdivision {code}"}}]
-        if f.get("city"):
-            record["city"] = {"names": {"en": f["city"]}}
-        records[cidr] = record
-    return _write(path, records, ip_version, description, database_type)
+    record: dict[str, Any] = {
+        "location": {
+            "latitude": MmdbF64(float(f["lat"])),
+            "longitude": MmdbF64(float(f["lon"])),
+            "accuracy_radius": MmdbU16(50),
+        },
+        "country": _country(f["country"]),
+    }
+    if f.get("continent"):
+        record["continent"] = _continent(f["continent"])
+    if f.get("subdivision"):
+        code = f["subdivision"].split("-", 1)[-1]
+        record["subdivisions"] = [{"iso_code": code, "names": {"en": f"Subdivision {code}"}}]
+    if f.get("city"):
+        record["city"] = {"names": {"en": f["city"]}}
+    return record
 
 
-def write_country_db(
-    path: str | Path,
-    networks: Mapping[str, Mapping[str, Any]],
-    ip_version: int = 6,
-    description: str = "geodns test database (GeoIP2-Country schema)",
-    database_type: str = "GeoIP2-Country",
-) -> Path:
+def _country_record(f: Mapping[str, Any]) -> dict[str, Any]:
     """GeoIP2/GeoLite2-Country records: fields country, continent (no coordinates)."""
-    records = {}
-    for cidr, f in networks.items():
-        record: dict[str, Any] = {
-            "country": _country(f["country"]),
-            "registered_country": _country(f["country"]),
-        }
-        if f.get("continent"):
-            record["continent"] = _continent(f["continent"])
-        records[cidr] = record
-    return _write(path, records, ip_version, description, database_type)
+    record: dict[str, Any] = {"country": _country(f["country"]), "registered_country": _country(f["country"])}
+    if f.get("continent"):
+        record["continent"] = _continent(f["continent"])
+    return record
 
 
-def write_dbip_flat_db(
-    path: str | Path,
-    networks: Mapping[str, Mapping[str, Any]],
-    ip_version: int = 6,
-    description: str = "geodns test database (DB-IP flat schema)",
-    database_type: str = "DBIP-City-Lite",
-) -> Path:
+def _dbip_flat_record(f: Mapping[str, Any]) -> dict[str, Any]:
     """DB-IP's flat records (float32 coordinates): fields lat, lon, country, state, city."""
-    records = {}
-    for cidr, f in networks.items():
-        records[cidr] = {
-            "city": f.get("city") or "",
-            "country_code": f["country"],
-            "latitude": MmdbF32(float(f["lat"])),
-            "longitude": MmdbF32(float(f["lon"])),
-            "postcode": "",
-            "state1": f.get("state") or "",
-            "state2": "",
-            "timezone": "",
-        }
-    return _write(path, records, ip_version, description, database_type)
+    return {
+        "city": f.get("city") or "",
+        "country_code": f["country"],
+        "latitude": MmdbF32(float(f["lat"])),
+        "longitude": MmdbF32(float(f["lon"])),
+        "postcode": "",
+        "state1": f.get("state") or "",
+        "state2": "",
+        "timezone": "",
+    }
+
+
+def _writer(record: Callable[[Mapping[str, Any]], dict[str, Any]], schema: str, default_type: str):
+    """A `write_*_db(path, networks, ip_version=6, description=..., database_type=...)` for one schema."""
+
+    def write(
+        path: str | Path,
+        networks: Mapping[str, Mapping[str, Any]],
+        ip_version: int = 6,
+        description: str = f"geodns test database ({schema} schema)",
+        database_type: str = default_type,
+    ) -> Path:
+        records = {cidr: record(fields) for cidr, fields in networks.items()}
+        return _write(path, records, ip_version, description, database_type)
+
+    write.__doc__ = record.__doc__
+    return write
+
+
+write_city_db = _writer(_city_record, "GeoIP2-City", "GeoIP2-City")
+write_country_db = _writer(_country_record, "GeoIP2-Country", "GeoIP2-Country")
+write_dbip_flat_db = _writer(_dbip_flat_record, "DB-IP flat", "DBIP-City-Lite")
 
 
 def _country(code: str) -> dict[str, Any]:

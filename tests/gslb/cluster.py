@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import dns.exception
 import dnsclient
 from dnsclient import addresses
-from netutil import free_port, wait_port
+from netutil import async_wait_until, free_port, stop_process, wait_port
 
 
 def ask(host: str, port: int, name: str, subnet: str | None = None) -> list[str] | None:
@@ -23,18 +24,44 @@ def ask(host: str, port: int, name: str, subnet: str | None = None) -> list[str]
     return addresses(response)
 
 
+def east_west_zone(name: str, steer: str, east: str = "", west: str = "") -> str:
+    """The gslb tests' zone: us-east (192.0.2.10) and us-west (192.0.2.20), each region with
+    its extra YAML (`east`, `west`: `check: {...}`, `balancer: {...}`, `capacity_url: ...`),
+    and one steered name, `name`, that falls back to us-east."""
+    indent = "\n    "
+    return f"""
+zone: gslb.example.test
+soa: {{mname: ns1, rname: hostmaster, serial: 1}}
+nameservers: [{{name: ns1, glue: [127.0.0.53]}}]
+regions:
+  us-east:
+    coordinates: [38.9, -77.0]
+    endpoints: [192.0.2.10]{indent + east if east else ""}
+  us-west:
+    coordinates: [45.6, -121.2]
+    endpoints: [192.0.2.20]{indent + west if west else ""}
+records:
+  {name}:
+    steer: {steer}
+    default: us-east
+"""
+
+
+async def all_answer(nodes: list[Node], want: list[str], within: float, name: str = "www.gslb.example.test",
+                     step: float = 0.05) -> float:
+    """Seconds until every node answers `want` for `name` over DNS (AssertionError after `within`)."""
+    answers: dict[str, list[str] | None] = {}
+
+    async def every() -> bool:
+        for n in nodes:
+            answers[n.name] = await asyncio.to_thread(n.ask, name)
+        return all(a == want for a in answers.values())
+
+    return await async_wait_until(every, within, lambda: f"wanted {want} from every node; last answers {answers}", step)
+
+
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log.open("a"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass
@@ -64,7 +91,7 @@ class Node:
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop(self.proc)
+            stop_process(self.proc)
 
     def ask(self, name: str) -> list[str] | None:
         return ask(self.host, self.dns_port, name)

@@ -9,7 +9,6 @@ drain through one node's admin API moves every node's answers.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from aiohttp import web
 from natsutil import nats_servers, needs_nats
 
-from .cluster import free_port, make_cluster
+from .cluster import all_answer, east_west_zone, free_port, make_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -54,35 +53,7 @@ def zone_text(east: Backend, west: Backend, interval: float = INTERVAL, timeout:
             f" timeout: {timeout}, fall: {FALL}, rise: {RISE}, jitter: 0.05}}"
         )
 
-    return f"""
-zone: gslb.example.test
-soa: {{mname: ns1, rname: hostmaster, serial: 1}}
-nameservers: [{{name: ns1, glue: [127.0.0.53]}}]
-regions:
-  us-east:
-    coordinates: [38.9, -77.0]
-    endpoints: [192.0.2.10]
-    check: {check(east)}
-  us-west:
-    coordinates: [45.6, -121.2]
-    endpoints: [192.0.2.20]
-    check: {check(west)}
-records:
-  www:
-    steer: [healthy, geo_proximity, {{limit: 1}}]
-    default: us-east
-"""
-
-
-async def all_answer(nodes, want: list[str], within: float) -> float:
-    start = time.monotonic()
-    answers = {}
-    while time.monotonic() - start < within:
-        answers = {n.name: await asyncio.to_thread(n.ask, "www.gslb.example.test") for n in nodes}
-        if all(a == want for a in answers.values()):
-            return time.monotonic() - start
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"wanted {want} from every node within {within}s; last {answers}")
+    return east_west_zone("www", "[healthy, geo_proximity, {limit: 1}]", f"check: {check(east)}", f"check: {check(west)}")
 
 
 async def start_cluster(tmp_path: Path, backend_hosts: tuple[str, str], first_host: int,

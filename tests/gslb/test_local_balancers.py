@@ -26,8 +26,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from netutil import stop_process
 
-from .cluster import free_port, make_cluster, start, stop, wait_port
+from .cluster import all_answer as cluster_all_answer
+from .cluster import east_west_zone, free_port, make_cluster, start, wait_port
 
 pytestmark = pytest.mark.slow
 
@@ -86,23 +88,7 @@ class Backends:
 
 
 def zone(balancer: str) -> str:
-    return f"""
-zone: gslb.example.test
-soa: {{mname: ns1, rname: hostmaster, serial: 1}}
-nameservers: [{{name: ns1, glue: [127.0.0.53]}}]
-regions:
-  us-east:
-    coordinates: [38.9, -77.0]
-    endpoints: [192.0.2.10]
-    balancer: {balancer}
-  us-west:
-    coordinates: [45.6, -121.2]
-    endpoints: [192.0.2.20]
-records:
-  app:
-    steer: [healthy, {{capacity: {{threshold: 0.8}}}}, geo_proximity, {{limit: 1}}]
-    default: us-east
-"""
+    return east_west_zone("app", "[healthy, {capacity: {threshold: 0.8}}, geo_proximity, {limit: 1}]", f"balancer: {balancer}")
 
 
 @contextlib.asynccontextmanager
@@ -124,14 +110,7 @@ async def cluster(tmp_path: Path, balancer: str, first_host: int):
 
 async def all_answer(nodes, want: list[str], within: float) -> float:
     """Seconds until every node answers `want` for NAME over DNS."""
-    begin = time.monotonic()
-    answers: dict = {}
-    while time.monotonic() - begin < within:
-        answers = {n.name: await asyncio.to_thread(n.ask, NAME) for n in nodes}
-        if all(a == want for a in answers.values()):
-            return time.monotonic() - begin
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"wanted {want} from every node within {within}s; last answers {answers}")
+    return await cluster_all_answer(nodes, want, within, NAME, step=0.2)
 
 
 def status(node) -> dict:
@@ -248,7 +227,7 @@ async def test_haproxy_pool_down_fails_the_region_over_and_full_steers_around_it
         print(f"haproxy: full -> us-west {moved:.1f}s, released -> us-east {back:.1f}s, "
               f"pool down -> us-west {gone:.1f}s, pool back -> us-east {again:.1f}s")
     finally:
-        stop(lb)
+        stop_process(lb)
         await backends.close()
 
 
@@ -298,11 +277,11 @@ async def test_nginx_full_steers_around_the_region_and_a_dead_nginx_fails_it_ove
             moved, back = await fill_and_release(
                 nodes, backends, f"http://{LB_HOST}:{port}/slow", 9, r"nginx: (9|10|11) active connections of 10 ")
 
-            await asyncio.to_thread(stop, lb)
+            await asyncio.to_thread(stop_process, lb)
             gone = await all_answer(nodes, WEST, 15)
             cause = (await asyncio.to_thread(status, nodes[1]))["regions"]["us-east"]["cause"]
             assert "balancer check down" in cause and "ClientConnectorError" in cause, cause
         print(f"nginx: full -> us-west {moved:.1f}s, released -> us-east {back:.1f}s, nginx stopped -> us-west {gone:.1f}s")
     finally:
-        stop(lb)
+        stop_process(lb)
         await backends.close()

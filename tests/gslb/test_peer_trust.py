@@ -23,8 +23,8 @@ from geodns.health.drains import drain_to_json, sign_drain
 from geodns.health.peers import CONTENT_TYPE, OBSERVATIONS_PATH, Verifier, encode
 from geodns.health.quorum import Drain
 
-from .cluster import wait_port
-from .test_failover import TOKEN, all_answer, start_cluster, stop_cluster
+from .cluster import all_answer, wait_port
+from .test_failover import TOKEN, start_cluster, stop_cluster
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from netutil import stop_process
 
 from .cluster import ask as cluster_ask
-from .cluster import free_port, start, stop, wait_port
+from .cluster import east_west_zone, free_port, start, wait_port
 
 pytestmark = pytest.mark.slow
 
@@ -83,26 +84,11 @@ pools:
     zones = tmp_path / "zones"
     zones.mkdir()
     load = f"http://{lb_host}:{lb_admin}/v1/load"
-    (zones / "z.yaml").write_text(
-        f"""
-zone: gslb.example.test
-soa: {{mname: ns1, rname: hostmaster, serial: 1}}
-nameservers: [{{name: ns1, glue: [127.0.0.53]}}]
-regions:
-  us-east:
-    coordinates: [38.9, -77.0]
-    endpoints: [192.0.2.10]
-    capacity_url: {load}
-    balancer: {{type: http, host: {lb_host}, port: {lb_admin}, path: /v1/load, interval: 0.3, timeout: 0.25, fall: 2, rise: 1}}
-  us-west:
-    coordinates: [45.6, -121.2]
-    endpoints: [192.0.2.20]
-records:
-  app:
-    steer: [healthy, {{capacity: {{threshold: 0.5}}}}, geo_proximity, {{limit: 1}}]
-    default: us-east
-"""
-    )
+    balancer = f"{{type: http, host: {lb_host}, port: {lb_admin}, path: /v1/load, interval: 0.3, timeout: 0.25, fall: 2, rise: 1}}"
+    (zones / "z.yaml").write_text(east_west_zone(
+        "app", "[healthy, {capacity: {threshold: 0.5}}, geo_proximity, {limit: 1}]",
+        f"capacity_url: {load}\n    balancer: {balancer}",
+    ))
     (tmp_path / "node.yaml").write_text(f"node: n1\nstate_dir: {tmp_path / 'state'}\n")
     lb = start([sys.executable, "-m", "geodns.balance", "--config", str(tmp_path / "lb.yaml")], tmp_path / "lb.log")
     server = start(
@@ -139,12 +125,12 @@ records:
         print(f"saturated -> us-west after {moved:.1f}s; unloaded -> us-east after {back:.1f}s")
 
         # The balancer dies: its check fails and the region leaves the answers.
-        stop(lb)
+        stop_process(lb)
         gone = await wait_for_answer(dns_host, dns_port, "app.gslb.example.test", "192.0.2.20", 10)
         print(f"balancer stopped -> us-west after {gone:.1f}s")
         assert server.poll() is None
     finally:
         for task in held:
             task.cancel()
-        stop(lb)
-        stop(server)
+        stop_process(lb)
+        stop_process(server)

@@ -2,17 +2,8 @@
 
 import pytest
 
-from geodns.health.rtt import (
-    Estimate,
-    Estimates,
-    Hysteresis,
-    ProbeSchedule,
-    TopNetworks,
-    best_per_region,
-    leaders_changed,
-    rank,
-    smooth,
-)
+from geodns.health import rtt
+from geodns.health.rtt import Estimate, Estimates, Hysteresis, ProbeSchedule, TopNetworks
 
 
 def test_top_networks_keeps_the_busiest_under_a_flood():
@@ -59,9 +50,9 @@ def test_probe_schedule_once_per_interval_and_backoff():
 
 
 def test_smoothing_and_expiry():
-    e = smooth(None, 100.0, 1.0)
+    e = rtt.smooth(None, 100.0, 1.0)
     assert e == Estimate(100.0, 1.0, 1)
-    e = smooth(e, 0.0, 2.0)
+    e = rtt.smooth(e, 0.0, 2.0)
     assert e.rtt == pytest.approx(70.0) and e.samples == 2
     est = Estimates(capacity=2, expiry=60.0)
     est.sample(1, 1, 10.0, 0.0)
@@ -87,16 +78,16 @@ def test_rank_with_hysteresis():
     def nets(a, b):
         return {7: {"eu-west": Estimate(a, 0.0), "us-east": Estimate(b, 0.0)}}
 
-    first = rank(nets(40.0, 42.0), None, h)
+    first = rtt.rank(nets(40.0, 42.0), None, h)
     assert first.rows[7][0][0] == "eu-west"
     # us-east becomes 4 ms faster: within the margin (max(10% of 44, 5) = 5): no change.
-    second = rank(nets(44.0, 40.0), first, h)
+    second = rtt.rank(nets(44.0, 40.0), first, h)
     assert [n for n, _ in second.rows[7]] == ["eu-west", "us-east"]
-    assert not leaders_changed(first, second)
+    assert not rtt.leaders_changed(first, second)
     # 10 ms faster: beyond the margin.
-    third = rank(nets(50.0, 40.0), second, h)
+    third = rtt.rank(nets(50.0, 40.0), second, h)
     assert third.rows[7][0] == ("us-east", 40.0)
-    assert leaders_changed(second, third)
+    assert rtt.leaders_changed(second, third)
 
 
 def test_best_per_region_takes_the_nearest_node_and_drops_stale():
@@ -105,6 +96,6 @@ def test_best_per_region_takes_the_nearest_node_and_drops_stale():
         ("eu-west", {1: Estimate(20.0, 100.0), 2: Estimate(5.0, 0.0)}),
         ("us-east", {1: Estimate(80.0, 100.0)}),
     ]
-    best = best_per_region(rows, now=100.0, expiry=60.0)
+    best = rtt.best_per_region(rows, now=100.0, expiry=60.0)
     assert {r: e.rtt for r, e in best[1].items()} == {"eu-west": 20.0, "us-east": 80.0}
     assert 2 not in best

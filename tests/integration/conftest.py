@@ -41,6 +41,15 @@ def next_host() -> str:
 
 
 
+def zone_head(origin: str, ttl: int) -> str:
+    """The first lines of a small test zone: its name, TTL, SOA and one name server."""
+    return (
+        f"zone: {origin}\nttl: {ttl}\n"
+        "soa: {mname: ns1, rname: hostmaster, serial: 1, refresh: 3600, retry: 600, expire: 604800, minimum: 60}\n"
+        "nameservers:\n  - {name: ns1, glue: [127.0.0.53]}\n"
+    )
+
+
 def ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:

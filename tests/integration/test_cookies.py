@@ -15,19 +15,15 @@ import pytest
 from dnsclient import cookie_of
 
 from geodns.dns.cookies import packed_address, server_cookie
+from tests.e2e.conftest import KNOT_SERVER
 
-from .conftest import Server, next_host, start_server
+from .conftest import Server, next_host, start_server, zone_head
 
 pytestmark = pytest.mark.slow
 
 SECRET = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
 OLD_SECRET = bytes.fromhex("00112233445566778899aabbccddeeff")
-ZONE = """\
-zone: cookie.test
-ttl: 30
-soa: {mname: ns1, rname: hostmaster, serial: 1, refresh: 3600, retry: 600, expire: 604800, minimum: 60}
-nameservers:
-  - {name: ns1, glue: [127.0.0.53]}
+ZONE = zone_head("cookie.test", 30) + """\
 regions:
   eu: {coordinates: [51.5, -0.1], endpoints: [192.0.2.30]}
   us: {coordinates: [38.9, -77.0], endpoints: [192.0.2.10]}
@@ -208,14 +204,7 @@ def test_a_wrong_secret_stops_the_start(tmp_path):
     assert "--cookie-secret-file" in out.stderr and "32 hex digits" in out.stderr
 
 
-KNOT_CONF = """\
-server:
-    rundir: "{dir}"
-    pidfile: "{dir}/knot.pid"
-    listen: {host}@{port}
-log:
-  - target: stderr
-    any: info
+KNOT_CONF = KNOT_SERVER + """\
 database:
     storage: "{dir}/db"
 mod-cookies:

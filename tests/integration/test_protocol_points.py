@@ -18,7 +18,7 @@ import pytest
 from dnsclient import fqdn, header, query, raw_tcp, raw_udp
 from netutil import free_port, wait_until
 
-from .conftest import REPO, _env, next_host, start_server, wait_answering
+from .conftest import REPO, _env, next_host, start_server, wait_answering, zone_head
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +43,7 @@ def test_notimp_does_not_echo_rd_or_cd(example_server, opcode, over):
     assert qflags & (RD | CD) == RD | CD and qflags & 0xF == 0
 
 
-BIG_ZONE_HEAD = """\
-zone: big.test
-ttl: 300
-soa: {mname: ns1, rname: hostmaster, serial: 1, refresh: 3600, retry: 600, expire: 604800, minimum: 60}
-nameservers:
-  - {name: ns1, glue: [127.0.0.53]}
+BIG_ZONE_HEAD = zone_head("big.test", 300) + """\
 records:
   small: {A: 192.0.2.1}
   big:

@@ -41,6 +41,12 @@ BERLIN = Location(52.52, 13.4, "EU", "DE", "DE-BE")
 SYDNEY = Location(-33.87, 151.2, "OC", "AU", "AU-NSW")
 COUNTRY_ONLY_US = Location(None, None, "NA", "US", None)
 
+CLIENTS = [
+    (LONDON, "81.2.69.1"), (SAN_FRANCISCO, "8.8.8.8"), (NEW_YORK, "198.51.100.7"), (SAO_PAULO, "200.1.1.1"),
+    (SINGAPORE, "1.1.1.1"), (BERLIN, "5.5.5.5"), (SYDNEY, "1.0.0.1"), (COUNTRY_ONLY_US, "3.3.3.3"), (None, None),
+]
+"""A client in each place above (and one nowhere), with an address: (location, address)."""
+
 DOWN = Verdict(up=False, cause="3 of 3 observers: connect refused")
 
 

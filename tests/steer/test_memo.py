@@ -11,20 +11,7 @@ import pytest
 from geodns.config.model import GeoRule, Step
 from geodns.steer import run_chain
 
-from .helpers import (
-    BERLIN,
-    COUNTRY_ONLY_US,
-    DOWN,
-    LONDON,
-    NEW_YORK,
-    SAN_FRANCISCO,
-    SAO_PAULO,
-    SINGAPORE,
-    SYDNEY,
-    context,
-    net,
-    steered,
-)
+from .helpers import CLIENTS, DOWN, LONDON, context, net, steered
 
 RULES = (
     GeoRule(frozenset(), frozenset(), frozenset(), (net("198.51.100.0/24"),), ("us-west",), "partner"),
@@ -40,11 +27,6 @@ CHAINS = {
     "capacity": (Step("capacity", 0.8), "geo_proximity", Step("limit", 1)),
     "rules": ("healthy", Step("geolocation", (RULES, ("us-east",))), Step("limit", 1)),
 }
-
-CLIENTS = [
-    (LONDON, "81.2.69.1"), (SAN_FRANCISCO, "8.8.8.8"), (NEW_YORK, "198.51.100.7"), (SAO_PAULO, "200.1.1.1"),
-    (SINGAPORE, "1.1.1.1"), (BERLIN, "5.5.5.5"), (SYDNEY, "1.0.0.1"), (COUNTRY_ONLY_US, "3.3.3.3"), (None, None),
-]
 
 VERDICTS = {
     "all up": {},
