@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from geodns.config._yaml import LineList, LineMap
-from geodns.config.checks import REGION_BALANCER, read_check
+from geodns.config.checks import REGION_BALANCER, ZONE, read_check
 from geodns.config.fields import (
     Ctx,
     check_keys,
@@ -42,32 +42,18 @@ def read_zone(ctx: Ctx, doc: Any, file: str) -> Zone | None:
     origin = domain_name(ctx, "", doc.get("zone", ""), line_at(doc, "zone"), "zone") if "zone" in doc else None
     if origin is None:
         return None
-    ttl = read_int(ctx, doc, "ttl", "ttl", 0, 2**31 - 1) if "ttl" in doc else DEFAULT_TTL
-    ns_ttl = read_int(ctx, doc, "ns_ttl", "ns_ttl", 0, 2**31 - 1) if "ns_ttl" in doc else 3600
+    values: dict[str, Any] = {"origin": origin, "source": file, "ttl": DEFAULT_TTL, "ns_ttl": 3600}
+    ok = all([take(ctx, doc, "", values, key, read_int, 0, 2**31 - 1) for key in ("ttl", "ns_ttl")])
     soa = _soa(ctx, doc["soa"], origin) if "soa" in doc else None
-    nameservers = _nameservers(ctx, doc, origin) if "nameservers" in doc else ()
-    regions = _regions(ctx, doc["regions"]) if "regions" in doc else {}
-    latency_table = None
-    if "latency_table" in doc:
-        value = read_str(ctx, doc, "latency_table", "latency_table")
-        if value is not None:
-            latency_table = str(Path(file).parent / value)
-    nodes = read_records(ctx, doc.get("records") or LineMap(), origin, regions, ttl or DEFAULT_TTL, doc)
-    dnssec = _dnssec(ctx, doc["dnssec"], origin, file) if "dnssec" in doc else None
-    if soa is None or ttl is None or ns_ttl is None:
-        return None
-    return Zone(
-        origin=origin,
-        source=file,
-        soa=soa,
-        nameservers=nameservers,
-        ns_ttl=ns_ttl,
-        ttl=ttl,
-        regions=regions,
-        nodes=nodes,
-        latency_table=latency_table,
-        dnssec=dnssec,
-    )
+    values["nameservers"] = _nameservers(ctx, doc, origin) if "nameservers" in doc else ()
+    values["regions"] = _regions(ctx, doc["regions"]) if "regions" in doc else {}
+    if take(ctx, doc, "", values, "latency_table", read_str) and "latency_table" in values:
+        values["latency_table"] = str(Path(file).parent / values["latency_table"])
+    records = doc.get("records") or LineMap()
+    values["nodes"] = read_records(ctx, records, origin, values["regions"], values["ttl"] or DEFAULT_TTL, doc)
+    if "dnssec" in doc:
+        values["dnssec"] = _dnssec(ctx, doc["dnssec"], origin, file)
+    return Zone(soa=soa, **values) if ok and soa is not None else None
 
 
 def _dnssec(ctx: Ctx, spec: Any, origin: str, file: str) -> Dnssec | None:
@@ -200,26 +186,22 @@ def _region(ctx: Ctx, name: str, spec: LineMap, field: str) -> Region | None:
                 ctx.error(items.line_of(i), f"{field}.endpoints[{i}]", f"duplicate endpoint {endpoint.address}")
                 ok = False
             seen.add(endpoint.address)
-    bias = read_float(ctx, spec, "bias", f"{field}.bias", -20000, 20000) if "bias" in spec else 0.0
-    weight = read_int(ctx, spec, "weight", f"{field}.weight", 0, 65535) if "weight" in spec else 1
-    min_healthy = read_int(ctx, spec, "min_healthy", f"{field}.min_healthy", 0, 65535) if "min_healthy" in spec else 1
-    check = read_check(ctx, spec["check"], f"{field}.check") if "check" in spec else None
-    balancer = read_check(ctx, spec["balancer"], f"{field}.balancer", REGION_BALANCER) if "balancer" in spec else None
-    capacity_url = read_str(ctx, spec, "capacity_url", f"{field}.capacity_url") if "capacity_url" in spec else None
-    if min_healthy is not None and endpoints and min_healthy > len(endpoints):
+    values: dict[str, Any] = {"name": name, "latitude": lat, "longitude": lon, "endpoints": tuple(endpoints)}
+    ok &= all([take(ctx, spec, field, values, key, read, *bounds, attr=attr) for key, read, bounds, attr in _REGION_NUMBERS])
+    for key, place in (("check", ZONE), ("balancer", REGION_BALANCER)):
+        if key in spec:  # a wrong check is an error, but the region stands: its names raise no more
+            values[key] = read_check(ctx, spec[key], f"{field}.{key}", place)
+    take(ctx, spec, field, values, "capacity_url", read_str)
+    min_healthy = values.get("min_healthy", 1)
+    if endpoints and min_healthy > len(endpoints):
         ctx.error(line_at(spec, "min_healthy"), f"{field}.min_healthy", f"{min_healthy} is more than the {len(endpoints)} endpoints")
         ok = False
-    if not ok or None in (lat, lon, bias, weight, min_healthy):
-        return None
-    return Region(
-        name=name,
-        latitude=lat,
-        longitude=lon,
-        endpoints=tuple(endpoints),
-        bias_km=bias,
-        weight=weight,
-        min_healthy=min_healthy,
-        check=check,
-        balancer=balancer,
-        capacity_url=capacity_url,
-    )
+    return Region(**values) if ok and lat is not None and lon is not None else None
+
+
+_REGION_NUMBERS = (
+    ("bias", read_float, (-20000, 20000), "bias_km"),
+    ("weight", read_int, (0, 65535), None),
+    ("min_healthy", read_int, (0, 65535), None),
+)
+"""(key, reader, its bounds, Region attribute) of a region's numbers."""
