@@ -22,7 +22,7 @@ from geodns.dns import cookies
 from geodns.dns.claim import AddressInUse, claim
 from geodns.dns.explain import QueryLog
 from geodns.dns.rrl import Limiter, RRLSettings, RRLSettingsError, settings_from_mapping
-from geodns.dns.server import Listen, start_listeners
+from geodns.dns.server import Listen, cookie_trusted, start_listeners
 from geodns.dns.stats import Stats
 from geodns.dns.workers import WorkerPool
 
@@ -131,7 +131,7 @@ async def _serve(
             stats_source = workers.stats
         else:
             stats = Stats()
-            limiter = Limiter(rrl, trusted=cookies.valid_server_cookie) if rrl.enabled else None
+            limiter = Limiter(rrl, trusted=cookie_trusted) if rrl.enabled else None
             closers = await start_listeners(
                 controller.ref, list(options.listens), query_log=options.query_log, stats=stats, rrl=limiter
             )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import secrets as _random
 import socket
-import time
 from dataclasses import dataclass
 
 from siphashc import siphash
@@ -150,9 +149,9 @@ def answer_cookie(option: bytes, client: str, now: float) -> tuple[bytes, bool]:
     return reply(_active, option, packed_address(client), int(now))
 
 
-def valid_server_cookie(data: bytes, client: str | bytes) -> bool:
+def valid_server_cookie(data: bytes, client: str | bytes, now: float) -> bool:
     """Whether the query `data` from `client` (its address as text, or packed: 4 or 16 bytes,
-    as a raw sockaddr holds it) carries a valid server cookie of ours.
+    as a raw sockaddr holds it) carries a server cookie of ours valid at `now` (Unix seconds).
 
     For response rate limiting (a client that returns our cookie is not spoofed, so it
     is not limited): call it only for a response that would be limited; it parses the
@@ -174,4 +173,4 @@ def valid_server_cookie(data: bytes, client: str | bytes) -> bool:
             address = address[12:]
     except (OSError, ValueError):
         return False
-    return reply(_active, edns.cookie, address, int(time.time()))[1]
+    return reply(_active, edns.cookie, address, int(now))[1]

@@ -367,7 +367,7 @@ class Limiter:
         self.settings = settings
         self.trusted = trusted
         """(query bytes, client address packed) -> whether the query carries a valid server cookie
-        (`geodns.dns.cookies.valid_server_cookie`): asked only of a response about to be limited."""
+        (`geodns.dns.server.cookie_trusted`): asked only of a response about to be limited."""
         self.table = table if table is not None else Table(settings.slots, settings.rate, settings.window, settings.slip)
         self.log_only = settings.log_only
         self._exempt = _int_networks(settings.exempt)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from geodns.dns.answer import answer
+from geodns.dns.cookies import valid_server_cookie
 from geodns.dns.explain import QueryLog
 from geodns.dns.rrl import Limiter
 from geodns.dns.snapshot import Snapshot
@@ -70,6 +71,12 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise ValueError(f"{text!r} is not a port number")
     return int(text)
+
+
+def cookie_trusted(data: bytes, client: str | bytes) -> bool:
+    """Rate limiting's `trusted` check (`Limiter(trusted=)`): the query carries a server cookie
+    of ours, valid now."""
+    return valid_server_cookie(data, client, time.time())
 
 
 class UDPProtocol(asyncio.DatagramProtocol):

@@ -43,7 +43,7 @@ from typing import Any
 from geodns.dns import cookies
 from geodns.dns.explain import QueryLog
 from geodns.dns.rrl import RRLSettings, create_shared, limiter_for_worker
-from geodns.dns.server import Listen, SnapshotRef, start_listeners
+from geodns.dns.server import Listen, SnapshotRef, cookie_trusted, start_listeners
 from geodns.dns.snapshot import Snapshot, build_snapshot
 from geodns.dns.sources import SOURCES, SOURCES_ENV
 from geodns.dns.stats import LATENCY_BUCKETS, Stats
@@ -391,7 +391,7 @@ async def _worker(conn: Connection) -> int:
     rrl = None
     if setup.get("rrl") is not None:
         rrl = limiter_for_worker(
-            setup["rrl"], setup.get("workers", 1), setup.get("rrl_table"), trusted=cookies.valid_server_cookie
+            setup["rrl"], setup.get("workers", 1), setup.get("rrl_table"), trusted=cookie_trusted
         )
     try:
         closers = await start_listeners(

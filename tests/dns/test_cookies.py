@@ -308,15 +308,15 @@ def test_an_echoed_cookie_is_served_from_level0_to_its_client_only(known_secret)
 def test_valid_server_cookie_for_rate_limiting(known_secret):
     snap = fresh_snapshot()
     got = response_cookie(answer(snap, query(options=option(10, bytes(8))), "198.51.100.7", time.time(), True, Stats()))
-    assert cookies.valid_server_cookie(query(options=option(10, got)), "198.51.100.7")
-    assert cookies.valid_server_cookie(query(options=option(10, got)), packed_address("198.51.100.7"))
-    assert cookies.valid_server_cookie(query(options=option(10, got)), socket.inet_pton(socket.AF_INET6, "::ffff:198.51.100.7"))
-    assert not cookies.valid_server_cookie(query(options=option(10, got)), "198.51.100.8")
-    assert not cookies.valid_server_cookie(query(options=option(10, bytes(8))), "198.51.100.7")
-    assert not cookies.valid_server_cookie(query(), "198.51.100.7")
-    assert not cookies.valid_server_cookie(b"\0junk", "198.51.100.7")
+    assert cookies.valid_server_cookie(query(options=option(10, got)), "198.51.100.7", time.time())
+    assert cookies.valid_server_cookie(query(options=option(10, got)), packed_address("198.51.100.7"), time.time())
+    assert cookies.valid_server_cookie(query(options=option(10, got)), socket.inet_pton(socket.AF_INET6, "::ffff:198.51.100.7"), time.time())
+    assert not cookies.valid_server_cookie(query(options=option(10, got)), "198.51.100.8", time.time())
+    assert not cookies.valid_server_cookie(query(options=option(10, bytes(8))), "198.51.100.7", time.time())
+    assert not cookies.valid_server_cookie(query(), "198.51.100.7", time.time())
+    assert not cookies.valid_server_cookie(b"\0junk", "198.51.100.7", time.time())
     stale = A1_CLIENT + server_cookie(SECRET, A1_CLIENT, packed_address("198.51.100.7"), int(time.time()) - 4000)
-    assert not cookies.valid_server_cookie(query(options=option(10, stale)), "198.51.100.7")
+    assert not cookies.valid_server_cookie(query(options=option(10, stale)), "198.51.100.7", time.time())
 
 
 def test_notimp_for_other_opcodes_echoes_no_rd_or_cd():
