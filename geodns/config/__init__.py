@@ -4,7 +4,15 @@
 reads any other YAML file of the node with the same line numbers and errors.
 """
 
-from geodns.config._yaml import LineList, LineMap, error_text, line_of, read_yaml, read_yaml_file
+from geodns.config._yaml import (
+    MAX_DEPTH,
+    LineList,
+    LineMap,
+    error_text,
+    line_of,
+    read_yaml,
+    read_yaml_file,
+)
 from geodns.config.errors import ConfigError, ConfigInvalid
 from geodns.config.loader import load_zone_file, load_zone_text, load_zones, zone_files
 from geodns.config.model import (
@@ -22,6 +30,7 @@ from geodns.config.model import (
 )
 
 __all__ = [
+    "MAX_DEPTH",
     "SOA",
     "Check",
     "ConfigError",

@@ -27,8 +27,7 @@ from typing import Any
 
 import yaml
 
-from geodns.config import ConfigError, Zone
-from geodns.config._yaml import MAX_DEPTH, LineList, LineMap, load_yaml
+from geodns.config import MAX_DEPTH, ConfigError, ConfigInvalid, LineList, LineMap, Zone, read_yaml
 from geodns.control.controller import Config, Controller, ReloadFailed, load_config
 from geodns.fsutil import sync_directory, write_atomic
 from geodns.health import strictjson
@@ -117,8 +116,8 @@ def refused_references(text: str, file: Path, directory: Path, current: Zone | N
     `current`: the zone as served now; a reference it already makes (put there by
     the operator, e.g. the bundled example's `../data/latency.yaml`) is kept."""
     try:
-        doc = load_yaml(text)
-    except yaml.YAMLError:
+        doc = read_yaml(text, str(file))
+    except ConfigInvalid:
         return []  # the loader reports it, with its line
     if not isinstance(doc, dict):
         return []

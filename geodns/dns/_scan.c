@@ -14,7 +14,7 @@
  *
  * None means "not the common shape": the caller runs the full parser, so this
  * never raises for bad input. The rules are exactly the Python fast path's in
- * wire.py (`_scan_common`); tests/dns/test_hotpath.py checks the three
+ * wire.py (`scan_common`); tests/dns/test_hotpath.py checks the three
  * parsers agree on valid, mutated and random packets.
  *
  * `patch` is wire.patch_python's byte assembly (ID, RD/CD, the question as
