@@ -327,7 +327,8 @@ def status_document(state: AdminState) -> dict[str, Any]:
                     target = endpoint_target(name, e.address)
                     v = snap.verdicts.get(target)
                     entry["endpoints"].append(
-                        {"target": target, "address": str(e.address), "up": v is None or v.up, "cause": v.cause if v else "", "drained": target in drains}
+                        {"target": target, "address": str(e.address), "up": v is None or v.up, "cause": v.cause if v else "",
+                         "state": v.state.value if v else "up", "drained": target in drains}
                     )
     for name, entry in regions.items():
         entry["up"] = all(entry["zones"].values())
@@ -336,10 +337,11 @@ def status_document(state: AdminState) -> dict[str, Any]:
         entry["drained"] = drains.get(name)
         entry["share"] = shares["regions"].get(name, 0.0)
         any_zone = next(z for z in snap.zones.values() if name in z.regions)
-        entry["cause"] = region_verdict(any_zone.regions[name], snap.verdicts).cause
+        rv = region_verdict(any_zone.regions[name], snap.verdicts)
+        entry["cause"], entry["state"] = rv.cause, rv.state.value
         entry["capacity"] = {"utilisation": c.utilisation.get(name), "detail": c.capacity_notes.get(name)}
         b = snap.verdicts.get(balancer_target(name))
-        entry["balancer"] = None if b is None else {"up": b.up, "cause": b.cause}
+        entry["balancer"] = None if b is None else {"up": b.up, "cause": b.cause, "state": b.state.value}
     geo = c.geo
     doc: dict[str, Any] = {
         "now": time.time(),
@@ -370,7 +372,7 @@ def status_document(state: AdminState) -> dict[str, Any]:
             # snapshot is only republished when some up/down state changes.
             live = (health.get("targets", {}).get(balancer_target(name)) or {}).get("verdict")
             if live:
-                entry["balancer"] = {"up": live.get("up", True), "cause": live.get("cause", "")}
+                entry["balancer"] = {"up": live.get("up", True), "cause": live.get("cause", ""), "state": live.get("state", "up")}
     return doc
 
 

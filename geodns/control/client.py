@@ -100,6 +100,15 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state(entry: dict[str, Any]) -> str:
+    """A verdict's state as `geodns status` shows it: capitals when it keeps the target out
+    of answers (DOWN, DRAINED, FORCED); "unknown" or "fallback" when it is up on no fresh
+    observation yet; "forced" when an operator holds it up. An older node's document has no
+    state: up or DOWN."""
+    state = entry.get("state") or ("up" if entry.get("up", True) else "down")
+    return state if entry.get("up", True) else state.upper()
+
+
 def format_status(doc: dict[str, Any]) -> str:
     now = doc.get("now", time.time())
     lines = []
@@ -119,23 +128,23 @@ def format_status(doc: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"{'REGION':<16} {'STATE':<9} {'SHARE':>6}  WHY")
     for name, r in sorted(doc["regions"].items()):
-        state = "DRAINED" if r.get("drained") else ("up" if r["up"] else "DOWN")
+        state = "DRAINED" if r.get("drained") else _state(r)
         share = f"{100 * r.get('share', 0):.0f}%"
         why = f"drained: {r['drained']}" if r.get("drained") else r.get("cause", "")
         lines.append(f"{name:<16} {state:<9} {share:>6}  {why}")
         if r.get("balancer"):
-            lines.append(f"  balancer {'up' if r['balancer']['up'] else 'DOWN'}: {r['balancer']['cause']}")
+            lines.append(f"  balancer {_state(r['balancer'])}: {r['balancer']['cause']}")
         if (r.get("capacity") or {}).get("detail"):
             lines.append(f"  load: {r['capacity']['detail']}")
         for e in r.get("endpoints", []):
-            estate = "drained" if e.get("drained") else ("up" if e["up"] else "down")
+            estate = "drained" if e.get("drained") else _state(e).lower()
             lines.append(f"  {e['address']:<30} {estate:<8} {e.get('cause') or ''}".rstrip())
     if doc.get("observers"):
         lines.append("")
         lines.append("observers' latest views:")
         for target, t in sorted(doc["observers"].items()):
             v = t.get("verdict") or {}
-            verdict = "up" if v.get("up", True) else "DOWN"
+            verdict = _state(v)
             lines.append(f"  {target}: verdict {verdict}{' (' + v['cause'] + ')' if v.get('cause') else ''}")
             for observer, view in sorted((t.get("observers") or {}).items()):
                 stale = " STALE" if view.get("stale") else ""

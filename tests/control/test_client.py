@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
+
 import pytest
 
 from geodns.cli import build_parser
+from geodns.control.client import format_status
 from tests.control.conftest import TOKEN, Node, a_records, free_port
 
 
@@ -18,6 +22,32 @@ def test_status_prints_regions(node: Node, capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert "generation" in out and "gslb.example.test" in out
     assert "eu-west" in out and "192.0.2.30" in out
+    with urllib.request.urlopen(f"http://{node.admin}/v1/status", timeout=5) as r:
+        region = json.load(r)["regions"]["eu-west"]
+    assert region["state"] == "up" and {e["state"] for e in region["endpoints"]} == {"up"}
+
+
+def test_status_shows_how_each_verdict_was_reached() -> None:
+    """The STATE column is the verdict's state: capitals when it keeps the target out of
+    answers, and up-but-unproven states (unknown, fallback) in their own words."""
+    endpoint = {"address": "192.0.2.30", "cause": ""}
+    doc = {
+        "generation": 3, "zones": [], "now": 0,
+        "regions": {
+            "eu-west": {"up": True, "state": "unknown", "cause": "no observer has decided yet", "endpoints": [
+                {**endpoint, "up": True, "state": "unknown"}, {**endpoint, "address": "192.0.2.31", "up": True, "state": "fallback"}]},
+            "us-east": {"up": False, "state": "forced", "cause": "marked down", "endpoints": [{**endpoint, "up": False, "state": "forced"}],
+                        "balancer": {"up": False, "cause": "haproxy www: 0/3 servers up", "state": "down"}},
+            "ap-southeast": {"up": False, "cause": "written by an older node", "endpoints": []},
+        },
+    }
+    lines = format_status(doc).splitlines()
+    assert any(line.startswith("eu-west") and " unknown " in line for line in lines)
+    assert any("192.0.2.30" in line and "unknown" in line for line in lines)
+    assert any("192.0.2.31" in line and "fallback" in line for line in lines)
+    assert any(line.startswith("us-east") and " FORCED " in line for line in lines)
+    assert "  balancer DOWN: haproxy www: 0/3 servers up" in lines
+    assert any(line.startswith("ap-southeast") and " DOWN " in line for line in lines)
 
 
 def test_drain_and_undrain(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
@@ -27,6 +57,8 @@ def test_drain_and_undrain(node: Node, capsys: pytest.CaptureFixture[str]) -> No
     assert run(["status", "--admin", node.admin]) == 0
     out = capsys.readouterr().out
     assert "DRAINED" in out and "kernel upgrade" in out and "recent verdict changes" in out
+    with urllib.request.urlopen(f"http://{node.admin}/v1/status", timeout=5) as r:
+        assert json.load(r)["regions"]["eu-west"]["state"] == "drained"
     assert run(["undrain", "eu-west", "--admin", node.admin, "--token", TOKEN]) == 0
     assert "undrained eu-west" in capsys.readouterr().out
     assert a_records(node.query("www.gslb.example.test", "81.2.69.160")) == ["192.0.2.30"]
