@@ -16,8 +16,9 @@ validates it with its own loader and applies it with its usual reload.
 A dynamic record becomes one steered name:
 
 - each pool is a region named `NAME.pool.POOL` whose endpoints are the pool's
-  values (weights kept as endpoint weights; geodns answers every healthy
-  value of the chosen pool);
+  values, weights kept as endpoint weights: when they differ, the region has
+  `answers: 1` and each answer carries one value, in proportion to the
+  weights; when they are all the same, every healthy value is answered;
 - the record's own values are the region `NAME.values`, the last resort of
   every rule (octoDNS's "default");
 - the chain is `[healthy, geolocation, {limit: 1}]`: each rule with `geos`
@@ -263,6 +264,8 @@ def _steered(name: str, records: list[Any]) -> tuple[dict[str, Any], dict[str, A
                 endpoints.append({"address": str(v["value"]), "weight": v["weight"]})
                 all_up &= v["status"] == "up"
         region: dict[str, Any] = {"coordinates": list(coords.get(pool_id, [0, 0])), "endpoints": endpoints}
+        if len({e["weight"] for e in endpoints}) > 1:
+            region["answers"] = 1  # weights that differ: one value per answer in their proportion, as octoDNS means them
         if check is not None and not all_up:
             region["check"] = check
         regions[f"{slug}{POOL}{pool_id}"] = region

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,8 +126,10 @@ def test_sync_dig_resync_and_dump(node: Node, tmp_path: Path) -> None:
 
     run("octodns-sync", "--config-file", str(config), "--doit")
     assert (node.zones / "octo.example.test.yaml").exists()
-    # London: the europe pool (both values); California: north-america; a pinned subnet: partner.
-    assert dig(node, "www.octo.example.test", "81.2.69.0/24") == ["192.0.2.101", "192.0.2.111"]
+    # London: the europe pool, one value per answer by weight 3:1; California: north-america;
+    # a pinned subnet: partner.
+    london = Counter(a for _ in range(8) for a in dig(node, "www.octo.example.test", "81.2.69.0/24"))
+    assert london == {"192.0.2.101": 6, "192.0.2.111": 2}
     assert dig(node, "www.octo.example.test", "8.8.8.0/24") == ["192.0.2.102"]
     assert dig(node, "www.octo.example.test", "198.51.100.0/24") == ["192.0.2.150"]
     assert dig(node, "mail.octo.example.test", "8.8.8.0/24") == ["192.0.2.25"]

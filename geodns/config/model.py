@@ -60,6 +60,9 @@ class Check:
 class Endpoint:
     address: IPAddress
     weight: int = 1
+    """Its share of the region's answers when the region's `answers` limits how many are
+    given; 0: a standby, answered only when none of the region's weighted endpoints of
+    its family is up."""
     check: Check | None = None
     """Overrides the region's check for this endpoint."""
 
@@ -78,6 +81,9 @@ class Region:
     balancer: Check | None = None
     """The regional balancer's own check (e.g. `geodns balance` /v1/load)."""
     capacity_url: str | None = None
+    answers: int | None = None
+    """At most this many of the region's addresses of a family per answer, picked per query
+    in proportion to the endpoints' weights; None: every one that is up."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,9 @@ def _nameservers(ctx: Ctx, doc: LineMap, origin: str) -> tuple[NameServer, ...]:
 
 # --- regions and checks ----------------------------------------------------------------
 
-REGION_KEYS = ("coordinates", "endpoints", "bias", "weight", "min_healthy", "check", "balancer", "capacity_url")
+MAX_ANSWERS = 64
+"""Bound of a region's `answers` (addresses per answer): a UDP answer of 64 AAAA is ~2 KB."""
+REGION_KEYS = ("coordinates", "endpoints", "bias", "weight", "min_healthy", "answers", "check", "balancer", "capacity_url")
 
 
 def _regions(ctx: Ctx, regions: Any) -> dict[str, Region]:
@@ -203,5 +205,6 @@ _REGION_NUMBERS = (
     ("bias", read_float, (-20000, 20000), "bias_km"),
     ("weight", read_int, (0, 65535), None),
     ("min_healthy", read_int, (0, 65535), None),
+    ("answers", read_int, (1, MAX_ANSWERS), None),
 )
 """(key, reader, its bounds, Region attribute) of a region's numbers."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from geodns.config.model import IPAddress, Steered
 from geodns.steer.capacity import capacity
-from geodns.steer.context import Candidates, Context
+from geodns.steer.context import Candidates, Context, RegionInfo, weighted_first
 from geodns.steer.failover import failover
 from geodns.steer.geo_proximity import geo_proximity
 from geodns.steer.geolocation import geolocation
@@ -21,6 +21,7 @@ from geodns.steer.healthy import healthy
 from geodns.steer.latency import latency
 from geodns.steer.limit import limit
 from geodns.steer.outcome import Kept, Outcome
+from geodns.steer.picks import weighted_picks
 from geodns.steer.verdict import earliest_change
 from geodns.steer.weighted import weighted
 
@@ -167,7 +168,8 @@ def _decide(
     merged: dict[Candidates, int] = {}
     for weight, cands in final:
         merged[cands] = merged.get(cands, 0) + weight
-    result = tuple([Branch(w, cands, _addresses(cands, ctx)) for cands, w in merged.items()])
+    result = tuple([Branch(w * share, cands, addresses) for cands, w in merged.items()
+                    for share, addresses in _picks(cands, ctx, trace)])
     verdicts = ctx.verdicts
     until = None
     if verdicts:
@@ -184,21 +186,47 @@ def _targets(regions: Candidates, ctx: Context) -> list[str]:
     return [t for name in regions for t in ctx.regions[name].targets]
 
 
-def _addresses(regions: Candidates, ctx: Context) -> tuple[IPAddress, ...]:
-    """The endpoints of these regions that are up; a region whose endpoints are all down answers all of them."""
-    verdicts = ctx.verdicts
-    if len(regions) == 1 and not verdicts:
-        return ctx.regions[regions[0]].addresses[ctx.family]
-    out: dict[IPAddress, None] = {}
+def _picks(regions: Candidates, ctx: Context, trace: list[TraceStep]) -> list[tuple[int, tuple[IPAddress, ...]]]:
+    """The addresses answers for these regions carry, as (share, addresses) alternatives:
+    one, unless a region's `answers` picks among more endpoints (`geodns.steer.picks`)."""
+    if len(regions) == 1 and not ctx.verdicts and ctx.regions[regions[0]].region.answers is None:
+        return [(1, ctx.regions[regions[0]].serving[ctx.family])]
+    options: list[tuple[int, tuple[IPAddress, ...]]] = [(1, ())]
+    notes = []
     for name in regions:
-        info = ctx.regions[name]
-        addresses = info.addresses[ctx.family]
-        if verdicts:
-            up = [a for a in addresses if _up(verdicts.get(info.endpoint_targets[a]))]
-            out.update(dict.fromkeys(up or addresses))
-        else:
-            out.update(dict.fromkeys(addresses))
-    return tuple(out)
+        pool = _serving(ctx.regions[name], ctx)
+        n = ctx.regions[name].region.answers
+        if n is None or len(pool) <= n or len(options) * len(pool) > MAX_PICKS:
+            options = [(s, (*a, *(x for x in pool if x not in a))) for s, a in options]
+            continue
+        weights = ctx.regions[name].weights
+        picks = weighted_picks([weights[a] for a in pool], n)
+        if ctx.explain:
+            total = sum(weights[a] for a in pool)
+            shares = ", ".join(f"{a} {min(1.0, n * weights[a] / total):.0%}" for a in pool)
+            notes.append(f"{name}: {n} of {len(pool)} addresses per answer, by weight ({shares})")
+        options = [(s * max(1, round(share * PICK_SCALE)), (*a, *(x for x in (pool[i] for i in subset) if x not in a)))
+                   for s, a in options for share, subset in picks]
+    if notes:
+        trace.append(TraceStep("answers", regions, (regions,), "; ".join(notes)))
+    return options
+
+
+MAX_PICKS = 256
+"""Alternative answers of one branch at most; a region whose picks would pass it answers all its addresses."""
+PICK_SCALE = 1000
+"""Shares become integer weights for the answer schedule (which keeps a period of at most 1,000)."""
+
+
+def _serving(info: RegionInfo, ctx: Context) -> tuple[IPAddress, ...]:
+    """A region's addresses an answer may carry: those up, the weighted ones among them
+    (standbys when none is); when every one is down, all of them, weighted first."""
+    verdicts = ctx.verdicts
+    if not verdicts:
+        return info.serving[ctx.family]
+    addresses = info.addresses[ctx.family]
+    up = [a for a in addresses if _up(verdicts.get(info.endpoint_targets[a]))]
+    return weighted_first(up, info.weights) if up else info.serving[ctx.family]
 
 
 def _up(verdict) -> bool:

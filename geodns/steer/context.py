@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from geodns.config.model import IPAddress, IPNetwork, Region
@@ -56,6 +56,11 @@ class RegionInfo:
     """Endpoint address -> its verdict's target name (formatting addresses per decision is costly)."""
     targets: tuple[str, ...] = ()
     """Every verdict the region's state reads: its own, its balancer's, all its endpoints'."""
+    weights: Mapping[IPAddress, int] = field(default_factory=dict)
+    """Endpoint address -> its weight (0: a standby)."""
+    serving: Mapping[int, tuple[IPAddress, ...]] = field(default_factory=dict)
+    """IP version -> the addresses answered while all are up: the weighted ones (all of
+    them when none is weighted), before `answers` picks among them."""
 
     @classmethod
     def of(cls, region: Region) -> RegionInfo:
@@ -63,13 +68,21 @@ class RegionInfo:
         for endpoint in region.endpoints:
             by_family[endpoint.address.version].append(endpoint.address)
         endpoint_targets = {e.address: endpoint_target(region.name, e.address) for e in region.endpoints}
+        weights = {e.address: e.weight for e in region.endpoints}
         return cls(
             region=region,
             vector=unit_vector(region.latitude, region.longitude),
             addresses={v: tuple(a) for v, a in by_family.items()},
             endpoint_targets=endpoint_targets,
             targets=(region.name, balancer_target(region.name), *endpoint_targets.values()),
+            weights=weights,
+            serving={v: weighted_first(a, weights) for v, a in by_family.items()},
         )
+
+
+def weighted_first(addresses: Sequence[IPAddress], weights: Mapping[IPAddress, int]) -> tuple[IPAddress, ...]:
+    """The addresses with a weight; all of them when none has (standbys only answer then)."""
+    return tuple([a for a in addresses if weights[a] > 0]) or tuple(addresses)
 
 
 @dataclass(slots=True)

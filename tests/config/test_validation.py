@@ -79,6 +79,12 @@ REFUSED = [
         "regions.us-east.endpoints[1]: duplicate endpoint 192.0.2.10"),
     one("min-healthy-above-endpoint-count", us_east("    min_healthy: 2\n"), "min_healthy",
         "regions.us-east.min_healthy: 2 is more than the 1 endpoints"),
+    one("answers-zero", us_east("    answers: 0\n"), "answers",
+        "regions.us-east.answers: 0 is out of range 1..64"),
+    one("answers-not-a-number", us_east("    answers: all\n"), "answers",
+        "regions.us-east.answers: 'all' is not an integer"),
+    one("endpoint-weight-negative", endpoints(US_EAST, "      - {address: 192.0.2.10, weight: -1}\n"), "weight",
+        "regions.us-east.endpoints[0].weight: -1 is out of range 0..65535"),
     # --- checks
     one("check-type", us_east("    check: {type: ftp}\n"), "ftp",
         "regions.us-east.check.type: 'ftp' is not one of http, https, tcp, dns, exec"),
