@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,37 @@ def _geoip_arg(args: argparse.Namespace) -> str | None:
     return args.geoip or _default_geoip()
 
 
+MIN_TOKEN = 16
+"""Characters an admin token should have: anyone who guesses it can drain every region."""
+
+
+def _admin_token(args: argparse.Namespace) -> str | None:
+    """The admin API's bearer token: --admin-token-file's first line when given, else
+    --admin-token or $GEODNS_ADMIN_TOKEN. Raises ValueError for a file that cannot be read
+    or is empty, or a token with spaces; a short token is taken with a warning."""
+    token = args.admin_token
+    source = "--admin-token (or $GEODNS_ADMIN_TOKEN)"
+    if args.admin_token_file:
+        source = args.admin_token_file
+        try:
+            with open(args.admin_token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--admin-token-file: cannot read {args.admin_token_file}: {exc}") from None
+        if not token:
+            raise ValueError(f"--admin-token-file: {args.admin_token_file} is empty")
+    if token is None:
+        return None
+    if not token or any(c.isspace() for c in token):
+        raise ValueError(f"{source}: the admin token must be non-empty and hold no spaces")
+    if len(token) < MIN_TOKEN:
+        logging.getLogger("geodns").warning(
+            "event=weak_admin_token length=%d detail=%r", len(token),
+            f"an admin token of fewer than {MIN_TOKEN} characters can be guessed; make one with "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'")
+    return token
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from geodns.control.controller import Controller
     from geodns.control.logs import setup_logging
@@ -57,6 +89,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0.0 < args.query_log_sample <= 1.0:
         print("geodns serve: --query-log-sample must be in (0, 1]", file=sys.stderr)
         return 2
+    try:
+        admin_token = _admin_token(args)
+    except ValueError as exc:
+        print(f"geodns serve: {exc}", file=sys.stderr)
+        return 2
     if args.workers < 0:
         print("geodns serve: --workers must be 0 (one per core) or more", file=sys.stderr)
         return 2
@@ -73,7 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = ServeOptions(
         listens=listens,
         admin=admin,
-        admin_token=args.admin_token,
+        admin_token=admin_token,
         admin_hosts=admin_hosts,
         node_file=args.node,
         workers=workers,
@@ -208,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sources(p)
     p.add_argument("--listen", action="append", metavar="ADDR:PORT", help="address to serve DNS on (repeatable; default 127.0.0.1:5353; IPv6 as [::1]:5353)")
     p.add_argument("--admin", default=DEFAULT_ADMIN, metavar="ADDR:PORT", help=f"admin API, /metrics and status page (default {DEFAULT_ADMIN}; 'none' to disable)")
-    p.add_argument("--admin-token", default=os.environ.get("GEODNS_ADMIN_TOKEN"), help="bearer token for admin writes (default: $GEODNS_ADMIN_TOKEN)")
+    p.add_argument("--admin-token", default=os.environ.get("GEODNS_ADMIN_TOKEN"), help="bearer token for admin writes (default: $GEODNS_ADMIN_TOKEN); 16 or more random characters")
+    p.add_argument("--admin-token-file", default=os.environ.get("GEODNS_ADMIN_TOKEN_FILE"), metavar="FILE", help="read the admin token from FILE's first line instead (a container secret; default: $GEODNS_ADMIN_TOKEN_FILE)")
     p.add_argument("--admin-host", action="append", metavar="NAME", help="a name the admin API answers to in the Host header, besides its addresses and localhost (repeatable; DNS rebinding defence)")
     p.add_argument("--node", default=None, metavar="FILE", help="node settings (name, private_key_file, peers with public keys) for distributed health checking")
     p.add_argument("--workers", type=int, default=0, help="worker processes sharing the port with SO_REUSEPORT (default: one per core)")

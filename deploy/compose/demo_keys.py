@@ -5,8 +5,8 @@
 TEMPLATES holds one node file per node (nodes/*.yaml here) whose `peers`
 public keys and `cookie_secret` are placeholders. For each node this writes
 OUT/NAME.yaml with every placeholder filled in and OUT/keys/NAME.key (mode
-0600), all from keys and a cookie secret made here, so no secret of the demo is
-in the repository. A second run keeps what OUT already holds: restarting the
+0600), all from keys and a cookie secret made here, and OUT/keys/admin-token, the
+nodes' admin API token (0600), so no secret of the demo is in the repository. A second run keeps what OUT already holds: restarting the
 demo keeps its identities. For a real cluster, each node makes its own key with
 `geodns keygen` and only public keys travel (docs/health.md).
 """
@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from geodns.health import keys
@@ -38,12 +39,8 @@ def main(templates: Path, out: Path) -> int:
             keys.write_private_key(str(path), keys.generate())
         key, _ = keys.load_private_key(str(path))
         public[node.stem] = keys.public_key_text(key)
-    cookie_path = out / "keys" / "cookie-secret"
-    if not cookie_path.exists():
-        fd = os.open(cookie_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(16) + "\n")
-    cookie = cookie_path.read_text().strip()
+    cookie = secret_file(out / "keys" / "cookie-secret", lambda: secrets.token_hex(16))
+    secret_file(out / "keys" / "admin-token", lambda: secrets.token_urlsafe(24))
     for node in nodes:
         text = node.read_text()
         unknown = {m["name"] for m in PEER.finditer(text)} - set(public)
@@ -55,6 +52,15 @@ def main(templates: Path, out: Path) -> int:
         (out / node.name).write_text(text)
         print(f"demo_keys: {node.stem}: {public[node.stem]}")
     return 0
+
+
+def secret_file(path: Path, make: Callable[[], str]) -> str:
+    """The secret in `path`, made (mode 0600) when the file is not there yet."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(make() + "\n")
+    return path.read_text().strip()
 
 
 if __name__ == "__main__":

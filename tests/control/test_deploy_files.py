@@ -167,6 +167,15 @@ def test_compose_runs_three_regions_with_backends(tmp_path: Path) -> None:
         udp = [p for p in service["ports"] if p.endswith("/udp")]
         assert udp and all(p.startswith("127.0.0.1:") for p in service["ports"])
     assert len(cookie_secrets) == 1, "every node shares one DNS cookie secret"
+    # The admin token is made with the keys, never a default in the file: each node reads it
+    # from the volume.
+    token = made / "keys" / "admin-token"
+    assert token.stat().st_mode & 0o077 == 0 and len(token.read_text().strip()) >= 16
+    assert "change-me" not in (DEPLOY / "compose" / "compose.yaml").read_text()
+    for service in nodes.values():
+        env = service["environment"]
+        assert "GEODNS_ADMIN_TOKEN" not in env
+        assert env["GEODNS_ADMIN_TOKEN_FILE"] == "/etc/geodns/nodes/keys/admin-token"
     # Each node knows every other node's real public key, and a second run keeps them.
     first = {p.name: p.public_key for p in load_node_settings(str(made / "us-east.yaml"), extra_keys=(
         *COOKIE_KEYS, *latency_probe.KEYS)).peers}
