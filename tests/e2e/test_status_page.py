@@ -137,6 +137,10 @@ async def test_status_page_shows_a_drain_within_seconds(tmp_path: Path, procs: l
             await page.call("Page.navigate", url=f"http://{node.admin}/")
             await page.until("document.querySelectorAll('#markers circle').length === 5", timeout=10)
             assert await page.js("document.querySelector('#regions tr[data-region=\"eu-west\"]').dataset.state") == "up"
+            # A verdict's state shows where it says more than up or down (no health service here).
+            assert await page.js("document.querySelector('#regions tr[data-region=\"eu-west\"] .state').textContent") == "up"
+            assert await page.js("[stateLabel('up', 'unknown'), stateLabel('down', 'forced'), stateLabel('up', 'up')].join()") \
+                == "up (unknown),down (forced),up"
             assert await page.js("document.querySelector('footer a[href=\"https://db-ip.com\"]').textContent") == "IP Geolocation by DB-IP"
             from geodns.control.zonestore import content_hash
 

@@ -22,6 +22,12 @@ function stateOf(region) {
   return region.up ? "up" : "down";
 }
 
+// The verdict's own state where it says more than up or down: "unknown" (no observer has
+// decided yet), "fallback" (an earlier verdict stands in), "forced" (an operator's mark).
+function stateLabel(state, verdict) {
+  return verdict && !["up", "down", "drained"].includes(verdict) ? `${state} (${verdict})` : state;
+}
+
 function ago(now, at) {
   const s = Math.max(0, Math.round(now - at));
   if (s < 120) return s + "s ago";
@@ -40,7 +46,7 @@ function drawMap(doc) {
     const radius = 2.5 + 7 * Math.sqrt(r.share || 0);
     const circle = svgEl("circle", { cx: x, cy: y, r: radius, "data-region": r.name, "data-state": state, class: "region " + state });
     const title = svgEl("title", {});
-    title.textContent = `${r.name}: ${state} · ${pct(r.share)} of answers · ${r.drained ? "drained: " + r.drained : r.cause}`;
+    title.textContent = `${r.name}: ${stateLabel(state, r.state)} · ${pct(r.share)} of answers · ${r.drained ? "drained: " + r.drained : r.cause}`;
     circle.append(title);
     const label = svgEl("text", { x: x + radius + 1, y: y + 1.5 });
     label.textContent = `${r.name} ${pct(r.share)}`;
@@ -57,13 +63,14 @@ function drawRegions(doc) {
     bar.firstChild.style.width = pct(r.share);
     const why = el("td", {}, r.drained ? "drained: " + r.drained : r.cause);
     for (const e of r.endpoints) {
-      if (!e.up) why.append(el("div", { class: "muted" }, `${e.address}: ${e.drained ? "drained" : "down"} ${e.cause || ""}`));
+      if (!e.up) why.append(el("div", { class: "muted" }, `${e.address}: ${e.drained ? "drained" : stateLabel("down", e.state)} ${e.cause || ""}`));
+      else if (e.state === "unknown" || e.state === "fallback") why.append(el("div", { class: "muted" }, `${e.address}: up (${e.state}) ${e.cause || ""}`));
     }
-    if (r.balancer) why.append(el("div", { class: "muted" }, `balancer ${r.balancer.up ? "up" : "down"}: ${r.balancer.cause}`));
+    if (r.balancer) why.append(el("div", { class: "muted" }, `balancer ${stateLabel(r.balancer.up ? "up" : "down", r.balancer.state)}: ${r.balancer.cause}`));
     if (r.capacity && r.capacity.detail) why.append(el("div", { class: "muted" }, `load: ${r.capacity.detail}`));
     body.append(el("tr", { "data-region": r.name, "data-state": state },
       el("td", {}, r.name),
-      el("td", {}, el("span", { class: "state state-" + state }, state)),
+      el("td", {}, el("span", { class: "state state-" + state }, stateLabel(state, r.state))),
       el("td", {}, bar, " ", pct(r.share)),
       why));
   }
