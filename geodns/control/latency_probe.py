@@ -820,7 +820,12 @@ def attach(app: web.Application | None, health: Any, settings: LatencySettings |
         zones = controller.config.zones if controller.config else ()
         return zones[0].origin if zones else "."
 
+    nats = getattr(health, "nats", None)
+    if nats is not None:
+        peers = {}  # the NATS bucket carries the rows, to every node at once
     service = LatencyService(settings, node.name, controller.set_measured, health.verifier, peers, node.state_dir, qname)
+    if nats is not None and settings.enabled:
+        nats.share_latency(service.body, service.accept, settings.exchange_interval)
     if app is not None:
         service.add_routes(app)
         from geodns.control.admin import REGISTRY_KEY

@@ -14,6 +14,11 @@ keeps two JetStream key-value buckets up to date:
 - `PREFIX-drains`, key `drain.TARGET`: the latest signed drain or undrain of
   each target, written with compare-and-set on the key's revision, with
   history.
+- `PREFIX-latency`, key `latency.NODE` (when the node measures latency,
+  `share_latency`): the node's signed RTT rows, the message the built-in
+  exchange pushes to `/v1/peer/latency`, written every latency exchange
+  interval; every node watches the bucket and ranks the others' rows with
+  its own, as over HTTP.
 
 Identity does not come from NATS: the message is signed by the node's own
 Ed25519 key (`geodns.health.peers.Verifier`, kind `publish`, recipient
@@ -64,6 +69,7 @@ __all__ = ["NatsExchange", "key_token"]
 log = logging.getLogger("geodns.health")
 
 KIND = "publish"
+LATENCY_KIND = "latency"
 DRAIN_HISTORY = 16
 """Revisions of each drain the bucket keeps (the status page's drain history)."""
 RETRY = 1.0
@@ -141,6 +147,8 @@ class NatsExchange:
         self._lost_since: float | None = None
         self._last_error: str | None = None
         self._connected_url: str | None = None
+        self._latency: tuple[Callable[[], bytes], Callable[[str, Any, float], None], float] | None = None
+        self._latency_kv: Any = None
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -176,6 +184,12 @@ class NatsExchange:
         """Publish `hashes()` with our views; put each peer's in `peer_hashes` (zone sync compares them)."""
         self.zone_hashes = hashes
         self.peer_zones = peer_hashes
+
+    def share_latency(self, body: Callable[[], bytes], accept: Callable[[str, Any, float], None], interval: float) -> None:
+        """Publish `body()` (this node's latency rows) every `interval` seconds, and hand
+        each other node's rows, once their signature is checked, to `accept(sender,
+        message, received)` (which raises Rejected for a bad message). Before `start`."""
+        self._latency = (body, accept, interval)
 
     @property
     def lost(self) -> bool:
@@ -231,6 +245,11 @@ class NatsExchange:
                                    description="geodns: each node's signed views, drains and zone hashes")
         self._drains = await bucket(f"{p}-drains", history=DRAIN_HISTORY,
                                     description="geodns: the latest signed drain of each target")
+        if self._latency is not None:
+            interval = self._latency[2]
+            self._latency_kv = await bucket(f"{p}-latency", history=1,
+                                            ttl=max(self.service.node.replay_window, 3 * interval + 5.0),
+                                            description="geodns: each node's signed latency rows")
 
     async def _run(self, ready: asyncio.Event) -> None:
         """Connect (retrying), then publish and watch; start over when a bucket or watcher fails."""
@@ -241,9 +260,12 @@ class NatsExchange:
                 await self._buckets()
                 views = await self._views.watchall()
                 drains = await self._drains.watchall()
-                await asyncio.gather(self._watch(views, self._take_view, ready),
-                                     self._watch(drains, self._take_drain, None),
-                                     self._publish_loop())
+                jobs = [self._watch(views, self._take_view, ready), self._watch(drains, self._take_drain, None),
+                        self._publish_loop()]
+                if self._latency_kv is not None:
+                    jobs += [self._watch(await self._latency_kv.watchall(), self._take_latency, None),
+                             self._publish_latency_loop()]
+                await asyncio.gather(*jobs)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - NATS trouble of any kind: keep our views, retry
@@ -292,6 +314,22 @@ class NatsExchange:
         self._written = time.monotonic()
         if not self._own_seen:
             self._own_seen = time.monotonic()
+
+    async def _publish_latency_loop(self) -> None:
+        assert self._latency is not None
+        body, _, interval = self._latency
+        while True:
+            data = body()
+            headers = self.service.verifier.sign(LATENCY_KIND, self.recipient, data)
+            try:
+                await self._latency_kv.put(f"latency.{key_token(self.name)}", envelope(headers, data))
+            except Exception as e:  # noqa: BLE001
+                self._last_error = f"publish latency: {type(e).__name__}: {e}"
+                if isinstance(e, nats.js.errors.NotFoundError):
+                    raise  # the bucket is gone: recreate it
+            else:
+                self.service.record_bytes(len(data), 0)
+            await asyncio.sleep(interval)
 
     async def _write_drains(self) -> None:
         """Put each drain we hold into the bucket when it is newer than the
@@ -363,12 +401,8 @@ class NatsExchange:
         try:
             headers, body = open_envelope(entry.value)
             claimed = headers.get(_peers.NODE_HEADER)
-            ts = headers.get(_peers.TIMESTAMP_HEADER, "")
-            with contextlib.suppress(ValueError):
-                if received - float(ts) > self.verifier.window:
-                    return  # an old message (a node gone quiet, read at warm start): nothing to refuse
-            if len(body) > _peers.MAX_BODY:
-                raise _peers.Rejected("too_large", f"{len(body)} bytes")
+            if self._too_old(headers, body, received):
+                return
             sender = self.verifier.verify(KIND, headers, body, received)
             if key != f"views.{key_token(sender)}":
                 raise _peers.Rejected("wrong_peer", f"signed by {sender} under another node's key {key}")
@@ -382,6 +416,41 @@ class NatsExchange:
         if self.peer_zones is not None and isinstance(zones, dict) \
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in zones.items()):
             self.peer_zones[sender] = {"zones": zones, "at": received, "error": None}
+
+    def _take_latency(self, entry: Any) -> None:
+        """Another node's latency rows: signed by the node the key names, then checked whole
+        by the latency service; a refusal is counted like a refused view."""
+        key = entry.key
+        digest = hashlib.sha256(entry.value).digest()
+        if self._taken.get(key) == digest or key == f"latency.{key_token(self.name)}":
+            return
+        self._taken[key] = digest
+        assert self._latency is not None
+        received = time.time()
+        claimed = None
+        try:
+            headers, body = open_envelope(entry.value)
+            claimed = headers.get(_peers.NODE_HEADER)
+            if self._too_old(headers, body, received):
+                return
+            sender = self.verifier.verify(LATENCY_KIND, headers, body, received)
+            if key != f"latency.{key_token(sender)}":
+                raise _peers.Rejected("wrong_peer", f"signed by {sender} under another node's key {key}")
+            self._latency[1](sender, _peers.decode(body), received)
+        except _peers.Rejected as e:
+            self.service.record_rejection(e.reason, claimed, f"nats:{self.settings.prefix}-latency/{key}"[:120], str(e))
+            return
+        self.service.record_bytes(0, len(entry.value))
+
+    def _too_old(self, headers: dict[str, str], body: bytes, received: float) -> bool:
+        """Whether a bucket value is older than the replay window (a node gone quiet, read at
+        warm start: nothing to refuse). Raises Rejected("too_large") for an oversized body."""
+        with contextlib.suppress(ValueError):
+            if received - float(headers.get(_peers.TIMESTAMP_HEADER, "")) > self.verifier.window:
+                return True
+        if len(body) > _peers.MAX_BODY:
+            raise _peers.Rejected("too_large", f"{len(body)} bytes")
+        return False
 
     def _take_drain(self, entry: Any) -> None:
         """A drain from the bucket: checked like a drain in a peer message (`by`'s signature)."""

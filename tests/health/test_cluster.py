@@ -61,10 +61,11 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def cluster(zones, tmp_path, exchange: str = "http", nats_urls: list[str] | None = None):
+async def cluster(zones, tmp_path, exchange: str = "http", nats_urls: list[str] | None = None, before_start=None):
     """Three nodes; over NATS (`exchange="nats"`), one `nats-server` with
     JetStream started here, or the servers at `nats_urls` (the test's own),
-    named in the nodes' settings instead of pushing to each other."""
+    named in the nodes' settings instead of pushing to each other.
+    `before_start(node)`: what a serving node attaches to its health service first."""
     with contextlib.ExitStack() as stack:
         if exchange == "nats" and nats_urls is None:
             nats_urls = [stack.enter_context(nats_servers(tmp_path / "nats", NATS_HOST))[0].url]
@@ -84,6 +85,8 @@ async def cluster(zones, tmp_path, exchange: str = "http", nats_urls: list[str] 
             )
             nodes.append(Node(name, settings, zones, ports[name]))
         for n in nodes:
+            if before_start is not None:
+                before_start(n)
             await n.start()
         try:
             yield nodes

@@ -11,16 +11,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import nats as nats_client
 import pytest
 from natsutil import nats_servers, needs_nats
 
 from geodns.config.model import Check
-from geodns.health.nats_exchange import key_token
+from geodns.control import latency_probe
+from geodns.control.controller import Controller
+from geodns.health import peers as _peers
+from geodns.health.nats_exchange import envelope, key_token
+from geodns.steer.measured import parse_network
 
 from .conftest import make_zone, region, wait_for
-from .test_cluster import EXCHANGE, FALL, INTERVAL, RISE, cluster
+from .test_cluster import EXCHANGE, FALL, INTERVAL, KEYS, RISE, cluster
 
 pytestmark = [pytest.mark.slow, needs_nats]
 HOST = "127.0.0.65"
@@ -139,3 +144,55 @@ async def test_a_nats_cluster_losing_a_server_mid_run_still_moves_failover(backe
             await wait_for(lambda: all(by_quorum(n.svc.verdicts()["us/127.0.0.78"].cause) for n in nodes), 20)
             await us.start(port)
             await wait_for(lambda: all(n.up("us") for n in nodes), 10)
+
+
+async def test_latency_rows_travel_over_nats_signed_and_a_forgery_is_refused(tmp_path):
+    """Nodes measuring latency in a NATS fleet share their RTT rows through the
+    `geodns-latency` bucket (no peer URLs at all): each ranks the others' rows with
+    its own, as over HTTP. Rows under another node's key, or signed by a stranger,
+    are refused and counted."""
+    root = Path(__file__).resolve().parents[2]
+    regions = {"n1": "eu-west", "n2": "us-east", "n3": "ap-southeast"}
+    services = {}
+
+    def attach(node) -> None:
+        controller = Controller(str(root / "zones"), str(root / "data" / "geoip-bundle.mmdb"), None)
+        controller.start()
+        settings = latency_probe.LatencySettings(region=regions[node.name], exchange_interval=0.2,
+                                                 peer_regions={p: r for p, r in regions.items() if p != node.name})
+        services[node.name] = latency_probe.attach(None, node.svc, settings, controller)
+
+    network = parse_network("203.0.113.0/24")
+    address = int.from_bytes(bytes([203, 0, 113, 9]), "big")
+    with nats_servers(tmp_path / "nats", HOST) as servers:
+        async with cluster([make_zone([region("eu", "127.0.0.77")])], tmp_path, nats_urls=[servers[0].url],
+                           before_start=attach) as nodes:
+            assert all(s.peers == {} for s in services.values()), "no HTTP exchange in a NATS fleet"
+            services["n1"].sample(network, address, 9.0, time.time())
+            services["n2"].sample(network, address, 90.0, time.time())
+            n3 = services["n3"]
+            await wait_for(lambda: all(p in n3.peer_rows and network in n3.peer_rows[p].rows for p in ("n1", "n2")), 10)
+            n3.recompute(time.time())
+            assert n3.measured.rows[network] == (("eu-west", 9.0), ("us-east", 90.0))
+
+            # n1's key writing under n2's name, and a key no node knows: refused by every reader.
+            nc = await nats_client.connect(servers[0].url)
+            try:
+                kv = await nc.jetstream().key_value("geodns-latency")
+                forged = _peers.encode({"v": 1, "node": "n2", "region": "us-east", "rows": [["203.0.113.9", 1.0, 0]]})
+                liar = _peers.Verifier("n1", KEYS["n1"], {})
+                await kv.put(f"latency.{key_token('n2')}", envelope(liar.sign("latency", "nats:geodns", forged), forged))
+                from geodns.health import keys
+
+                stranger = _peers.Verifier("n2", keys.generate(), {})
+                await kv.put(f"latency.{key_token('n2')}", envelope(stranger.sign("latency", "nats:geodns", forged), forged))
+            finally:
+                await nc.close()
+
+            def refused(node, reason: str) -> float:
+                return node.registry.get_sample_value("geodns_peer_messages_rejected_total",
+                                                      {"reason": reason, "peer": "n1" if reason == "wrong_peer" else "n2"}) or 0
+
+            await wait_for(lambda: refused(nodes[2], "wrong_peer") >= 1 and refused(nodes[2], "bad_signature") >= 1, 10)
+            n3.recompute(time.time())
+            assert n3.measured.rows[network] == (("eu-west", 9.0), ("us-east", 90.0)), "still what n2 really said"
