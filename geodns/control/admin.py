@@ -359,10 +359,13 @@ def status_document(state: AdminState) -> dict[str, Any]:
         else {"path": str(geo.path), "type": geo.database_type, "build_epoch": geo.build_epoch, "age_seconds": round(time.time() - geo.build_epoch)},
         "observers": {},
         "health": None,
+        "drain_history": {},
     }
     if state.health is not None:
         health = state.health.status()
         doc["health"] = {k: health.get(k) for k in ("node", "isolated", "peers", "regions")}
+        # Over NATS: the drains and undrains of each target the bucket kept, oldest first.
+        doc["drain_history"] = (health.get("exchange") or {}).get("drain_history") or {}
         doc["observers"] = {
             target: {"region": t.get("region"), "verdict": t.get("verdict"), "observers": t.get("observers", {})}
             for target, t in health.get("targets", {}).items()

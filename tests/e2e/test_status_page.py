@@ -141,6 +141,15 @@ async def test_status_page_shows_a_drain_within_seconds(tmp_path: Path, procs: l
             assert await page.js("document.querySelector('#regions tr[data-region=\"eu-west\"] .state').textContent") == "up"
             assert await page.js("[stateLabel('up', 'unknown'), stateLabel('down', 'forced'), stateLabel('up', 'up')].join()") \
                 == "up (unknown),down (forced),up"
+            # No NATS here: no drain history box. Given a NATS node's history, the page lists it.
+            assert await page.js("document.querySelector('#drain-history-box').hidden") is True
+            shown = await page.js(
+                "fetch('/v1/status').then(r => r.json()).then(d => {"
+                " d.drain_history = {'eu-west': [{revision: 1, active: true, by: 'n1', at: d.now - 90, reason: 'kernel'},"
+                " {revision: 2, active: false, by: 'n2', at: d.now - 30, reason: ''}]};"
+                " drawLists(d); const box = document.querySelector('#drain-history-box');"
+                " return [box.hidden, ...[...box.querySelectorAll('li')].map(li => li.textContent)]; })")
+            assert shown == [False, "30s ago eu-west undrained by n2", "90s ago eu-west drained by n1: kernel"]
             assert await page.js("document.querySelector('footer a[href=\"https://db-ip.com\"]').textContent") == "IP Geolocation by DB-IP"
             from geodns.control.zonestore import content_hash
 

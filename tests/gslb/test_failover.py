@@ -9,6 +9,7 @@ drain through one node's admin API moves every node's answers.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,6 +122,17 @@ async def test_region_failover_and_drain_reach_every_node(tmp_path: Path, exchan
             async with session.post(f"http://{nodes[0].admin}/v1/undrain", json={"target": "us-east"}, headers=headers) as r:
                 assert r.status == 200, await r.text()
             await all_answer(nodes, ["192.0.2.10"], 5)
+            if exchange:
+                # Over NATS, every node's status shows who drained and undrained it, from the bucket.
+                async def history() -> list:
+                    async with session.get(f"http://{nodes[2].admin}/v1/status") as r:
+                        return (await r.json())["drain_history"].get("us-east", [])
+
+                deadline = time.monotonic() + 5
+                while [(e["active"], e["by"]) for e in await history()][-2:] != [(True, "n1"), (False, "n1")]:
+                    assert time.monotonic() < deadline, await history()
+                    await asyncio.sleep(0.1)
+                assert (await history())[-2]["reason"] == "maintenance"
         for node in nodes:
             assert node.proc.poll() is None, f"{node.name} exited"
     finally:

@@ -98,6 +98,17 @@ function drawLists(doc) {
   if (!entries.length) drains.append(el("li", { class: "muted" }, "none"));
   for (const [target, reason] of entries) drains.append(el("li", {}, el("b", {}, target), ": ", reason));
 
+  // Over NATS: who drained or undrained each target, newest first (the bucket keeps 16 per target).
+  const history = document.getElementById("drain-history");
+  history.replaceChildren();
+  const past = Object.entries(doc.drain_history || {}).flatMap(([target, h]) => h.map((e) => ({ target, ...e })));
+  document.getElementById("drain-history-box").hidden = !past.length;
+  past.sort((a, b) => (b.at || 0) - (a.at || 0));
+  for (const e of past.slice(0, 20)) {
+    history.append(el("li", { "data-target": e.target }, el("span", { class: "muted" }, ago(doc.now, e.at || doc.now)), " ",
+      el("b", {}, e.target), ` ${e.active ? "drained" : "undrained"} by ${e.by || "?"}`, e.reason ? `: ${e.reason}` : ""));
+  }
+
   const changes = document.getElementById("changes");
   changes.replaceChildren();
   if (!doc.changes.length) changes.append(el("li", { class: "muted" }, "none since this node started"));
