@@ -88,6 +88,17 @@ def key_token(text: str) -> str:
     return "=" + base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
+def node_of_token(token: str) -> str | None:
+    """The name `key_token` made `token` from; None when no name could give it."""
+    if not token.startswith("="):
+        return token if _SAFE.fullmatch(token) else None
+    try:
+        name = base64.urlsafe_b64decode(token[1:] + "=" * (-len(token[1:]) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return name if key_token(name) == token else None
+
+
 def envelope(headers: dict[str, str], body: bytes) -> bytes:
     """A signed message as one KV value: the signature headers as a JSON line, then the body."""
     return json.dumps(headers, separators=(",", ":")).encode() + b"\n" + body
@@ -385,12 +396,23 @@ class NatsExchange:
                 await watcher.stop()
         raise RuntimeError("watcher ended")
 
+    def _seen_before(self, key: str, value: bytes) -> bool:
+        """Whether `value` is what this node last took under `key` (a restarted watcher
+        delivers it again: not a replay to refuse). Only the keys of known nodes are
+        remembered, so keys a credential holder makes up cannot grow this memory."""
+        node = node_of_token(key.partition(".")[2])
+        if node is None or (node != self.name and node not in self.verifier.peer_keys):
+            return False
+        digest = hashlib.sha256(value).digest()
+        if self._taken.get(key) == digest:
+            return True
+        self._taken[key] = digest
+        return False
+
     def _take_view(self, entry: Any) -> None:
         key = entry.key
-        digest = hashlib.sha256(entry.value).digest()
-        if self._taken.get(key) == digest:
+        if self._seen_before(key, entry.value):
             return
-        self._taken[key] = digest
         if key == f"views.{key_token(self.name)}":
             self._own_seen = time.monotonic()
             return
@@ -421,10 +443,8 @@ class NatsExchange:
         """Another node's latency rows: signed by the node the key names, then checked whole
         by the latency service; a refusal is counted like a refused view."""
         key = entry.key
-        digest = hashlib.sha256(entry.value).digest()
-        if self._taken.get(key) == digest or key == f"latency.{key_token(self.name)}":
+        if self._seen_before(key, entry.value) or key == f"latency.{key_token(self.name)}":
             return
-        self._taken[key] = digest
         assert self._latency is not None
         received = time.time()
         claimed = None

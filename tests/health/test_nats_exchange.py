@@ -186,6 +186,9 @@ async def test_latency_rows_travel_over_nats_signed_and_a_forgery_is_refused(tmp
 
                 stranger = _peers.Verifier("n2", keys.generate(), {})
                 await kv.put(f"latency.{key_token('n2')}", envelope(stranger.sign("latency", "nats:geodns", forged), forged))
+                # Keys no node has, made up by the credential holder: refused, and not remembered.
+                for i in range(40):
+                    await kv.put(f"latency.ghost{i}", envelope(stranger.sign("latency", "nats:geodns", forged), forged))
             finally:
                 await nc.close()
 
@@ -193,6 +196,7 @@ async def test_latency_rows_travel_over_nats_signed_and_a_forgery_is_refused(tmp
                 return node.registry.get_sample_value("geodns_peer_messages_rejected_total",
                                                       {"reason": reason, "peer": "n1" if reason == "wrong_peer" else "n2"}) or 0
 
-            await wait_for(lambda: refused(nodes[2], "wrong_peer") >= 1 and refused(nodes[2], "bad_signature") >= 1, 10)
+            await wait_for(lambda: refused(nodes[2], "wrong_peer") >= 1 and refused(nodes[2], "bad_signature") >= 41, 10)
+            assert set(nodes[2].svc.nats._taken) <= {f"{kind}.{n}" for kind in ("views", "latency") for n in ("n1", "n2", "n3")}
             n3.recompute(time.time())
             assert n3.measured.rows[network] == (("eu-west", 9.0), ("us-east", 90.0)), "still what n2 really said"
