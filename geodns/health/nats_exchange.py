@@ -410,57 +410,64 @@ class NatsExchange:
         return False
 
     def _take_view(self, entry: Any) -> None:
-        key = entry.key
-        if self._seen_before(key, entry.value):
-            return
-        if key == f"views.{key_token(self.name)}":
+        if entry.key == f"views.{key_token(self.name)}":
             self._own_seen = time.monotonic()
             return
-        svc = self.service
-        received = time.time()
-        remote = f"nats:{self.settings.prefix}-views/{key}"[:120]
-        claimed = None
-        try:
-            headers, body = open_envelope(entry.value)
-            claimed = headers.get(_peers.NODE_HEADER)
-            if self._too_old(headers, body, received):
-                return
-            sender = self.verifier.verify(KIND, headers, body, received)
-            if key != f"views.{key_token(sender)}":
-                raise _peers.Rejected("wrong_peer", f"signed by {sender} under another node's key {key}")
-            message = _peers.decode(body)
-            zones = message.pop("zones", None) if isinstance(message, dict) else None
-            svc.accept_peer_message(sender, message, received)
-        except _peers.Rejected as e:
-            svc.record_rejection(e.reason, claimed, remote, str(e))
+        taken = self._verified(entry, "views", KIND)
+        if taken is None:
             return
-        svc.record_bytes(0, len(entry.value))
+        sender, message, received = taken
+        zones = message.pop("zones", None) if isinstance(message, dict) else None
+        try:
+            self.service.accept_peer_message(sender, message, received)
+        except _peers.Rejected as e:
+            self._refused(entry, "views", sender, e)
+            return
+        self.service.record_bytes(0, len(entry.value))
         if self.peer_zones is not None and isinstance(zones, dict) \
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in zones.items()):
             self.peer_zones[sender] = {"zones": zones, "at": received, "error": None}
 
     def _take_latency(self, entry: Any) -> None:
-        """Another node's latency rows: signed by the node the key names, then checked whole
-        by the latency service; a refusal is counted like a refused view."""
-        key = entry.key
-        if self._seen_before(key, entry.value) or key == f"latency.{key_token(self.name)}":
+        """Another node's latency rows, checked whole by the latency service."""
+        if entry.key == f"latency.{key_token(self.name)}":
+            return
+        taken = self._verified(entry, "latency", LATENCY_KIND)
+        if taken is None:
             return
         assert self._latency is not None
+        sender, message, received = taken
+        try:
+            self._latency[1](sender, message, received)
+        except _peers.Rejected as e:
+            self._refused(entry, "latency", sender, e)
+            return
+        self.service.record_bytes(0, len(entry.value))
+
+    def _verified(self, entry: Any, bucket: str, kind: str) -> tuple[str, Any, float] | None:
+        """A bucket value's (sender, decoded message, time received) when it is new, fresh, and
+        signed with `kind` by the node its key names; None otherwise (a refusal is counted and
+        logged like a refused push)."""
+        key = entry.key
+        if self._seen_before(key, entry.value):
+            return None
         received = time.time()
         claimed = None
         try:
             headers, body = open_envelope(entry.value)
             claimed = headers.get(_peers.NODE_HEADER)
             if self._too_old(headers, body, received):
-                return
-            sender = self.verifier.verify(LATENCY_KIND, headers, body, received)
-            if key != f"latency.{key_token(sender)}":
+                return None
+            sender = self.verifier.verify(kind, headers, body, received)
+            if key != f"{bucket}.{key_token(sender)}":
                 raise _peers.Rejected("wrong_peer", f"signed by {sender} under another node's key {key}")
-            self._latency[1](sender, _peers.decode(body), received)
+            return sender, _peers.decode(body), received
         except _peers.Rejected as e:
-            self.service.record_rejection(e.reason, claimed, f"nats:{self.settings.prefix}-latency/{key}"[:120], str(e))
-            return
-        self.service.record_bytes(0, len(entry.value))
+            self._refused(entry, bucket, claimed, e)
+            return None
+
+    def _refused(self, entry: Any, bucket: str, claimed: str | None, e: _peers.Rejected) -> None:
+        self.service.record_rejection(e.reason, claimed, f"nats:{self.settings.prefix}-{bucket}/{entry.key}"[:120], str(e))
 
     def _too_old(self, headers: dict[str, str], body: bytes, received: float) -> bool:
         """Whether a bucket value is older than the replay window (a node gone quiet, read at
