@@ -199,12 +199,16 @@ def _picks(regions: Candidates, ctx: Context, trace: list[TraceStep]) -> list[tu
         if n is None or len(pool) <= n or len(options) * len(pool) > MAX_PICKS:
             options = [(s, (*a, *(x for x in pool if x not in a))) for s, a in options]
             continue
-        weights = ctx.regions[name].weights
-        picks = weighted_picks([weights[a] for a in pool], n)
+        weights = [ctx.regions[name].weights[a] for a in pool]
+        standby = not any(weights)
+        if standby:  # only standbys are left: they share alike
+            weights = [1] * len(pool)
+        picks = weighted_picks(weights, n)
         if ctx.explain:
-            total = sum(weights[a] for a in pool)
-            shares = ", ".join(f"{a} {min(1.0, n * weights[a] / total):.0%}" for a in pool)
-            notes.append(f"{name}: {n} of {len(pool)} addresses per answer, by weight ({shares})")
+            total = sum(weights)
+            shares = ", ".join(f"{a} {min(1.0, n * w / total):.0%}" for a, w in zip(pool, weights, strict=True))
+            kind = "standby addresses (no weighted one up)" if standby else "addresses"
+            notes.append(f"{name}: {n} of {len(pool)} {kind} per answer, by weight ({shares})")
         options = [(s * max(1, round(share * PICK_SCALE)), (*a, *(x for x in (pool[i] for i in subset) if x not in a)))
                    for s, a in options for share, subset in picks]
     if notes:

@@ -24,6 +24,7 @@ regions:
       - {address: 192.0.2.1, weight: 3}
       - {address: 192.0.2.2, weight: 1}
       - {address: 192.0.2.9, weight: 0}
+      - {address: 192.0.2.8, weight: 0}
   pair:
     coordinates: [50.1, 8.7]
     answers: 2
@@ -72,7 +73,8 @@ def test_one_answer_per_query_by_weight_and_the_standby_only_when_the_rest_are_o
     drain(node, "dc/192.0.2.1")
     assert tally(node, "one.weights.test", 20) == {("192.0.2.2",): 20}
     drain(node, "dc/192.0.2.2")
-    assert tally(node, "one.weights.test", 20) == {("192.0.2.9",): 20}, "the standby, once every weighted one is out"
+    assert tally(node, "one.weights.test", 20) == {("192.0.2.9",): 10, ("192.0.2.8",): 10}, \
+        "the standbys, alike, once every weighted one is out"
     drain(node, "dc/192.0.2.1", on=False)
     assert tally(node, "one.weights.test", 20) == {("192.0.2.1",): 20}
 
@@ -90,3 +92,21 @@ def test_without_answers_every_weighted_endpoint_is_answered_and_standbys_wait(n
     drain(node, "all/203.0.113.1")
     drain(node, "all/203.0.113.2")
     assert tally(node, "every.weights.test", 5) == {("203.0.113.9",): 5}
+
+
+def test_explain_names_the_pick_and_standbys_left_alone_share_alike(tmp_path: Path) -> None:
+    """`geodns query`'s reasoning shows the `answers` step; a region of standbys only (every
+    weight 0) shares them alike instead of failing to divide by a zero total."""
+    import time
+
+    from geodns.control.controller import Controller
+    from geodns.dns.explain import explain
+
+    zone = ZONE.replace("      - {address: 192.0.2.1, weight: 3}\n      - {address: 192.0.2.2, weight: 1}\n", "")
+    (tmp_path / "z.yaml").write_text(zone)
+    controller = Controller(str(tmp_path), str(Path(__file__).resolve().parents[2] / "data" / "geoip-bundle.mmdb"))
+    snap = controller.start()
+    text = explain(snap, "one.weights.test", "A", "81.2.69.160", time.time()).text()
+    assert "dc: 1 of 2 standby addresses (no weighted one up) per answer, by weight (192.0.2.9 50%, 192.0.2.8 50%)" in text
+    text = explain(snap, "two.weights.test", "A", "81.2.69.160", time.time()).text()
+    assert "pair: 2 of 3 addresses per answer, by weight (198.51.100.1 100%, 198.51.100.2 50%, 198.51.100.3 50%)" in text
