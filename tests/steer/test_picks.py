@@ -54,3 +54,39 @@ def test_random_weights_keep_every_share_exactly() -> None:
         assert all(len(set(sub)) == n == len(sub) for _, sub in picks), "n distinct endpoints per answer"
         got = inclusion(picks)
         assert all(abs(got[i] - e) < 1e-6 for i, e in enumerate(expected(weights, n))), (weights, n, picks)
+
+
+def test_random_regions_weights_and_outages_through_the_chain() -> None:
+    """Whatever the weights (standbys included), `answers` and the endpoints down: every
+    answer carries at most `answers` addresses of the region, standbys only when no weighted
+    endpoint is up, only endpoints that are up while any is, and the shares sum right."""
+    import ipaddress
+
+    from geodns.config.model import Endpoint, Region, Step
+    from geodns.steer import Verdict, run_chain
+    from geodns.steer.verdict import endpoint_target
+
+    from .helpers import context, steered
+
+    rng = random.Random(11)
+    for _ in range(300):
+        k = rng.randint(1, 9)
+        addresses = [ipaddress.ip_address(f"192.0.2.{i + 1}") for i in range(k)]
+        weights = [rng.choice([0, 0, 1, 2, 5]) for _ in range(k)]
+        n = rng.choice([None, 1, 2, 3])
+        region = Region("dc", 50.0, 8.0, tuple(Endpoint(a, w) for a, w in zip(addresses, weights, strict=True)),
+                        min_healthy=0, answers=n)
+        down = {a for a in addresses if rng.random() < 0.4}
+        verdicts = {endpoint_target("dc", a): Verdict(up=False) for a in down}
+        for explain in (True, False):
+            ctx = context(regions={"dc": region}, verdicts=verdicts)
+            ctx.explain = explain
+            decision = run_chain(steered("healthy", Step("limit", 1), candidates=("dc",)), ctx)
+            up = [a for a in addresses if a not in down] or addresses
+            weighted_up = [a for a, w in zip(addresses, weights, strict=True) if w and a in up]
+            allowed = set(weighted_up or up)
+            total = sum(b.weight for b in decision.branches)
+            assert total > 0
+            for branch in decision.branches:
+                assert set(branch.addresses) <= allowed, (weights, n, down, branch.addresses)
+                assert len(branch.addresses) == (len(allowed) if n is None else min(n, len(allowed)))
