@@ -153,6 +153,8 @@ class Balancer:
         await asyncio.gather(*self._checkers.values(), *self._retiring, return_exceptions=True)
         if self.edge is not None:
             self.edge.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
         for runner in self._runners:
             await runner.cleanup()
         if self.upstream is not None:
