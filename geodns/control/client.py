@@ -154,6 +154,15 @@ def format_status(doc: dict[str, Any]) -> str:
         lines.append("")
         lines.append("drains:")
         lines.extend(f"  {t}: {reason}" for t, reason in sorted(doc["drains"].items()))
+    past = sorted(((e.get("at") or 0, target, e) for target, h in (doc.get("drain_history") or {}).items() for e in h),
+                  key=lambda x: x[0], reverse=True)
+    if past:
+        lines.append("")
+        lines.append("drain history (NATS), newest first:")
+        for at, target, e in past[:10]:
+            what = "drained" if e.get("active") else "undrained"
+            why = f": {e['reason']}" if e.get("reason") else ""
+            lines.append(f"  {_ago(now, at)} {target} {what} by {e.get('by') or '?'}{why}")
     if doc.get("changes"):
         lines.append("")
         lines.append("recent verdict changes:")

@@ -41,7 +41,11 @@ def test_status_shows_how_each_verdict_was_reached() -> None:
             "ap-southeast": {"up": False, "cause": "written by an older node", "endpoints": []},
         },
     }
+    doc["drain_history"] = {"eu-west": [{"revision": 1, "active": True, "by": "n1", "at": -90, "reason": "kernel"},
+                                        {"revision": 2, "active": False, "by": "n2", "at": -30, "reason": ""}]}
     lines = format_status(doc).splitlines()
+    at = lines.index("drain history (NATS), newest first:")
+    assert lines[at + 1:at + 3] == ["  30s ago eu-west undrained by n2", "  90s ago eu-west drained by n1: kernel"]
     assert any(line.startswith("eu-west") and " unknown " in line for line in lines)
     assert any("192.0.2.30" in line and "unknown" in line for line in lines)
     assert any("192.0.2.31" in line and "fallback" in line for line in lines)
