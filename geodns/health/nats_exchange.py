@@ -312,16 +312,8 @@ class NatsExchange:
         message = self.service.peer_message()
         if self.zone_hashes is not None:
             message["zones"] = self.zone_hashes()
-        body = _peers.encode(message)
-        headers = self.service.verifier.sign(KIND, self.recipient, body)
-        try:
-            await self._views.put(f"views.{key_token(self.name)}", envelope(headers, body))
-        except Exception as e:  # noqa: BLE001
-            self._last_error = f"publish: {type(e).__name__}: {e}"
-            if isinstance(e, nats.js.errors.NotFoundError):
-                raise  # the bucket is gone (a NATS without storage restarted): recreate it
+        if not await self._put_signed(self._views, "views", KIND, _peers.encode(message)):
             return
-        self.service.record_bytes(len(body), 0)
         self._written = time.monotonic()
         if not self._own_seen:
             self._own_seen = time.monotonic()
@@ -330,17 +322,23 @@ class NatsExchange:
         assert self._latency is not None
         body, _, interval = self._latency
         while True:
-            data = body()
-            headers = self.service.verifier.sign(LATENCY_KIND, self.recipient, data)
-            try:
-                await self._latency_kv.put(f"latency.{key_token(self.name)}", envelope(headers, data))
-            except Exception as e:  # noqa: BLE001
-                self._last_error = f"publish latency: {type(e).__name__}: {e}"
-                if isinstance(e, nats.js.errors.NotFoundError):
-                    raise  # the bucket is gone: recreate it
-            else:
-                self.service.record_bytes(len(data), 0)
+            await self._put_signed(self._latency_kv, "latency", LATENCY_KIND, body())
             await asyncio.sleep(interval)
+
+    async def _put_signed(self, kv: Any, bucket: str, kind: str, body: bytes) -> bool:
+        """Sign `body` with `kind` for the buckets and put it under this node's key of `bucket`;
+        whether that worked. A failed write is noted; a bucket that is gone (a NATS without
+        storage restarted) raises, so that `_run` recreates it."""
+        headers = self.service.verifier.sign(kind, self.recipient, body)
+        try:
+            await kv.put(f"{bucket}.{key_token(self.name)}", envelope(headers, body))
+        except Exception as e:  # noqa: BLE001
+            self._last_error = f"publish {bucket}: {type(e).__name__}: {e}"
+            if isinstance(e, nats.js.errors.NotFoundError):
+                raise
+            return False
+        self.service.record_bytes(len(body), 0)
+        return True
 
     async def _write_drains(self) -> None:
         """Put each drain we hold into the bucket when it is newer than the
