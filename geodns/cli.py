@@ -44,9 +44,10 @@ MIN_TOKEN = 16
 
 def _admin_token(args: argparse.Namespace) -> str | None:
     """The admin API's bearer token: --admin-token-file's first line when given, else
-    --admin-token or $GEODNS_ADMIN_TOKEN. Raises ValueError for a file that cannot be read
-    or is empty, or a token with spaces; a short token is taken with a warning."""
-    token = args.admin_token
+    --admin-token or $GEODNS_ADMIN_TOKEN (empty: none, writes refused, as always). Raises
+    ValueError for a file that cannot be read or is empty, or a token with spaces; a short
+    token is taken with a warning."""
+    token = args.admin_token or None
     source = "--admin-token (or $GEODNS_ADMIN_TOKEN)"
     if args.admin_token_file:
         source = args.admin_token_file
@@ -59,8 +60,8 @@ def _admin_token(args: argparse.Namespace) -> str | None:
             raise ValueError(f"--admin-token-file: {args.admin_token_file} is empty")
     if token is None:
         return None
-    if not token or any(c.isspace() for c in token):
-        raise ValueError(f"{source}: the admin token must be non-empty and hold no spaces")
+    if any(c.isspace() for c in token):
+        raise ValueError(f"{source}: the admin token must hold no spaces")
     if len(token) < MIN_TOKEN:
         logging.getLogger("geodns").warning(
             "event=weak_admin_token length=%d detail=%r", len(token),

@@ -60,3 +60,17 @@ def test_a_token_file_that_cannot_serve_stops_the_start_with_a_clear_error(tmp_p
         assert proc.wait(timeout=30) == 2
         text = log.read_text()
         assert "geodns serve: --admin-token-file:" in text and str(path) in text and message in text, text
+
+
+def test_an_empty_token_in_the_environment_means_none_as_before(tmp_path: Path) -> None:
+    """`GEODNS_ADMIN_TOKEN=` (set but empty) starts the node with writes refused, as it did
+    before token files; a token with a space in it is refused at start."""
+    proc, admin, _ = serve(tmp_path, "--admin-token", "")
+    try:
+        wait_port(HOST, admin)
+        assert drain(admin, "anything-0123456789") == 403
+    finally:
+        stop_process(proc)
+    proc, _, log = serve(tmp_path, "--admin-token", "two words-0123456789")
+    assert proc.wait(timeout=30) == 2
+    assert "the admin token must hold no spaces" in log.read_text()
