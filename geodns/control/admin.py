@@ -375,7 +375,7 @@ def status_document(state: AdminState) -> dict[str, Any]:
             # snapshot is only republished when some up/down state changes.
             live = (health.get("targets", {}).get(balancer_target(name)) or {}).get("verdict")
             if live:
-                entry["balancer"] = {"up": live.get("up", True), "cause": live.get("cause", ""), "state": live.get("state", "up")}
+                entry["balancer"] = {"up": live.get("up", True), "cause": live.get("cause", ""), "state": live.get("state")}
     return doc
 
 

@@ -814,15 +814,14 @@ def attach(app: web.Application | None, health: Any, settings: LatencySettings |
     if settings is None:
         return None
     node = health.node
-    peers = {p.name: p.url.rstrip("/") for p in node.peers if p.url}  # over NATS a peer may have no url
+    nats = getattr(health, "nats", None)
+    # Over NATS the bucket carries the rows to every node at once (and a peer may have no url).
+    peers = {} if nats is not None else {p.name: p.url.rstrip("/") for p in node.peers if p.url}
 
     def qname() -> str:
         zones = controller.config.zones if controller.config else ()
         return zones[0].origin if zones else "."
 
-    nats = getattr(health, "nats", None)
-    if nats is not None:
-        peers = {}  # the NATS bucket carries the rows, to every node at once
     service = LatencyService(settings, node.name, controller.set_measured, health.verifier, peers, node.state_dir, qname)
     if nats is not None and settings.enabled:
         nats.share_latency(service.body, service.accept, settings.exchange_interval)
